@@ -1,0 +1,170 @@
+//! Records shared by stopguard's kernel programs and its agent.
+//!
+//! Every record the kernel writes to the ring buffer starts with a [`Header`];
+//! its `kind` says which of the fixed-size records follows. Both sides compile
+//! these definitions, so a layout exists exactly once.
+#![no_std]
+
+/// Length of a task's `comm` (TASK_COMM_LEN).
+pub const COMM_LEN: usize = 16;
+/// Bytes of the exec'd filename copied into an exec record, NUL included.
+pub const PATH_LEN: usize = 256;
+
+/// Record kinds, the first field of every [`Header`].
+pub mod kind {
+    pub const EXEC: u32 = 1;
+    pub const EXIT: u32 = 2;
+    pub const FORK: u32 = 3;
+    pub const SIGNAL: u32 = 4;
+    /// One past the largest kind: the size of per-kind counter maps.
+    pub const COUNT: u32 = 5;
+}
+
+/// Bits of [`Header::flags`].
+pub mod flag {
+    /// The exec'd name was in the guard map and the kernel sent SIGSTOP.
+    pub const GUARD_STOPPED: u32 = 1 << 0;
+    /// The filename did not fit in [`super::PATH_LEN`](crate::PATH_LEN) and was cut.
+    pub const FILENAME_TRUNCATED: u32 = 1 << 1;
+}
+
+/// `loginuid` of a task that never logged in ((uid_t)-1).
+pub const NO_LOGINUID: u32 = u32::MAX;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    pub kind: u32,
+    pub flags: u32,
+    /// Time of the event in ns since boot (CLOCK_BOOTTIME).
+    pub time_ns: u64,
+}
+
+/// A process as the kernel sees it at the event: `pid` is the thread id, `tgid`
+/// the process id, `start_ns` the process's (group leader's) start time in ns
+/// since boot, which with `tgid` names the process even after the pid is reused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub tgid: u32,
+    pub start_ns: u64,
+}
+
+/// A credentialed actor: the task that exec'd, forked or sent a signal.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Actor {
+    pub task: Task,
+    pub uid: u32,
+    /// Audit login uid; [`NO_LOGINUID`] when unset. Survives sudo and su.
+    pub loginuid: u32,
+    pub sessionid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A new program image: `sched_process_exec`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub header: Header,
+    /// The process after the exec; `comm` is the new image's.
+    pub actor: Actor,
+    /// The parent (`real_parent`) at the moment of the exec.
+    pub parent: Task,
+    /// The path given to execve, NUL-terminated within the array.
+    pub filename: [u8; PATH_LEN],
+}
+
+/// A whole-process exit: `sched_process_exit` of the last thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub header: Header,
+    pub task: Task,
+    pub parent: Task,
+    /// The wait status: exit code in bits 8..16, terminating signal in bits 0..7.
+    pub status: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A new process (not a thread): `sched_process_fork`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForkRecord {
+    pub header: Header,
+    pub parent: Actor,
+    pub child: Task,
+}
+
+/// A signal generated for a task: `signal_generate`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalRecord {
+    pub header: Header,
+    /// The task running when the signal was generated: the sender for kill(2)
+    /// and friends.
+    pub sender: Actor,
+    pub target: Task,
+    pub target_comm: [u8; COMM_LEN],
+    pub signal: u32,
+    /// The kernel's `TRACE_SIGNAL_*` result: 0 delivered, 1 ignored,
+    /// 2 already pending, 3 overflow, 4 info lost.
+    pub result: u32,
+}
+
+/// Kernel struct field offsets, read from BTF by the agent at start and set as
+/// a global of the kernel programs before they load. Rust eBPF has no CO-RE,
+/// so this is how the programs stay correct across kernel builds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_group_leader: u32,
+    pub task_start_boottime: u32,
+    pub task_loginuid: u32,
+    pub task_sessionid: u32,
+    pub task_exit_code: u32,
+    pub task_comm: u32,
+    pub task_signal: u32,
+    pub signal_live: u32,
+    pub bprm_filename: u32,
+}
+
+/// Ring buffer wake-up policy, a global of the kernel programs: records are
+/// submitted without waking the reader until this many bytes wait, so a storm
+/// costs one wake-up per batch, not one per record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WakePolicy {
+    pub batch_bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C) plain data with explicit padding.
+    unsafe impl aya::Pod for Offsets {}
+    unsafe impl aya::Pod for WakePolicy {}
+}
+
+/// Map and program names, shared so that neither side spells them twice.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const LOST: &str = "LOST";
+    pub const SIGNAL_INTEREST: &str = "SIGNAL_INTEREST";
+    pub const GUARD: &str = "GUARD";
+    pub const OFFSETS: &str = "OFFSETS";
+    pub const WAKE: &str = "WAKE";
+    /// (program, raw tracepoint) pairs.
+    pub const PROGRAMS: [(&str, &str); 4] = [
+        ("sched_process_exec", "sched_process_exec"),
+        ("sched_process_exit", "sched_process_exit"),
+        ("sched_process_fork", "sched_process_fork"),
+        ("signal_generate", "signal_generate"),
+    ];
+}

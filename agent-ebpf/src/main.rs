@@ -1,0 +1,303 @@
+//! stopguard's kernel programs: four raw tracepoints that copy fixed-size
+//! records into one ring buffer. No policy lives here beyond one guard-map
+//! lookup at exec; userspace does the rest.
+#![no_std]
+#![no_main]
+
+use agent_common::{
+    Actor, COMM_LEN, ExecRecord, ExitRecord, ForkRecord, Header, NO_LOGINUID, Offsets, PATH_LEN,
+    SignalRecord, Task, WakePolicy, flag, kind,
+};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        bpf_probe_read_kernel_str_bytes, bpf_send_signal,
+    },
+    macros::{map, raw_tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::RawTracePointContext,
+};
+use aya_log_ebpf::warn;
+
+const SIGSTOP: u32 = 19;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Records lost because the ring buffer was full, per kind, per CPU.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);
+
+/// Bit N set: signal N is worth a record. Filled by userspace.
+#[map]
+static SIGNAL_INTEREST: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Guarded image names (comm, NUL-padded): an exec of one is stopped at once.
+#[map]
+static GUARD: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(1024, 0);
+
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    task_pid: 0,
+    task_tgid: 0,
+    task_real_parent: 0,
+    task_group_leader: 0,
+    task_start_boottime: 0,
+    task_loginuid: 0,
+    task_sessionid: 0,
+    task_exit_code: 0,
+    task_comm: 0,
+    task_signal: 0,
+    signal_live: 0,
+    bprm_filename: 0,
+};
+
+#[unsafe(no_mangle)]
+static WAKE: WakePolicy = WakePolicy { batch_bytes: 0 };
+
+#[inline(always)]
+fn offsets() -> Offsets {
+    // The loader rewrites the global; read it through a volatile load so the
+    // compiler does not fold the zeroes above into the code.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+/// A field of a kernel struct at a BTF-given offset.
+#[inline(always)]
+unsafe fn field<T>(base: *const u8, offset: u32) -> Result<T, i32> {
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }
+}
+
+#[inline(always)]
+unsafe fn task_of(task: *const u8, off: &Offsets) -> Result<Task, i32> {
+    unsafe {
+        let leader: *const u8 = field(task, off.task_group_leader)?;
+        Ok(Task {
+            pid: field(task, off.task_pid)?,
+            tgid: field(task, off.task_tgid)?,
+            start_ns: field(leader, off.task_start_boottime)?,
+        })
+    }
+}
+
+#[inline(always)]
+unsafe fn parent_of(task: *const u8, off: &Offsets) -> Result<Task, i32> {
+    unsafe {
+        let parent: *const u8 = field(task, off.task_real_parent)?;
+        task_of(parent, off)
+    }
+}
+
+/// The current task as an actor: its process, credentials and comm.
+#[inline(always)]
+unsafe fn current_actor(off: &Offsets) -> Result<(Actor, *const u8), i32> {
+    unsafe {
+        let current = bpf_get_current_task() as *const u8;
+        let actor = Actor {
+            task: task_of(current, off)?,
+            uid: bpf_get_current_uid_gid() as u32,
+            loginuid: field(current, off.task_loginuid).unwrap_or(NO_LOGINUID),
+            sessionid: field(current, off.task_sessionid).unwrap_or(u32::MAX),
+            _pad: 0,
+            comm: bpf_get_current_comm()?,
+        };
+        Ok((actor, current))
+    }
+}
+
+#[inline(always)]
+fn header(kind: u32, flags: u32) -> Header {
+    Header {
+        kind,
+        flags,
+        time_ns: unsafe { bpf_ktime_get_boot_ns() },
+    }
+}
+
+#[inline(always)]
+fn count_lost(kind: u32) {
+    if let Some(counter) = LOST.get_ptr_mut(kind) {
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Submit flags: wake the reader only for urgent records or once a batch waits.
+#[inline(always)]
+fn wake_flags(urgent: bool) -> u64 {
+    let batch = unsafe { core::ptr::read_volatile(&WAKE) }.batch_bytes;
+    if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= batch {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+    let bprm: *const u8 = ctx.arg(2);
+    match unsafe { try_exec(&ctx, bprm) } {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+unsafe fn try_exec(ctx: &RawTracePointContext, bprm: *const u8) -> Result<(), i32> {
+    let off = offsets();
+    let (actor, current) = unsafe { current_actor(&off)? };
+    let mut flags = 0;
+    // The one decision taken in the kernel: a guarded name is stopped before
+    // its first user-space instruction. Userspace decides what happens next.
+    if unsafe { GUARD.get(actor.comm) }.is_some() {
+        let err = unsafe { bpf_send_signal(SIGSTOP) };
+        if err == 0 {
+            flags |= flag::GUARD_STOPPED;
+        } else {
+            warn!(ctx, "guard: SIGSTOP to pid {} failed: {}", actor.task.tgid, err);
+        }
+    }
+    let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
+        count_lost(kind::EXEC);
+        return Ok(());
+    };
+    let record = entry.as_mut_ptr();
+    unsafe {
+        (*record).actor = actor;
+        (*record).parent = parent_of(current, &off).unwrap_or_default();
+        let filename: *const u8 = field(bprm, off.bprm_filename).unwrap_or(core::ptr::null());
+        match bpf_probe_read_kernel_str_bytes(filename, &mut (*record).filename) {
+            Ok(name) if name.len() >= PATH_LEN - 1 => flags |= flag::FILENAME_TRUNCATED,
+            Ok(_) => {}
+            Err(_) => (*record).filename[0] = 0,
+        }
+        (*record).header = header(kind::EXEC, flags);
+    }
+    entry.submit(wake_flags(flags & flag::GUARD_STOPPED != 0));
+    Ok(())
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct task_struct *p, ...)
+    let task: *const u8 = ctx.arg(0);
+    match unsafe { try_exit(task) } {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+unsafe fn try_exit(task: *const u8) -> Result<(), i32> {
+    let off = offsets();
+    unsafe {
+        // Only the last thread out is the process's exit: by the time this
+        // tracepoint fires, do_exit has already dropped signal->live.
+        let signal: *const u8 = field(task, off.task_signal)?;
+        let live: i32 = field(signal, off.signal_live)?;
+        if live != 0 {
+            return Ok(());
+        }
+        let Some(mut entry) = EVENTS.reserve::<ExitRecord>(0) else {
+            count_lost(kind::EXIT);
+            return Ok(());
+        };
+        let record = entry.as_mut_ptr();
+        (*record).task = task_of(task, &off).unwrap_or_default();
+        (*record).parent = parent_of(task, &off).unwrap_or_default();
+        (*record).status = field(task, off.task_exit_code).unwrap_or(0);
+        (*record)._pad = 0;
+        (*record).comm = [0; COMM_LEN];
+        let _ = bpf_probe_read_kernel_buf(task.add(off.task_comm as usize), &mut (*record).comm);
+        (*record).header = header(kind::EXIT, 0);
+        entry.submit(wake_flags(false));
+    }
+    Ok(())
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct task_struct *parent, struct task_struct *child)
+    let child: *const u8 = ctx.arg(1);
+    match unsafe { try_fork(child) } {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+unsafe fn try_fork(child: *const u8) -> Result<(), i32> {
+    let off = offsets();
+    unsafe {
+        let child_task = task_of(child, &off)?;
+        if child_task.pid != child_task.tgid {
+            return Ok(()); // a new thread, not a new process
+        }
+        let (parent, _) = current_actor(&off)?;
+        let Some(mut entry) = EVENTS.reserve::<ForkRecord>(0) else {
+            count_lost(kind::FORK);
+            return Ok(());
+        };
+        entry.write(ForkRecord {
+            header: header(kind::FORK, 0),
+            parent,
+            child: child_task,
+        });
+        entry.submit(wake_flags(false));
+    }
+    Ok(())
+}
+
+#[raw_tracepoint(tracepoint = "signal_generate")]
+pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(int sig, struct kernel_siginfo *info, struct task_struct *task,
+    //          int group, int result)
+    let signal: u64 = ctx.arg(0);
+    let target: *const u8 = ctx.arg(2);
+    let result: u64 = ctx.arg(4);
+    match unsafe { try_signal(signal as u32, target, result as u32) } {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+unsafe fn try_signal(signal: u32, target: *const u8, result: u32) -> Result<(), i32> {
+    if signal == 0 || signal >= 64 {
+        return Ok(());
+    }
+    let interest = SIGNAL_INTEREST.get(0).copied().unwrap_or(0);
+    if interest & (1u64 << signal) == 0 {
+        return Ok(());
+    }
+    let off = offsets();
+    unsafe {
+        let (sender, _) = current_actor(&off)?;
+        let Some(mut entry) = EVENTS.reserve::<SignalRecord>(0) else {
+            count_lost(kind::SIGNAL);
+            return Ok(());
+        };
+        let record = entry.as_mut_ptr();
+        (*record).sender = sender;
+        (*record).target = task_of(target, &off).unwrap_or_default();
+        (*record).target_comm = [0; COMM_LEN];
+        let _ = bpf_probe_read_kernel_buf(
+            target.add(off.task_comm as usize),
+            &mut (*record).target_comm,
+        );
+        (*record).signal = signal;
+        (*record).result = result;
+        (*record).header = header(kind::SIGNAL, 0);
+        // Signals are rare and are what an operator stop looks like: no batching.
+        entry.submit(wake_flags(true));
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

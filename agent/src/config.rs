@@ -1,0 +1,133 @@
+//! The agent's configuration: a TOML file, or the embedded default.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/stopguard/stopguard.toml";
+pub const EMBEDDED: &str = include_str!("default-config.toml");
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub agent: Agent,
+    #[serde(default, rename = "service")]
+    pub services: Vec<Service>,
+    /// Where it came from, for messages: a path or "embedded default".
+    #[serde(skip)]
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Agent {
+    /// Default: the machine's hostname.
+    pub host: String,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub audit_log: PathBuf,
+    pub control_group: Option<String>,
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent {
+            host: hostname(),
+            state_dir: "/var/lib/stopguard".into(),
+            socket: "/run/stopguard/stopguard.sock".into(),
+            audit_log: "/var/log/stopguard/audit.jsonl".into(),
+            control_group: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    /// Globs on the executable's path.
+    pub exe: Vec<String>,
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Config {
+    /// Parses `text`; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Config> {
+        let mut config: Config =
+            toml::from_str(text).with_context(|| format!("reading {source}"))?;
+        config.source = source.to_string();
+        let mut seen = std::collections::HashSet::new();
+        for service in &config.services {
+            if service.name.is_empty() {
+                bail!("reading {source}: a [[service]] has an empty name");
+            }
+            if !seen.insert(service.name.as_str()) {
+                bail!("reading {source}: service `{}` is defined twice", service.name);
+            }
+            if service.exe.is_empty() {
+                bail!(
+                    "reading {source}: service `{}`: key `exe` needs at least one path glob",
+                    service.name
+                );
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn embedded() -> Config {
+        Config::parse(EMBEDDED, "the embedded default config").expect("the embedded config parses")
+    }
+
+    /// `path` when given (it must exist), else /etc/stopguard/stopguard.toml
+    /// when it exists, else the embedded default.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let path = match path {
+            Some(p) => p,
+            None if Path::new(DEFAULT_PATH).exists() => Path::new(DEFAULT_PATH),
+            None => return Ok(Config::embedded()),
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_watches_the_common_databases() {
+        let config = Config::embedded();
+        let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["postgres", "mysql", "mongodb", "redis", "etcd", "clickhouse"]
+        );
+        assert!(!config.agent.host.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = "[agent]\nhost = \"db-3\"\n\n[[service]]\nname = \"pg\"\nexe = [\"/x\"]\non_respwan = \"freeze\"\n";
+        let err = format!("{:#}", Config::parse(text, "/etc/x.toml").unwrap_err());
+        assert!(err.starts_with("reading /etc/x.toml: "), "{err}");
+        assert!(err.contains("line 7"), "{err}");
+        assert!(err.contains("on_respwan"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_service_is_refused() {
+        let text = "[[service]]\nname = \"pg\"\nexe = [\"/a\"]\n[[service]]\nname = \"pg\"\nexe = [\"/b\"]\n";
+        let err = format!("{:#}", Config::parse(text, "f.toml").unwrap_err());
+        assert_eq!(err, "reading f.toml: service `pg` is defined twice");
+    }
+}

@@ -1,0 +1,128 @@
+//! Kernel struct field offsets from the running kernel's BTF.
+
+use std::path::Path;
+
+use agent_common::Offsets;
+use anyhow::{Context, Result, anyhow, bail};
+use btf_rs::{Btf, Type};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Reads every offset the kernel programs need from `path` (vmlinux BTF).
+pub fn offsets(path: &Path) -> Result<Offsets> {
+    if !path.exists() {
+        bail!(
+            "{} is missing: this kernel was built without BTF (CONFIG_DEBUG_INFO_BTF=y), \
+             which stopguard needs to find kernel struct layouts",
+            path.display()
+        );
+    }
+    let btf = Btf::from_file(path).with_context(|| format!("parsing BTF from {}", path.display()))?;
+    let task = |field: &str| byte_offset(&btf, "task_struct", field);
+    Ok(Offsets {
+        task_pid: task("pid")?,
+        task_tgid: task("tgid")?,
+        task_real_parent: task("real_parent")?,
+        task_group_leader: task("group_leader")?,
+        task_start_boottime: task("start_boottime")?,
+        task_loginuid: task("loginuid")?,
+        task_sessionid: task("sessionid")?,
+        task_exit_code: task("exit_code")?,
+        task_comm: task("comm")?,
+        task_signal: task("signal")?,
+        signal_live: byte_offset(&btf, "signal_struct", "live")?,
+        bprm_filename: byte_offset(&btf, "linux_binprm", "filename")?,
+    })
+}
+
+/// Byte offset of `field` in `struct name`, looking into anonymous members.
+pub fn byte_offset(btf: &Btf, name: &str, field: &str) -> Result<u32> {
+    let types = btf
+        .resolve_types_by_name(name)
+        .with_context(|| format!("no type `{name}` in kernel BTF"))?;
+    let strukt = types
+        .iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("`{name}` in kernel BTF is not a struct"))?;
+    let bits = find_member(btf, strukt, field)?
+        .ok_or_else(|| anyhow!("kernel BTF: struct {name} has no field `{field}`"))?;
+    if bits % 8 != 0 {
+        bail!("kernel BTF: {name}.{field} is a bitfield");
+    }
+    Ok(bits / 8)
+}
+
+fn find_member(btf: &Btf, strukt: &btf_rs::Struct, field: &str) -> Result<Option<u32>> {
+    for member in &strukt.members {
+        let name = btf.resolve_name(member).unwrap_or_default();
+        if name == field {
+            return Ok(Some(member.bit_offset()));
+        }
+        if name.is_empty() {
+            let inner = match btf.resolve_chained_type(member)? {
+                Type::Struct(s) | Type::Union(s) => s,
+                _ => continue,
+            };
+            if let Some(bits) = find_member(btf, &inner, field)? {
+                return Ok(Some(member.bit_offset() + bits));
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_from_this_kernel_are_distinct_and_inside_task_struct() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI: {VMLINUX_BTF} is missing"
+            );
+            eprintln!("skipped: {VMLINUX_BTF} is missing");
+            return;
+        }
+        let o = offsets(path).unwrap();
+        let task = [
+            o.task_pid,
+            o.task_tgid,
+            o.task_real_parent,
+            o.task_group_leader,
+            o.task_start_boottime,
+            o.task_loginuid,
+            o.task_sessionid,
+            o.task_exit_code,
+            o.task_comm,
+            o.task_signal,
+        ];
+        let mut sorted = task.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), task.len(), "duplicate offsets: {o:?}");
+        // tgid follows pid directly in every kernel since 2.6.
+        assert_eq!(o.task_tgid, o.task_pid + 4, "{o:?}");
+        assert!(o.task_comm > 0 && o.task_comm < 16384, "{o:?}");
+    }
+
+    #[test]
+    fn unknown_field_is_named_in_the_error() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            eprintln!("skipped: {VMLINUX_BTF} is missing");
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let err = byte_offset(&btf, "task_struct", "no_such_field").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel BTF: struct task_struct has no field `no_such_field`"
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! stopguard: catches supervisors restarting services an operator stopped.
+//!
+//! - `kernel`: loading the eBPF programs, reading their ring buffer.
+//! - `events`: the typed lifecycle events decoded from kernel records.
+//! - `process`: the process table (ancestry, supervisors), seeded from /proc.
+//! - `monitor`: the event loop that keeps the table current.
+//! - `trace`, `agent`: the `trace` and `run` commands.
+//! - `config`: the TOML configuration and its embedded default.
+
+pub mod agent;
+pub mod config;
+pub mod events;
+pub mod kernel;
+pub mod monitor;
+pub mod process;
+pub mod trace;

@@ -1,0 +1,135 @@
+//! The event loop shared by `trace` and `run`: kernel records in, the
+//! process table kept current, loss noticed and repaired.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::{
+    events::Event,
+    kernel::{ProbeOptions, Probes},
+    process::{ProcessTable, procfs},
+};
+
+/// How often the kernel's lost-record counters are read.
+const LOSS_CHECK: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub exec: u64,
+    pub exit: u64,
+    pub fork: u64,
+    pub signal: u64,
+    pub lost: u64,
+}
+
+impl Counts {
+    pub fn events(&self) -> u64 {
+        self.exec + self.exit + self.fork + self.signal
+    }
+
+    fn add(&mut self, event: &Event) {
+        match event {
+            Event::Exec(_) => self.exec += 1,
+            Event::Exit(_) => self.exit += 1,
+            Event::Fork(_) => self.fork += 1,
+            Event::Signal(_) => self.signal += 1,
+            Event::Lost(l) => self.lost += l.count,
+        }
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} events (exec {}, exit {}, fork {}, signal {}), {} lost",
+            self.events(),
+            self.exec,
+            self.exit,
+            self.fork,
+            self.signal,
+            self.lost
+        )
+    }
+}
+
+pub struct Monitor {
+    probes: Probes,
+    table: ProcessTable,
+    counts: Counts,
+    last_loss_check: Instant,
+    batch: Vec<Event>,
+}
+
+impl Monitor {
+    /// Attaches the probes, then seeds the table from /proc, in that order so
+    /// that nothing starting in between is missed.
+    pub fn start(options: &ProbeOptions) -> Result<Monitor> {
+        let probes = Probes::attach(options)?;
+        let mut table = ProcessTable::default();
+        table.seed(procfs::scan());
+        Ok(Monitor {
+            probes,
+            table,
+            counts: Counts::default(),
+            last_loss_check: Instant::now(),
+            batch: Vec::new(),
+        })
+    }
+
+    pub fn table(&self) -> &ProcessTable {
+        &self.table
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    pub fn probes(&mut self) -> &mut Probes {
+        &mut self.probes
+    }
+
+    /// Waits for the next records and hands each to `on_event` with the
+    /// table as it stands right after that event.
+    pub async fn next(&mut self, on_event: impl FnMut(&Event, &ProcessTable)) -> Result<()> {
+        self.probes.read(&mut self.batch).await?;
+        self.dispatch(on_event)
+    }
+
+    /// Like `next`, without waiting: what is in the ring now, and any loss.
+    pub fn flush(&mut self, on_event: impl FnMut(&Event, &ProcessTable)) -> Result<()> {
+        self.probes.drain(&mut self.batch);
+        self.last_loss_check = Instant::now() - LOSS_CHECK;
+        self.dispatch(on_event)
+    }
+
+    fn dispatch(&mut self, mut on_event: impl FnMut(&Event, &ProcessTable)) -> Result<()> {
+        if self.last_loss_check.elapsed() >= LOSS_CHECK {
+            self.last_loss_check = Instant::now();
+            if let Some(lost) = self.probes.check_lost()? {
+                self.batch.push(Event::Lost(lost));
+            }
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        for event in batch.drain(..) {
+            self.counts.add(&event);
+            self.table.apply(&event);
+            match &event {
+                Event::Exec(exec) => {
+                    let cmdline = procfs::cmdline(exec.process.pid);
+                    self.table.set_cmdline(&exec.process.key, cmdline);
+                }
+                Event::Lost(_) => {
+                    // What changed while records were lost is unknown: start
+                    // again from what /proc says now.
+                    self.table.seed(procfs::scan());
+                }
+                _ => {}
+            }
+            on_event(&event, &self.table);
+        }
+        self.batch = batch;
+        Ok(())
+    }
+}

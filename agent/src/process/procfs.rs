@@ -1,0 +1,65 @@
+//! Reading processes from /proc, to seed and resynchronise the table.
+
+use procfs::process::{Process as ProcProcess, all_processes};
+
+use super::Process;
+use crate::events::ProcessKey;
+
+/// Every process now in /proc. Processes that vanish mid-scan are skipped.
+pub fn scan() -> Vec<Process> {
+    let Ok(all) = all_processes() else {
+        return Vec::new();
+    };
+    let procs: Vec<ProcProcess> = all.filter_map(Result::ok).collect();
+    let starts: std::collections::HashMap<i32, u64> = procs
+        .iter()
+        .filter_map(|p| p.stat().ok().map(|s| (s.pid, s.starttime)))
+        .collect();
+    procs
+        .iter()
+        .filter_map(|p| read(p, &starts))
+        .collect()
+}
+
+/// One process from /proc, or None when it has gone.
+pub fn read_pid(pid: u32) -> Option<Process> {
+    let p = ProcProcess::new(pid as i32).ok()?;
+    let stat = p.stat().ok()?;
+    let parent_start = ProcProcess::new(stat.ppid)
+        .ok()
+        .and_then(|pp| pp.stat().ok())
+        .map(|s| s.starttime);
+    let starts = parent_start.map(|s| (stat.ppid, s)).into_iter().collect();
+    read(&p, &starts)
+}
+
+fn read(p: &ProcProcess, starts: &std::collections::HashMap<i32, u64>) -> Option<Process> {
+    let stat = p.stat().ok()?;
+    let status = p.status().ok();
+    let loginuid = p.loginuid().ok().filter(|&l| l != u32::MAX);
+    Some(Process {
+        key: ProcessKey {
+            pid: stat.pid as u32,
+            start_ticks: stat.starttime,
+        },
+        pid: stat.pid as u32,
+        parent: starts.get(&stat.ppid).map(|&start| ProcessKey {
+            pid: stat.ppid as u32,
+            start_ticks: start,
+        }),
+        uid: status.map(|s| s.ruid).unwrap_or(0),
+        loginuid,
+        comm: stat.comm,
+        exe: p.exe().ok().map(|e| e.to_string_lossy().into_owned()),
+        cmdline: p.cmdline().unwrap_or_default(),
+        exited: None,
+    })
+}
+
+/// The command line of a live process, read right away; empty when it is
+/// gone or is a kernel thread.
+pub fn cmdline(pid: u32) -> Vec<String> {
+    ProcProcess::new(pid as i32)
+        .and_then(|p| p.cmdline())
+        .unwrap_or_default()
+}

@@ -1,0 +1,242 @@
+//! `stopguard trace`: every lifecycle event on the host, one line each.
+
+use std::{
+    io::{self, Write},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::{
+    events::{Event, Exec},
+    kernel::ProbeOptions,
+    monitor::Monitor,
+    process::{Link, ProcessTable},
+};
+
+pub struct TraceOptions {
+    pub json: bool,
+    /// Only events involving a process of one of these names.
+    pub comms: Vec<String>,
+    pub probes: ProbeOptions,
+}
+
+/// Converts the kernel's boot-time stamps to wall-clock time.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    boot: SystemTime,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid timespec to write into.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        let since_boot = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        Clock {
+            boot: SystemTime::now() - since_boot,
+        }
+    }
+
+    pub fn wall(&self, boot_ns: u64) -> SystemTime {
+        self.boot + Duration::from_nanos(boot_ns)
+    }
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    #[serde(flatten)]
+    event: &'a Event,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cmdline: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chain: Option<Vec<Link>>,
+}
+
+struct Printer<W: Write> {
+    out: W,
+    json: bool,
+    comms: Vec<String>,
+    clock: Clock,
+    failed: Option<io::Error>,
+}
+
+impl<W: Write> Printer<W> {
+    fn print(&mut self, event: &Event, table: &ProcessTable) {
+        if self.failed.is_some() || !wanted(event, &self.comms) {
+            return;
+        }
+        let line = if self.json {
+            json_line(event, table, &self.clock)
+        } else {
+            human_line(event, table, &self.clock)
+        };
+        if let Err(err) = writeln!(self.out, "{line}") {
+            self.failed = Some(err);
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.failed.take() {
+            Some(err) => Err(err),
+            None => self.out.flush(),
+        }
+    }
+}
+
+pub async fn run(options: TraceOptions) -> Result<()> {
+    let mut monitor = Monitor::start(&options.probes)?;
+    eprintln!(
+        "stopguard: tracing exec, exit, fork and signals ({} processes known); Ctrl-C to stop",
+        monitor.table().len_live()
+    );
+    let mut printer = Printer {
+        out: io::BufWriter::new(io::stdout().lock()),
+        json: options.json,
+        comms: options.comms,
+        clock: Clock::now(),
+        failed: None,
+    };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            result = monitor.next(|e, t| printer.print(e, t)) => result?,
+        }
+        match printer.flush() {
+            Ok(()) => {}
+            // The reader went away (`stopguard trace | head`): done.
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(err) => return Err(err).context("writing events"),
+        }
+    }
+    monitor.flush(|e, t| printer.print(e, t))?;
+    printer.flush().context("writing events")?;
+    eprintln!("stopguard: {}", monitor.counts());
+    Ok(())
+}
+
+fn wanted(event: &Event, comms: &[String]) -> bool {
+    if comms.is_empty() {
+        return true;
+    }
+    let names: [&str; 2] = match event {
+        Event::Exec(e) => [&e.process.comm, ""],
+        Event::Exit(e) => [&e.comm, ""],
+        Event::Fork(e) => [&e.parent.comm, ""],
+        Event::Signal(e) => [&e.sender.comm, &e.target.comm],
+        Event::Lost(_) => return true,
+    };
+    comms.iter().any(|c| {
+        let c = &c[..c.len().min(agent_common::COMM_LEN - 1)];
+        names.contains(&c)
+    })
+}
+
+fn exec_context<'t>(exec: &Exec, table: &'t ProcessTable) -> (Option<&'t [String]>, Vec<Link>) {
+    let cmdline = table
+        .get(&exec.process.key)
+        .map(|p| p.cmdline.as_slice())
+        .filter(|c| !c.is_empty());
+    let chain = table.chain(&exec.parent);
+    (cmdline, chain)
+}
+
+pub fn json_line(event: &Event, table: &ProcessTable, clock: &Clock) -> String {
+    let time = event
+        .time_ns()
+        .map(|t| clock.wall(t))
+        .unwrap_or_else(SystemTime::now);
+    let (cmdline, chain) = match event {
+        Event::Exec(exec) => {
+            let (cmdline, chain) = exec_context(exec, table);
+            (cmdline, Some(chain))
+        }
+        _ => (None, None),
+    };
+    serde_json::to_string(&JsonLine {
+        time: humantime::format_rfc3339_millis(time).to_string(),
+        event,
+        cmdline,
+        chain,
+    })
+    .expect("events serialize")
+}
+
+fn login(loginuid: Option<u32>) -> String {
+    loginuid.map_or_else(|| "-".to_string(), |l| l.to_string())
+}
+
+pub fn human_line(event: &Event, table: &ProcessTable, clock: &Clock) -> String {
+    let time = event
+        .time_ns()
+        .map(|t| clock.wall(t))
+        .unwrap_or_else(SystemTime::now);
+    let stamp = humantime::format_rfc3339_millis(time).to_string();
+    let stamp = &stamp[11..23]; // HH:MM:SS.mmm (UTC)
+    match event {
+        Event::Exec(e) => {
+            let (cmdline, chain) = exec_context(e, table);
+            let mut line = format!(
+                "{stamp} EXEC   {:<7} {:<15} uid={} login={}  {}",
+                e.process.pid,
+                e.process.comm,
+                e.process.uid,
+                login(e.process.loginuid),
+                e.filename
+            );
+            for arg in cmdline.unwrap_or_default().iter().skip(1) {
+                line.push(' ');
+                line.push_str(arg);
+            }
+            if e.guard_stopped {
+                line.push_str("  [stopped by guard]");
+            }
+            for link in chain {
+                line.push_str(&format!("  <- {}({})", link.comm, link.pid));
+            }
+            line
+        }
+        Event::Exit(e) => {
+            let how = match (e.exit_code, e.signal) {
+                (Some(code), _) => format!("exit {code}"),
+                (None, Some(sig)) => format!(
+                    "killed by {}{}",
+                    crate::events::signal_name(sig.into()),
+                    if e.core_dumped { " (core dumped)" } else { "" }
+                ),
+                (None, None) => "exit ?".into(),
+            };
+            format!("{stamp} EXIT   {:<7} {:<15} {how}  ppid={}", e.pid, e.comm, e.ppid)
+        }
+        Event::Fork(e) => format!(
+            "{stamp} FORK   {:<7} {:<15} -> child {}  uid={} login={}",
+            e.parent.pid,
+            e.parent.comm,
+            e.child_pid,
+            e.parent.uid,
+            login(e.parent.loginuid)
+        ),
+        Event::Signal(e) => format!(
+            "{stamp} SIGNAL {:<7} {:<15} {} -> {}({}) {}  uid={} login={}",
+            e.sender.pid,
+            e.sender.comm,
+            e.signal_name,
+            e.target.comm,
+            e.target.pid,
+            e.result.as_str(),
+            e.sender.uid,
+            login(e.sender.loginuid),
+        ),
+        Event::Lost(l) => format!(
+            "{stamp} LOST   {} records lost (ring buffer full; exec {}, exit {}, fork {}, signal {} so far)",
+            l.count, l.exec, l.exit, l.fork, l.signal
+        ),
+    }
+}

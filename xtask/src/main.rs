@@ -1,0 +1,175 @@
+//! Project tasks: `cargo xtask <command>`. Each one installs what it needs
+//! first, so a fresh machine needs nothing beyond the Rust toolchain.
+mod bench;
+mod toolchain;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "stopguard's build, run, test and bench tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the kernel programs (installs rust-src and bpf-linker when missing).
+    BuildEbpf,
+    /// Build everything and run stopguard as root, passing ARGS through.
+    ///
+    /// Example: cargo xtask run -- trace --comm postgres
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install what the tests need and run every test, unit and end-to-end.
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure the agent's overhead on a fork+exec storm.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Task::BuildEbpf => build_ebpf().map(|_| ()),
+        Task::Run { args } => {
+            build_ebpf()?;
+            let agent = build_agent()?;
+            let status = as_root(&agent)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", agent.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => test(&args),
+        Task::Bench(args) => {
+            build_ebpf()?;
+            let agent = build_agent()?;
+            bench::run(&agent, &args)
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Where the eBPF object lands; the agent embeds it from here.
+pub fn ebpf_object() -> PathBuf {
+    workspace_root().join("target/bpfel-unknown-none/release/stopguard")
+}
+
+fn build_ebpf() -> Result<PathBuf> {
+    let linker_dir = toolchain::ensure_bpf_toolchain()?;
+    step("building the kernel programs (agent-ebpf)");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![linker_dir];
+    dirs.extend(std::env::split_paths(&path));
+    let rustflags = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+    ]
+    .join("\x1f");
+    let status = Command::new("cargo")
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--package",
+            "agent-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .env("PATH", std::env::join_paths(dirs)?)
+        // build-std is unstable; the stable toolchain allows it for this crate only.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env_remove("RUSTFLAGS")
+        .status()
+        .context("running cargo build for agent-ebpf")?;
+    if !status.success() {
+        bail!("building agent-ebpf failed ({status})");
+    }
+    let object = ebpf_object();
+    if !object.exists() {
+        bail!("the build succeeded but {} is missing", object.display());
+    }
+    Ok(object)
+}
+
+fn build_agent() -> Result<PathBuf> {
+    step("building the agent (release)");
+    cargo(&["build", "--release", "--package", "stopguard"])?;
+    Ok(workspace_root().join("target/release/stopguard"))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    if is_root() {
+        toolchain::ensure_test_packages()?;
+    } else {
+        step("not root: Debian packages for the end-to-end tests are not installed");
+    }
+    build_ebpf()?;
+    build_agent()?;
+    step("running every test");
+    let mut cmd = vec!["test", "--workspace", "--exclude", "agent-ebpf"];
+    cmd.extend(args.iter().map(String::as_str));
+    cargo(&cmd)
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new("cargo")
+        .current_dir(workspace_root())
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `program` run as root: directly when we are root, through sudo otherwise.
+pub fn as_root(program: &Path) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg("--preserve-env=RUST_LOG,STOPGUARD_SOCKET").arg(program);
+        cmd
+    }
+}
+
+pub fn step(what: &str) {
+    eprintln!("==> {what}");
+}

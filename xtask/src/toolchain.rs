@@ -1,0 +1,144 @@
+//! Installs what the builds and tests need, once, outside the checkout.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::step;
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the end-to-end tests run for real.
+const TEST_PACKAGES: &[&str] = &["procps", "psmisc"];
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STOPGUARD_TOOLCHAIN_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("stopguard")
+}
+
+/// Makes sure rust-src and a bpf-linker built against this toolchain's LLVM
+/// exist; returns the directory holding `bpf-linker`.
+pub fn ensure_bpf_toolchain() -> Result<PathBuf> {
+    let sysroot = PathBuf::from(output(Command::new("rustc").args(["--print", "sysroot"]))?);
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        step("installing rust-src (needed to build core for the BPF target)");
+        let status = Command::new("rustup")
+            .args(["component", "add", "rust-src"])
+            .status()
+            .context("running rustup")?;
+        if !status.success() {
+            bail!("rustup component add rust-src failed ({status})");
+        }
+    }
+    let llvm = find_libllvm(&sysroot)?;
+    let name = llvm.file_name().unwrap().to_string_lossy().to_string();
+    let key = name.trim_start_matches("libLLVM.so.");
+    let dir = cache_root().join(format!("bpf-linker-{BPF_LINKER_VERSION}-llvm-{key}"));
+    let bin = dir.join("bin");
+    if bin.join("bpf-linker").exists() {
+        return Ok(bin);
+    }
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against {name} into {} (about 2 minutes, once)",
+        dir.display()
+    ));
+    let lib = dir.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    // Copies, not links: a toolchain update removes the original.
+    for target in [lib.join(&name), lib.join("libLLVM.so")] {
+        fs::copy(&llvm, &target)
+            .with_context(|| format!("copying {} to {}", llvm.display(), target.display()))?;
+    }
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{}", key.split('.').next().unwrap_or("22")),
+            "--root",
+        ])
+        .arg(&dir)
+        .env("LLVM_PREFIX", &dir)
+        .status()
+        .context("running cargo install bpf-linker")?;
+    if !status.success() {
+        bail!("building bpf-linker failed ({status})");
+    }
+    Ok(bin)
+}
+
+fn find_libllvm(sysroot: &Path) -> Result<PathBuf> {
+    let lib = sysroot.join("lib");
+    for entry in fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        {
+            return Ok(path);
+        }
+    }
+    bail!(
+        "no libLLVM.so.* in {}: this toolchain does not ship its LLVM",
+        lib.display()
+    )
+}
+
+/// Installs the Debian packages the end-to-end tests use (root only).
+pub fn ensure_test_packages() -> Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    let status = Command::new("apt-get")
+        .arg("update")
+        .arg("-q")
+        .status()
+        .context("running apt-get update")?;
+    if !status.success() {
+        bail!("apt-get update failed ({status})");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get install")?;
+    if !status.success() {
+        bail!("apt-get install {} failed ({status})", missing.join(" "));
+    }
+    Ok(())
+}
