@@ -9,6 +9,8 @@
 pub const COMM_LEN: usize = 16;
 /// Bytes of the exec'd filename copied into an exec record, NUL included.
 pub const PATH_LEN: usize = 256;
+/// Bytes of the new image's arguments copied into an exec record.
+pub const ARGS_LEN: usize = 256;
 
 /// Record kinds, the first field of every [`Header`].
 pub mod kind {
@@ -24,8 +26,10 @@ pub mod kind {
 pub mod flag {
     /// The exec'd name was in the guard map and the kernel sent SIGSTOP.
     pub const GUARD_STOPPED: u32 = 1 << 0;
-    /// The filename did not fit in [`super::PATH_LEN`](crate::PATH_LEN) and was cut.
+    /// The filename did not fit in [`PATH_LEN`](crate::PATH_LEN) and was cut.
     pub const FILENAME_TRUNCATED: u32 = 1 << 1;
+    /// The arguments did not fit in [`ARGS_LEN`](crate::ARGS_LEN) and were cut.
+    pub const ARGS_TRUNCATED: u32 = 1 << 2;
 }
 
 /// `loginuid` of a task that never logged in ((uid_t)-1).
@@ -73,8 +77,15 @@ pub struct ExecRecord {
     pub actor: Actor,
     /// The parent (`real_parent`) at the moment of the exec.
     pub parent: Task,
+    /// Bytes of `args` that hold arguments.
+    pub args_len: u32,
+    pub _pad: u32,
     /// The path given to execve, NUL-terminated within the array.
     pub filename: [u8; PATH_LEN],
+    /// argv as the new image sees it: NUL-separated, read from its stack at
+    /// the exec, where the kernel has just written it (so it is in memory,
+    /// unlike argv read at execve entry).
+    pub args: [u8; ARGS_LEN],
 }
 
 /// A whole-process exit: `sched_process_exit` of the last thread.
@@ -131,8 +142,11 @@ pub struct Offsets {
     pub task_exit_code: u32,
     pub task_comm: u32,
     pub task_signal: u32,
+    pub task_mm: u32,
     pub signal_live: u32,
     pub bprm_filename: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
 }
 
 /// Ring buffer wake-up policy, a global of the kernel programs: records are

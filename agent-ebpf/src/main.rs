@@ -5,7 +5,7 @@
 #![no_main]
 
 use agent_common::{
-    Actor, COMM_LEN, ExecRecord, ExitRecord, ForkRecord, Header, NO_LOGINUID, Offsets, PATH_LEN,
+    ARGS_LEN, Actor, COMM_LEN, ExecRecord, ExitRecord, ForkRecord, Header, NO_LOGINUID, Offsets, PATH_LEN,
     SignalRecord, Task, WakePolicy, flag, kind,
 };
 use aya_ebpf::{
@@ -13,7 +13,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_task, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-        bpf_probe_read_kernel_str_bytes, bpf_send_signal,
+        bpf_probe_read_kernel_str_bytes, bpf_send_signal, generated,
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -50,8 +50,11 @@ static OFFSETS: Offsets = Offsets {
     task_exit_code: 0,
     task_comm: 0,
     task_signal: 0,
+    task_mm: 0,
     signal_live: 0,
     bprm_filename: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -171,6 +174,29 @@ unsafe fn try_exec(ctx: &RawTracePointContext, bprm: *const u8) -> Result<(), i3
             Ok(name) if name.len() >= PATH_LEN - 1 => flags |= flag::FILENAME_TRUNCATED,
             Ok(_) => {}
             Err(_) => (*record).filename[0] = 0,
+        }
+        (*record).args_len = 0;
+        (*record)._pad = 0;
+        let mm: *const u8 = field(current, off.task_mm).unwrap_or(core::ptr::null());
+        if !mm.is_null() {
+            let start: u64 = field(mm, off.mm_arg_start).unwrap_or(0);
+            let end: u64 = field(mm, off.mm_arg_end).unwrap_or(0);
+            let mut len = end.saturating_sub(start) as usize;
+            if len > ARGS_LEN {
+                len = ARGS_LEN;
+                flags |= flag::ARGS_TRUNCATED;
+            }
+            // Only the arguments' own bytes: a fixed-size read could run off
+            // the end of a small stack and fail.
+            if len > 0
+                && generated::bpf_probe_read_user(
+                    (*record).args.as_mut_ptr().cast(),
+                    len as u32,
+                    start as *const core::ffi::c_void,
+                ) == 0
+            {
+                (*record).args_len = len as u32;
+            }
         }
         (*record).header = header(kind::EXEC, flags);
     }

@@ -11,6 +11,8 @@ use crate::{config::Config, events::Event, kernel::ProbeOptions, monitor::Monito
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 pub async fn run(config: Config) -> Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let mut monitor = Monitor::start(&ProbeOptions::default())?;
     let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     tracing::info!(
@@ -21,8 +23,6 @@ pub async fn run(config: Config) -> Result<()> {
         services.len(),
         services.join(", ")
     );
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
     let mut summary = tokio::time::interval(SUMMARY_EVERY);
     summary.tick().await;
     let on_event = |event: &Event, _: &crate::process::ProcessTable| {

@@ -66,6 +66,9 @@ pub struct Exec {
     pub parent: ProcessKey,
     pub filename: String,
     pub filename_truncated: bool,
+    /// argv of the new image, as far as it fit in the record.
+    pub args: Vec<String>,
+    pub args_truncated: bool,
     /// The kernel stopped it at exec because its name is guarded.
     pub guard_stopped: bool,
 }
@@ -218,6 +221,8 @@ impl Event {
                     parent: ProcessKey::from_task(&r.parent),
                     filename: c_string(&r.filename),
                     filename_truncated: header.flags & flag::FILENAME_TRUNCATED != 0,
+                    args: split_args(&r.args[..(r.args_len as usize).min(r.args.len())]),
+                    args_truncated: header.flags & flag::ARGS_TRUNCATED != 0,
                     guard_stopped: header.flags & flag::GUARD_STOPPED != 0,
                 })
             }
@@ -283,6 +288,18 @@ pub fn split_wait_status(status: u32) -> (Option<u8>, Option<u8>, bool) {
     } else {
         (None, Some(signal), status & 0x80 != 0)
     }
+}
+
+/// NUL-separated arguments as a list; a trailing NUL ends the last one.
+pub fn split_args(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 fn login_id(raw: u32) -> Option<u32> {

@@ -115,17 +115,10 @@ impl Monitor {
         for event in batch.drain(..) {
             self.counts.add(&event);
             self.table.apply(&event);
-            match &event {
-                Event::Exec(exec) => {
-                    let cmdline = procfs::cmdline(exec.process.pid);
-                    self.table.set_cmdline(&exec.process.key, cmdline);
-                }
-                Event::Lost(_) => {
-                    // What changed while records were lost is unknown: start
-                    // again from what /proc says now.
-                    self.table.seed(procfs::scan());
-                }
-                _ => {}
+            if let Event::Lost(_) = event {
+                // What changed while records were lost is unknown: start
+                // again from what /proc says now.
+                self.table.seed(procfs::scan());
             }
             on_event(&event, &self.table);
         }

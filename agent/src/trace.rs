@@ -6,10 +6,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use tokio::signal::unix::{SignalKind, signal};
 use serde::Serialize;
 
 use crate::{
-    events::{Event, Exec},
+    events::Event,
     kernel::ProbeOptions,
     monitor::Monitor,
     process::{Link, ProcessTable},
@@ -53,8 +54,6 @@ struct JsonLine<'a> {
     #[serde(flatten)]
     event: &'a Event,
     #[serde(skip_serializing_if = "Option::is_none")]
-    cmdline: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     chain: Option<Vec<Link>>,
 }
 
@@ -90,6 +89,10 @@ impl<W: Write> Printer<W> {
 }
 
 pub async fn run(options: TraceOptions) -> Result<()> {
+    // Listeners made once, before anyone is told we run: a signal arriving
+    // at any moment after that must be seen.
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let mut monitor = Monitor::start(&options.probes)?;
     eprintln!(
         "stopguard: tracing exec, exit, fork and signals ({} processes known); Ctrl-C to stop",
@@ -102,10 +105,9 @@ pub async fn run(options: TraceOptions) -> Result<()> {
         clock: Clock::now(),
         failed: None,
     };
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
             result = monitor.next(|e, t| printer.print(e, t)) => result?,
         }
@@ -139,31 +141,18 @@ fn wanted(event: &Event, comms: &[String]) -> bool {
     })
 }
 
-fn exec_context<'t>(exec: &Exec, table: &'t ProcessTable) -> (Option<&'t [String]>, Vec<Link>) {
-    let cmdline = table
-        .get(&exec.process.key)
-        .map(|p| p.cmdline.as_slice())
-        .filter(|c| !c.is_empty());
-    let chain = table.chain(&exec.parent);
-    (cmdline, chain)
-}
-
 pub fn json_line(event: &Event, table: &ProcessTable, clock: &Clock) -> String {
     let time = event
         .time_ns()
         .map(|t| clock.wall(t))
         .unwrap_or_else(SystemTime::now);
-    let (cmdline, chain) = match event {
-        Event::Exec(exec) => {
-            let (cmdline, chain) = exec_context(exec, table);
-            (cmdline, Some(chain))
-        }
-        _ => (None, None),
+    let chain = match event {
+        Event::Exec(exec) => Some(table.chain(&exec.parent)),
+        _ => None,
     };
     serde_json::to_string(&JsonLine {
         time: humantime::format_rfc3339_millis(time).to_string(),
         event,
-        cmdline,
         chain,
     })
     .expect("events serialize")
@@ -182,7 +171,6 @@ pub fn human_line(event: &Event, table: &ProcessTable, clock: &Clock) -> String 
     let stamp = &stamp[11..23]; // HH:MM:SS.mmm (UTC)
     match event {
         Event::Exec(e) => {
-            let (cmdline, chain) = exec_context(e, table);
             let mut line = format!(
                 "{stamp} EXEC   {:<7} {:<15} uid={} login={}  {}",
                 e.process.pid,
@@ -191,14 +179,17 @@ pub fn human_line(event: &Event, table: &ProcessTable, clock: &Clock) -> String 
                 login(e.process.loginuid),
                 e.filename
             );
-            for arg in cmdline.unwrap_or_default().iter().skip(1) {
+            for arg in e.args.iter().skip(1) {
                 line.push(' ');
                 line.push_str(arg);
+            }
+            if e.args_truncated {
+                line.push_str(" ...");
             }
             if e.guard_stopped {
                 line.push_str("  [stopped by guard]");
             }
-            for link in chain {
+            for link in table.chain(&e.parent) {
                 line.push_str(&format!("  <- {}({})", link.comm, link.pid));
             }
             line

@@ -30,8 +30,11 @@ pub fn offsets(path: &Path) -> Result<Offsets> {
         task_exit_code: task("exit_code")?,
         task_comm: task("comm")?,
         task_signal: task("signal")?,
+        task_mm: task("mm")?,
         signal_live: byte_offset(&btf, "signal_struct", "live")?,
         bprm_filename: byte_offset(&btf, "linux_binprm", "filename")?,
+        mm_arg_start: byte_offset(&btf, "mm_struct", "arg_start")?,
+        mm_arg_end: byte_offset(&btf, "mm_struct", "arg_end")?,
     })
 }
 
@@ -101,6 +104,7 @@ mod tests {
             o.task_exit_code,
             o.task_comm,
             o.task_signal,
+            o.task_mm,
         ];
         let mut sorted = task.to_vec();
         sorted.sort();
@@ -109,6 +113,7 @@ mod tests {
         // tgid follows pid directly in every kernel since 2.6.
         assert_eq!(o.task_tgid, o.task_pid + 4, "{o:?}");
         assert!(o.task_comm > 0 && o.task_comm < 16384, "{o:?}");
+        assert_eq!(o.mm_arg_end, o.mm_arg_start + 8, "{o:?}");
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl ProcessTable {
                 process.loginuid = exec.process.loginuid;
                 process.comm = exec.process.comm.clone();
                 process.exe = Some(exec.filename.clone());
-                process.cmdline.clear();
+                process.cmdline = exec.args.clone();
                 self.live.insert(key.pid, key);
             }
             Event::Exit(exit) => {

@@ -55,11 +55,3 @@ fn read(p: &ProcProcess, starts: &std::collections::HashMap<i32, u64>) -> Option
         exited: None,
     })
 }
-
-/// The command line of a live process, read right away; empty when it is
-/// gone or is a kernel thread.
-pub fn cmdline(pid: u32) -> Vec<String> {
-    ProcProcess::new(pid as i32)
-        .and_then(|p| p.cmdline())
-        .unwrap_or_default()
-}
