@@ -174,11 +174,12 @@ pub mod names {
     pub const GUARD: &str = "GUARD";
     pub const OFFSETS: &str = "OFFSETS";
     pub const WAKE: &str = "WAKE";
-    /// (program, raw tracepoint) pairs.
+    /// (program, raw tracepoint) pairs. Program names stay short: the
+    /// kernel keeps 15 bytes of them, and tools tell them apart by name.
     pub const PROGRAMS: [(&str, &str); 4] = [
-        ("sched_process_exec", "sched_process_exec"),
-        ("sched_process_exit", "sched_process_exit"),
-        ("sched_process_fork", "sched_process_fork"),
-        ("signal_generate", "signal_generate"),
+        ("sg_exec", "sched_process_exec"),
+        ("sg_exit", "sched_process_exit"),
+        ("sg_fork", "sched_process_fork"),
+        ("sg_signal", "signal_generate"),
     ];
 }

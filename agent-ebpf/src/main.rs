@@ -138,7 +138,7 @@ fn wake_flags(urgent: bool) -> u64 {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+pub fn sg_exec(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
     let bprm: *const u8 = ctx.arg(2);
     match unsafe { try_exec(&ctx, bprm) } {
@@ -205,7 +205,7 @@ unsafe fn try_exec(ctx: &RawTracePointContext, bprm: *const u8) -> Result<(), i3
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+pub fn sg_exit(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct task_struct *p, ...)
     let task: *const u8 = ctx.arg(0);
     match unsafe { try_exit(task) } {
@@ -242,7 +242,7 @@ unsafe fn try_exit(task: *const u8) -> Result<(), i32> {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
-pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+pub fn sg_fork(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct task_struct *parent, struct task_struct *child)
     let child: *const u8 = ctx.arg(1);
     match unsafe { try_fork(child) } {
@@ -274,7 +274,7 @@ unsafe fn try_fork(child: *const u8) -> Result<(), i32> {
 }
 
 #[raw_tracepoint(tracepoint = "signal_generate")]
-pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
+pub fn sg_signal(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(int sig, struct kernel_siginfo *info, struct task_struct *task,
     //          int group, int result)
     let signal: u64 = ctx.arg(0);

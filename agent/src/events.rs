@@ -321,3 +321,170 @@ pub fn signal_name(signal: u32) -> String {
         .map(|s| s.as_str().to_string())
         .unwrap_or_else(|| format!("SIGRT{signal}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use agent_common::{ARGS_LEN, COMM_LEN, PATH_LEN};
+
+    use super::*;
+
+    fn bytes_of<T>(record: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain repr(C) value.
+        unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn fixed<const N: usize>(text: &[u8]) -> [u8; N] {
+        let mut out = [0u8; N];
+        out[..text.len()].copy_from_slice(text);
+        out
+    }
+
+    fn actor(tgid: u32, comm: &[u8], loginuid: u32) -> Actor {
+        Actor {
+            task: Task {
+                pid: tgid,
+                tgid,
+                start_ns: 1_234_560_000_000,
+            },
+            uid: 0,
+            loginuid,
+            sessionid: NO_LOGINUID,
+            _pad: 0,
+            comm: fixed::<COMM_LEN>(comm),
+        }
+    }
+
+    #[test]
+    fn exec_record_decodes_with_args_and_flags() {
+        let args = b"pg_ctl\0stop\0-D\0/srv/pg\0";
+        let record = ExecRecord {
+            header: Header {
+                kind: kind::EXEC,
+                flags: flag::GUARD_STOPPED,
+                time_ns: 42,
+            },
+            actor: actor(700, b"pg_ctl", 1000),
+            parent: Task {
+                pid: 650,
+                tgid: 650,
+                start_ns: 1_000_000_000,
+            },
+            args_len: args.len() as u32,
+            _pad: 0,
+            filename: fixed::<PATH_LEN>(b"/usr/lib/postgresql/15/bin/pg_ctl"),
+            args: fixed::<ARGS_LEN>(args),
+        };
+        let Event::Exec(exec) = Event::decode(&bytes_of(&record)).unwrap() else {
+            panic!("not an exec");
+        };
+        assert_eq!(exec.time_ns, 42);
+        assert_eq!(exec.process.pid, 700);
+        assert_eq!(exec.process.comm, "pg_ctl");
+        assert_eq!(exec.process.loginuid, Some(1000));
+        assert_eq!(exec.process.sessionid, None);
+        assert_eq!(exec.process.key, ProcessKey { pid: 700, start_ticks: 123_456 });
+        assert_eq!(exec.ppid, 650);
+        assert_eq!(exec.parent, ProcessKey { pid: 650, start_ticks: 100 });
+        assert_eq!(exec.filename, "/usr/lib/postgresql/15/bin/pg_ctl");
+        assert_eq!(exec.args, ["pg_ctl", "stop", "-D", "/srv/pg"]);
+        assert!(exec.guard_stopped);
+        assert!(!exec.filename_truncated && !exec.args_truncated);
+    }
+
+    #[test]
+    fn exit_record_splits_code_and_signal() {
+        let mut record = ExitRecord {
+            header: Header {
+                kind: kind::EXIT,
+                flags: 0,
+                time_ns: 1,
+            },
+            task: Task {
+                pid: 9,
+                tgid: 9,
+                start_ns: 0,
+            },
+            parent: Task::default(),
+            status: 3 << 8,
+            _pad: 0,
+            comm: fixed::<COMM_LEN>(b"sh"),
+        };
+        let Event::Exit(exit) = Event::decode(&bytes_of(&record)).unwrap() else {
+            panic!("not an exit");
+        };
+        assert_eq!((exit.exit_code, exit.signal, exit.core_dumped), (Some(3), None, false));
+        record.status = 0x80 | 11;
+        let Event::Exit(exit) = Event::decode(&bytes_of(&record)).unwrap() else {
+            panic!("not an exit");
+        };
+        assert_eq!((exit.exit_code, exit.signal, exit.core_dumped), (None, Some(11), true));
+    }
+
+    #[test]
+    fn signal_record_names_sender_target_and_result() {
+        let record = SignalRecord {
+            header: Header {
+                kind: kind::SIGNAL,
+                flags: 0,
+                time_ns: 5,
+            },
+            sender: actor(100, b"bash", 1000),
+            target: Task {
+                pid: 201,
+                tgid: 200,
+                start_ns: 0,
+            },
+            target_comm: fixed::<COMM_LEN>(b"postgres"),
+            signal: 15,
+            result: 2,
+        };
+        let Event::Signal(signal) = Event::decode(&bytes_of(&record)).unwrap() else {
+            panic!("not a signal");
+        };
+        assert_eq!(signal.signal_name, "SIGTERM");
+        assert_eq!(signal.sender.loginuid, Some(1000));
+        assert_eq!((signal.target.pid, signal.target.tid), (200, 201));
+        assert_eq!(signal.target.comm, "postgres");
+        assert_eq!(signal.result, SignalResult::AlreadyPending);
+        let json = serde_json::to_value(Event::Signal(signal)).unwrap();
+        assert_eq!(json["kind"], "signal");
+        assert_eq!(json["result"], "already_pending");
+        assert_eq!(json["sender"]["comm"], "bash");
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        let header = Header {
+            kind: kind::EXEC,
+            flags: 0,
+            time_ns: 0,
+        };
+        let bytes = bytes_of(&header);
+        assert_eq!(
+            Event::decode(&bytes),
+            Err(DecodeError::Short {
+                kind: kind::EXEC,
+                len: bytes.len(),
+                want: size_of::<ExecRecord>()
+            })
+        );
+        let unknown = Header { kind: 99, ..header };
+        assert_eq!(
+            Event::decode(&bytes_of(&unknown)),
+            Err(DecodeError::UnknownKind(99))
+        );
+        assert!(matches!(Event::decode(&[1, 2]), Err(DecodeError::Short { .. })));
+    }
+
+    #[test]
+    fn names_and_args() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(34), "SIGRT34");
+        assert_eq!(c_string(b"abc\0def"), "abc");
+        assert_eq!(c_string(b"full"), "full");
+        assert_eq!(split_args(b""), Vec::<String>::new());
+        assert_eq!(split_args(b"a\0\0b\0"), ["a", "", "b"]);
+        assert_eq!(split_args(b"cut-sho"), ["cut-sho"]);
+    }
+}

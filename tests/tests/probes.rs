@@ -42,6 +42,10 @@ fn workload_yields_exact_exec_fork_signal_exit_records() {
     assert_eq!(exec["guard_stopped"], false, "{exec}");
     assert_eq!(exec["chain"][0]["pid"], shell, "the chain starts at the parent: {exec}");
     assert_eq!(exec["chain"][0]["comm"], "workload.sh", "{exec}");
+    // Past the workload the chain runs through processes seeded from /proc:
+    // their keys (pid + start time) must agree with the kernel's.
+    let chain = exec["chain"].as_array().unwrap();
+    assert_eq!(chain.last().unwrap()["pid"], 1, "the chain reaches pid 1: {exec}");
 
     let forks = of_kind(&events, "fork");
     let fork = one(

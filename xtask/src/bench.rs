@@ -1,1 +1,212 @@
-use anyhow::Result; use std::path::Path; #[derive(clap::Args)] pub struct Args {} pub fn run(_a:&Path,_b:&Args)->Result<()>{Ok(())}
+//! `cargo xtask bench`: the agent's cost on a fork+exec+wait storm, measured
+//! side by side with runs that have no agent attached.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{is_root, step};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// fork+exec+wait of /bin/true per run.
+    #[arg(long, default_value_t = 2000)]
+    execs: u32,
+    /// Pairs of runs (without, then with the agent); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+}
+
+struct AgentRun {
+    wall: Duration,
+    /// CPU time the agent spent while the storm ran.
+    agent_cpu: Duration,
+    /// (program, run count, run time) over the storm.
+    programs: BTreeMap<String, (u64, Duration)>,
+    exec_events: u64,
+    events: u64,
+    lost: u64,
+}
+
+pub fn run(agent: &Path, args: &Args) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    step(&format!(
+        "{} rounds of {} fork+exec+wait of /bin/true, without and with `stopguard trace --json > /dev/null`",
+        args.rounds, args.execs
+    ));
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    storm(200); // warm the page cache and the spawn path
+    for round in 1..=args.rounds {
+        let base = storm(args.execs);
+        let run = with_agent(agent, args.execs)?;
+        eprintln!(
+            "    round {round}: without {:.3} s, with {:.3} s, {} exec events, {} lost",
+            base.as_secs_f64(),
+            run.wall.as_secs_f64(),
+            run.exec_events,
+            run.lost
+        );
+        without.push(base);
+        with.push(run);
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let base = median(without.clone());
+    let agent_wall = median(with.iter().map(|r| r.wall).collect());
+    let per_exec = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(args.execs);
+    println!("stopguard bench: {} fork+exec+wait of /bin/true per run, {} rounds", args.execs, args.rounds);
+    println!(
+        "  wall time, median       without agent {:.3} s ({:.0} µs/exec)   with agent {:.3} s ({:.0} µs/exec)   ratio {:.3}",
+        base.as_secs_f64(),
+        per_exec(base),
+        agent_wall.as_secs_f64(),
+        per_exec(agent_wall),
+        agent_wall.as_secs_f64() / base.as_secs_f64()
+    );
+    let expected = u64::from(args.execs) * u64::from(args.rounds);
+    let captured: u64 = with.iter().map(|r| r.exec_events).sum();
+    let lost: u64 = with.iter().map(|r| r.lost).sum();
+    let events: u64 = with.iter().map(|r| r.events).sum();
+    println!(
+        "  exec events captured    {captured} (storm: {expected}; the rest is the machine's own)   lost records {lost}"
+    );
+    let cpu: Duration = with.iter().map(|r| r.agent_cpu).sum();
+    println!(
+        "  agent CPU               {:.2} µs per event ({} events, {:.3} s CPU)",
+        cpu.as_secs_f64() * 1e6 / events.max(1) as f64,
+        events,
+        cpu.as_secs_f64()
+    );
+    let mut programs: BTreeMap<String, (u64, Duration)> = BTreeMap::new();
+    for run in &with {
+        for (name, (count, time)) in &run.programs {
+            let slot = programs.entry(name.clone()).or_default();
+            slot.0 += count;
+            slot.1 += *time;
+        }
+    }
+    for (name, (count, time)) in programs {
+        println!(
+            "  in-kernel {:<13} {:.0} ns per run ({count} runs)",
+            name,
+            time.as_nanos() as f64 / count.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+fn storm(execs: u32) -> Duration {
+    let start = Instant::now();
+    for _ in 0..execs {
+        let status = Command::new("/bin/true").status().expect("running /bin/true");
+        assert!(status.success());
+    }
+    start.elapsed()
+}
+
+fn with_agent(agent: &Path, execs: u32) -> Result<AgentRun> {
+    let mut child = Command::new(agent)
+        .args(["trace", "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", agent.display()))?;
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first)?;
+    if !first.contains("tracing") {
+        let _ = child.kill();
+        bail!("stopguard trace did not start: {first}");
+    }
+    // Collects run time and count while it is held; dropping the fd stops it.
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics")?;
+    let before_programs = program_stats()?;
+    let before_cpu = cpu_time(&child)?;
+    let wall = storm(execs);
+    // Let the agent read what the storm left in the ring before measuring.
+    std::thread::sleep(Duration::from_millis(50));
+    let agent_cpu = cpu_time(&child)? - before_cpu;
+    let after_programs = program_stats()?;
+    drop(stats);
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait()?;
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest)?;
+    if !status.success() {
+        bail!("stopguard trace failed ({status}): {first}{rest}");
+    }
+    let programs = after_programs
+        .into_iter()
+        .map(|(name, (count, time))| {
+            let (c0, t0) = before_programs.get(&name).copied().unwrap_or_default();
+            (name, (count - c0, time - t0))
+        })
+        .collect();
+    let summary = rest
+        .lines()
+        .find(|l| l.contains(" events (exec "))
+        .with_context(|| format!("no summary from stopguard trace: {rest}"))?;
+    Ok(AgentRun {
+        wall,
+        agent_cpu,
+        programs,
+        exec_events: number_after(summary, "(exec ")?,
+        events: number_after(summary, "stopguard: ")?,
+        lost: number_after(summary, "), ")?,
+    })
+}
+
+/// The number right after `marker` in `line`.
+fn number_after(line: &str, marker: &str) -> Result<u64> {
+    let start = line
+        .find(marker)
+        .with_context(|| format!("`{marker}` not in `{line}`"))?
+        + marker.len();
+    let digits: String = line[start..].chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .with_context(|| format!("no number after `{marker}` in `{line}`"))
+}
+
+/// stopguard's programs (named sg_*): run count and run time so far.
+fn program_stats() -> Result<BTreeMap<String, (u64, Duration)>> {
+    let mut stats = BTreeMap::new();
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("listing loaded BPF programs")?;
+        if let Some(name) = info.name_as_str().filter(|n| n.starts_with("sg_")) {
+            let slot = stats.entry(name.to_string()).or_insert((0, Duration::ZERO));
+            slot.0 += info.run_count();
+            slot.1 += info.run_time();
+        }
+    }
+    Ok(stats)
+}
+
+/// CPU time used so far by all threads of `child` (schedstat, in ns).
+fn cpu_time(child: &Child) -> Result<Duration> {
+    let mut total = 0u64;
+    let dir = format!("/proc/{}/task", child.id());
+    for task in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = task?.path().join("schedstat");
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .with_context(|| format!("unexpected {}: {text}", path.display()))?;
+    }
+    Ok(Duration::from_nanos(total))
+}
