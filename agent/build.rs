@@ -11,5 +11,8 @@ fn main() {
         );
         return;
     }
-    println!("cargo::rustc-env=STOPGUARD_EBPF_OBJECT={}", object.display());
+    println!(
+        "cargo::rustc-env=STOPGUARD_EBPF_OBJECT={}",
+        object.display()
+    );
 }

@@ -75,11 +75,11 @@ pub struct ExecRecord {
     pub header: Header,
     /// The process after the exec; `comm` is the new image's.
     pub actor: Actor,
-    /// The parent (`real_parent`) at the moment of the exec.
-    pub parent: Task,
+    /// The parent (`real_parent`) at the moment of the exec. Its start time
+    /// is not needed: in ring order its exit, if any, comes after this.
+    pub ppid: u32,
     /// Bytes of `args` that hold arguments.
     pub args_len: u32,
-    pub _pad: u32,
     /// The path given to execve, NUL-terminated within the array.
     pub filename: [u8; PATH_LEN],
     /// argv as the new image sees it: NUL-separated, read from its stack at
@@ -94,10 +94,9 @@ pub struct ExecRecord {
 pub struct ExitRecord {
     pub header: Header,
     pub task: Task,
-    pub parent: Task,
+    pub ppid: u32,
     /// The wait status: exit code in bits 8..16, terminating signal in bits 0..7.
     pub status: u32,
-    pub _pad: u32,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -132,21 +131,21 @@ pub struct SignalRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offsets {
+    /// `tgid` must directly follow `pid`: both are read in one go.
     pub task_pid: u32,
-    pub task_tgid: u32,
     pub task_real_parent: u32,
     pub task_group_leader: u32,
     pub task_start_boottime: u32,
+    /// `sessionid` must directly follow `loginuid`: both are read in one go.
     pub task_loginuid: u32,
-    pub task_sessionid: u32,
     pub task_exit_code: u32,
     pub task_comm: u32,
     pub task_signal: u32,
     pub task_mm: u32,
     pub signal_live: u32,
     pub bprm_filename: u32,
+    /// `arg_end` must directly follow `arg_start`: both are read in one go.
     pub mm_arg_start: u32,
-    pub mm_arg_end: u32,
 }
 
 /// Ring buffer wake-up policy, a global of the kernel programs: records are

@@ -5,15 +5,15 @@
 #![no_main]
 
 use agent_common::{
-    ARGS_LEN, Actor, COMM_LEN, ExecRecord, ExitRecord, ForkRecord, Header, NO_LOGINUID, Offsets, PATH_LEN,
+    ARGS_LEN, Actor, COMM_LEN, ExecRecord, ExitRecord, ForkRecord, Header, Offsets, PATH_LEN,
     SignalRecord, Task, WakePolicy, flag, kind,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_task, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-        bpf_probe_read_kernel_str_bytes, bpf_send_signal, generated,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_send_signal, generated,
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -41,12 +41,10 @@ static GUARD: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(1024, 0);
 #[unsafe(no_mangle)]
 static OFFSETS: Offsets = Offsets {
     task_pid: 0,
-    task_tgid: 0,
     task_real_parent: 0,
     task_group_leader: 0,
     task_start_boottime: 0,
     task_loginuid: 0,
-    task_sessionid: 0,
     task_exit_code: 0,
     task_comm: 0,
     task_signal: 0,
@@ -54,7 +52,6 @@ static OFFSETS: Offsets = Offsets {
     signal_live: 0,
     bprm_filename: 0,
     mm_arg_start: 0,
-    mm_arg_end: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -73,23 +70,45 @@ unsafe fn field<T>(base: *const u8, offset: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }
 }
 
+/// A task's (pid, tgid): adjacent fields, one read.
 #[inline(always)]
-unsafe fn task_of(task: *const u8, off: &Offsets) -> Result<Task, i32> {
+unsafe fn ids_of(task: *const u8, off: &Offsets) -> Result<(u32, u32), i32> {
+    let ids: u64 = unsafe { field(task, off.task_pid)? };
+    Ok((ids as u32, (ids >> 32) as u32))
+}
+
+/// The task with the start time of its process (its group leader's).
+#[inline(always)]
+unsafe fn task_with_ids(task: *const u8, pid: u32, tgid: u32, off: &Offsets) -> Result<Task, i32> {
     unsafe {
-        let leader: *const u8 = field(task, off.task_group_leader)?;
+        let leader: *const u8 = if pid == tgid {
+            task
+        } else {
+            field(task, off.task_group_leader)?
+        };
         Ok(Task {
-            pid: field(task, off.task_pid)?,
-            tgid: field(task, off.task_tgid)?,
+            pid,
+            tgid,
             start_ns: field(leader, off.task_start_boottime)?,
         })
     }
 }
 
 #[inline(always)]
-unsafe fn parent_of(task: *const u8, off: &Offsets) -> Result<Task, i32> {
+unsafe fn task_of(task: *const u8, off: &Offsets) -> Result<Task, i32> {
     unsafe {
-        let parent: *const u8 = field(task, off.task_real_parent)?;
-        task_of(parent, off)
+        let (pid, tgid) = ids_of(task, off)?;
+        task_with_ids(task, pid, tgid, off)
+    }
+}
+
+#[inline(always)]
+unsafe fn ppid_of(task: *const u8, off: &Offsets) -> u32 {
+    unsafe {
+        field::<*const u8>(task, off.task_real_parent)
+            .and_then(|parent| ids_of(parent, off))
+            .map(|(_, tgid)| tgid)
+            .unwrap_or(0)
     }
 }
 
@@ -98,11 +117,14 @@ unsafe fn parent_of(task: *const u8, off: &Offsets) -> Result<Task, i32> {
 unsafe fn current_actor(off: &Offsets) -> Result<(Actor, *const u8), i32> {
     unsafe {
         let current = bpf_get_current_task() as *const u8;
+        let ids = bpf_get_current_pid_tgid();
+        // loginuid and sessionid are adjacent: one read.
+        let login: u64 = field(current, off.task_loginuid).unwrap_or(u64::MAX);
         let actor = Actor {
-            task: task_of(current, off)?,
+            task: task_with_ids(current, ids as u32, (ids >> 32) as u32, off)?,
             uid: bpf_get_current_uid_gid() as u32,
-            loginuid: field(current, off.task_loginuid).unwrap_or(NO_LOGINUID),
-            sessionid: field(current, off.task_sessionid).unwrap_or(u32::MAX),
+            loginuid: login as u32,
+            sessionid: (login >> 32) as u32,
             _pad: 0,
             comm: bpf_get_current_comm()?,
         };
@@ -158,7 +180,10 @@ unsafe fn try_exec(ctx: &RawTracePointContext, bprm: *const u8) -> Result<(), i3
         if err == 0 {
             flags |= flag::GUARD_STOPPED;
         } else {
-            warn!(ctx, "guard: SIGSTOP to pid {} failed: {}", actor.task.tgid, err);
+            warn!(
+                ctx,
+                "guard: SIGSTOP to pid {} failed: {}", actor.task.tgid, err
+            );
         }
     }
     let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
@@ -168,7 +193,7 @@ unsafe fn try_exec(ctx: &RawTracePointContext, bprm: *const u8) -> Result<(), i3
     let record = entry.as_mut_ptr();
     unsafe {
         (*record).actor = actor;
-        (*record).parent = parent_of(current, &off).unwrap_or_default();
+        (*record).ppid = ppid_of(current, &off);
         let filename: *const u8 = field(bprm, off.bprm_filename).unwrap_or(core::ptr::null());
         match bpf_probe_read_kernel_str_bytes(filename, &mut (*record).filename) {
             Ok(name) if name.len() >= PATH_LEN - 1 => flags |= flag::FILENAME_TRUNCATED,
@@ -176,11 +201,9 @@ unsafe fn try_exec(ctx: &RawTracePointContext, bprm: *const u8) -> Result<(), i3
             Err(_) => (*record).filename[0] = 0,
         }
         (*record).args_len = 0;
-        (*record)._pad = 0;
         let mm: *const u8 = field(current, off.task_mm).unwrap_or(core::ptr::null());
         if !mm.is_null() {
-            let start: u64 = field(mm, off.mm_arg_start).unwrap_or(0);
-            let end: u64 = field(mm, off.mm_arg_end).unwrap_or(0);
+            let [start, end]: [u64; 2] = field(mm, off.mm_arg_start).unwrap_or([0, 0]);
             let mut len = end.saturating_sub(start) as usize;
             if len > ARGS_LEN {
                 len = ARGS_LEN;
@@ -230,9 +253,8 @@ unsafe fn try_exit(task: *const u8) -> Result<(), i32> {
         };
         let record = entry.as_mut_ptr();
         (*record).task = task_of(task, &off).unwrap_or_default();
-        (*record).parent = parent_of(task, &off).unwrap_or_default();
+        (*record).ppid = ppid_of(task, &off);
         (*record).status = field(task, off.task_exit_code).unwrap_or(0);
-        (*record)._pad = 0;
         (*record).comm = [0; COMM_LEN];
         let _ = bpf_probe_read_kernel_buf(task.add(off.task_comm as usize), &mut (*record).comm);
         (*record).header = header(kind::EXIT, 0);
@@ -254,10 +276,11 @@ pub fn sg_fork(ctx: RawTracePointContext) -> i32 {
 unsafe fn try_fork(child: *const u8) -> Result<(), i32> {
     let off = offsets();
     unsafe {
-        let child_task = task_of(child, &off)?;
-        if child_task.pid != child_task.tgid {
+        let (pid, tgid) = ids_of(child, &off)?;
+        if pid != tgid {
             return Ok(()); // a new thread, not a new process
         }
+        let child_task = task_with_ids(child, pid, tgid, &off)?;
         let (parent, _) = current_actor(&off)?;
         let Some(mut entry) = EVENTS.reserve::<ForkRecord>(0) else {
             count_lost(kind::FORK);

@@ -70,7 +70,10 @@ impl Config {
                 bail!("reading {source}: a [[service]] has an empty name");
             }
             if !seen.insert(service.name.as_str()) {
-                bail!("reading {source}: service `{}` is defined twice", service.name);
+                bail!(
+                    "reading {source}: service `{}` is defined twice",
+                    service.name
+                );
             }
             if service.exe.is_empty() {
                 bail!(
@@ -94,8 +97,8 @@ impl Config {
             None if Path::new(DEFAULT_PATH).exists() => Path::new(DEFAULT_PATH),
             None => return Ok(Config::embedded()),
         };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Config::parse(&text, &path.display().to_string())
     }
 }
@@ -110,7 +113,14 @@ mod tests {
         let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["postgres", "mysql", "mongodb", "redis", "etcd", "clickhouse"]
+            [
+                "postgres",
+                "mysql",
+                "mongodb",
+                "redis",
+                "etcd",
+                "clickhouse"
+            ]
         );
         assert!(!config.agent.host.is_empty());
     }

@@ -62,8 +62,6 @@ pub struct Exec {
     #[serde(flatten)]
     pub process: Who,
     pub ppid: u32,
-    #[serde(skip)]
-    pub parent: ProcessKey,
     pub filename: String,
     pub filename_truncated: bool,
     /// argv of the new image, as far as it fit in the record.
@@ -217,8 +215,7 @@ impl Event {
                 Event::Exec(Exec {
                     time_ns: header.time_ns,
                     process: Who::from_actor(&r.actor),
-                    ppid: r.parent.tgid,
-                    parent: ProcessKey::from_task(&r.parent),
+                    ppid: r.ppid,
                     filename: c_string(&r.filename),
                     filename_truncated: header.flags & flag::FILENAME_TRUNCATED != 0,
                     args: split_args(&r.args[..(r.args_len as usize).min(r.args.len())]),
@@ -233,7 +230,7 @@ impl Event {
                     time_ns: header.time_ns,
                     pid: r.task.tgid,
                     key: ProcessKey::from_task(&r.task),
-                    ppid: r.parent.tgid,
+                    ppid: r.ppid,
                     comm: c_string(&r.comm),
                     exit_code,
                     signal,
@@ -365,13 +362,8 @@ mod tests {
                 time_ns: 42,
             },
             actor: actor(700, b"pg_ctl", 1000),
-            parent: Task {
-                pid: 650,
-                tgid: 650,
-                start_ns: 1_000_000_000,
-            },
+            ppid: 650,
             args_len: args.len() as u32,
-            _pad: 0,
             filename: fixed::<PATH_LEN>(b"/usr/lib/postgresql/15/bin/pg_ctl"),
             args: fixed::<ARGS_LEN>(args),
         };
@@ -383,9 +375,14 @@ mod tests {
         assert_eq!(exec.process.comm, "pg_ctl");
         assert_eq!(exec.process.loginuid, Some(1000));
         assert_eq!(exec.process.sessionid, None);
-        assert_eq!(exec.process.key, ProcessKey { pid: 700, start_ticks: 123_456 });
+        assert_eq!(
+            exec.process.key,
+            ProcessKey {
+                pid: 700,
+                start_ticks: 123_456
+            }
+        );
         assert_eq!(exec.ppid, 650);
-        assert_eq!(exec.parent, ProcessKey { pid: 650, start_ticks: 100 });
         assert_eq!(exec.filename, "/usr/lib/postgresql/15/bin/pg_ctl");
         assert_eq!(exec.args, ["pg_ctl", "stop", "-D", "/srv/pg"]);
         assert!(exec.guard_stopped);
@@ -405,20 +402,25 @@ mod tests {
                 tgid: 9,
                 start_ns: 0,
             },
-            parent: Task::default(),
+            ppid: 1,
             status: 3 << 8,
-            _pad: 0,
             comm: fixed::<COMM_LEN>(b"sh"),
         };
         let Event::Exit(exit) = Event::decode(&bytes_of(&record)).unwrap() else {
             panic!("not an exit");
         };
-        assert_eq!((exit.exit_code, exit.signal, exit.core_dumped), (Some(3), None, false));
+        assert_eq!(
+            (exit.exit_code, exit.signal, exit.core_dumped),
+            (Some(3), None, false)
+        );
         record.status = 0x80 | 11;
         let Event::Exit(exit) = Event::decode(&bytes_of(&record)).unwrap() else {
             panic!("not an exit");
         };
-        assert_eq!((exit.exit_code, exit.signal, exit.core_dumped), (None, Some(11), true));
+        assert_eq!(
+            (exit.exit_code, exit.signal, exit.core_dumped),
+            (None, Some(11), true)
+        );
     }
 
     #[test]
@@ -474,7 +476,10 @@ mod tests {
             Event::decode(&bytes_of(&unknown)),
             Err(DecodeError::UnknownKind(99))
         );
-        assert!(matches!(Event::decode(&[1, 2]), Err(DecodeError::Short { .. })));
+        assert!(matches!(
+            Event::decode(&[1, 2]),
+            Err(DecodeError::Short { .. })
+        ));
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tokio::signal::unix::{SignalKind, signal};
 use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     events::Event,
@@ -147,7 +147,7 @@ pub fn json_line(event: &Event, table: &ProcessTable, clock: &Clock) -> String {
         .map(|t| clock.wall(t))
         .unwrap_or_else(SystemTime::now);
     let chain = match event {
-        Event::Exec(exec) => Some(table.chain(&exec.parent)),
+        Event::Exec(exec) => Some(ancestors(table, exec)),
         _ => None,
     };
     serde_json::to_string(&JsonLine {
@@ -156,6 +156,15 @@ pub fn json_line(event: &Event, table: &ProcessTable, clock: &Clock) -> String {
         chain,
     })
     .expect("events serialize")
+}
+
+/// The exec'ing process's parent chain, nearest first.
+fn ancestors(table: &ProcessTable, exec: &crate::events::Exec) -> Vec<Link> {
+    let mut chain = table.chain(&exec.process.key);
+    if !chain.is_empty() {
+        chain.remove(0);
+    }
+    chain
 }
 
 fn login(loginuid: Option<u32>) -> String {
@@ -189,7 +198,7 @@ pub fn human_line(event: &Event, table: &ProcessTable, clock: &Clock) -> String 
             if e.guard_stopped {
                 line.push_str("  [stopped by guard]");
             }
-            for link in table.chain(&e.parent) {
+            for link in ancestors(table, e) {
                 line.push_str(&format!("  <- {}({})", link.comm, link.pid));
             }
             line
@@ -204,7 +213,10 @@ pub fn human_line(event: &Event, table: &ProcessTable, clock: &Clock) -> String 
                 ),
                 (None, None) => "exit ?".into(),
             };
-            format!("{stamp} EXIT   {:<7} {:<15} {how}  ppid={}", e.pid, e.comm, e.ppid)
+            format!(
+                "{stamp} EXIT   {:<7} {:<15} {how}  ppid={}",
+                e.pid, e.comm, e.ppid
+            )
         }
         Event::Fork(e) => format!(
             "{stamp} FORK   {:<7} {:<15} -> child {}  uid={} login={}",

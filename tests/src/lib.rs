@@ -20,7 +20,9 @@ static PROBES: Mutex<()> = Mutex::new(());
 pub fn root_test(name: &str) -> Option<MutexGuard<'static, ()>> {
     if unsafe { libc::geteuid() } != 0 {
         if std::env::var_os("CI").is_some() {
-            panic!("{name}: CI is set but this test is not running as root; it loads eBPF programs");
+            panic!(
+                "{name}: CI is set but this test is not running as root; it loads eBPF programs"
+            );
         }
         eprintln!("skipped {name}: needs root to load eBPF programs");
         return None;
@@ -72,9 +74,7 @@ impl Traced {
     pub fn events(&self) -> Vec<Value> {
         self.lines
             .iter()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect()
     }
 }
@@ -101,7 +101,8 @@ impl Trace {
         });
         let mut err = BufReader::new(child.stderr.take().unwrap());
         let mut first = String::new();
-        err.read_line(&mut first).expect("reading stopguard's stderr");
+        err.read_line(&mut first)
+            .expect("reading stopguard's stderr");
         if !first.contains("tracing") {
             let mut rest = String::new();
             let _ = err.read_to_string(&mut rest);

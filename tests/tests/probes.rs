@@ -10,7 +10,11 @@ fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 }
 
 fn one<'a>(events: &[&'a Value], what: &str) -> &'a Value {
-    assert_eq!(events.len(), 1, "expected exactly one {what}, got {events:#?}");
+    assert_eq!(
+        events.len(),
+        1,
+        "expected exactly one {what}, got {events:#?}"
+    );
     events[0]
 }
 
@@ -26,12 +30,21 @@ fn workload_yields_exact_exec_fork_signal_exit_records() {
         panic!("workload printed {out:?}");
     };
     let traced = trace.stop(Vec::new());
-    assert!(traced.status.success(), "trace exited {}: {}", traced.status, traced.stderr);
+    assert!(
+        traced.status.success(),
+        "trace exited {}: {}",
+        traced.status,
+        traced.stderr
+    );
     let events = traced.events();
 
     let execs = of_kind(&events, "exec");
     let exec = one(
-        &execs.iter().copied().filter(|e| e["pid"] == sleeper).collect::<Vec<_>>(),
+        &execs
+            .iter()
+            .copied()
+            .filter(|e| e["pid"] == sleeper)
+            .collect::<Vec<_>>(),
         "exec of the sleeper",
     );
     assert_eq!(exec["filename"], "/usr/bin/sleep", "{exec}");
@@ -40,16 +53,27 @@ fn workload_yields_exact_exec_fork_signal_exit_records() {
     assert_eq!(exec["loginuid"], 1000, "{exec}");
     assert_eq!(exec["uid"], 0, "{exec}");
     assert_eq!(exec["guard_stopped"], false, "{exec}");
-    assert_eq!(exec["chain"][0]["pid"], shell, "the chain starts at the parent: {exec}");
+    assert_eq!(
+        exec["chain"][0]["pid"], shell,
+        "the chain starts at the parent: {exec}"
+    );
     assert_eq!(exec["chain"][0]["comm"], "workload.sh", "{exec}");
     // Past the workload the chain runs through processes seeded from /proc:
     // their keys (pid + start time) must agree with the kernel's.
     let chain = exec["chain"].as_array().unwrap();
-    assert_eq!(chain.last().unwrap()["pid"], 1, "the chain reaches pid 1: {exec}");
+    assert_eq!(
+        chain.last().unwrap()["pid"],
+        1,
+        "the chain reaches pid 1: {exec}"
+    );
 
     let forks = of_kind(&events, "fork");
     let fork = one(
-        &forks.iter().copied().filter(|e| e["child_pid"] == sleeper).collect::<Vec<_>>(),
+        &forks
+            .iter()
+            .copied()
+            .filter(|e| e["child_pid"] == sleeper)
+            .collect::<Vec<_>>(),
         "fork of the sleeper",
     );
     assert_eq!(fork["pid"], shell, "{fork}");
@@ -78,29 +102,48 @@ fn workload_yields_exact_exec_fork_signal_exit_records() {
 
     let exits = of_kind(&events, "exit");
     let killed = one(
-        &exits.iter().copied().filter(|e| e["pid"] == sleeper).collect::<Vec<_>>(),
+        &exits
+            .iter()
+            .copied()
+            .filter(|e| e["pid"] == sleeper)
+            .collect::<Vec<_>>(),
         "exit of the sleeper",
     );
     assert_eq!(killed["signal"], 15, "{killed}");
     assert_eq!(killed["exit_code"], Value::Null, "{killed}");
     assert_eq!(killed["ppid"], shell, "{killed}");
     let exited = one(
-        &exits.iter().copied().filter(|e| e["pid"] == exiter).collect::<Vec<_>>(),
+        &exits
+            .iter()
+            .copied()
+            .filter(|e| e["pid"] == exiter)
+            .collect::<Vec<_>>(),
         "exit of the exiter",
     );
     assert_eq!(exited["exit_code"], 3, "{exited}");
     assert_eq!(exited["signal"], Value::Null, "{exited}");
     assert_eq!(exited["comm"], "sh", "{exited}");
     let exiter_exec = one(
-        &execs.iter().copied().filter(|e| e["pid"] == exiter).collect::<Vec<_>>(),
+        &execs
+            .iter()
+            .copied()
+            .filter(|e| e["pid"] == exiter)
+            .collect::<Vec<_>>(),
         "exec of the exiter",
     );
     assert_eq!(exiter_exec["filename"], "/bin/sh", "{exiter_exec}");
-    assert_eq!(exiter_exec["args"], serde_json::json!(["/bin/sh", "-c", "exit 3"]));
+    assert_eq!(
+        exiter_exec["args"],
+        serde_json::json!(["/bin/sh", "-c", "exit 3"])
+    );
 
     // Threads are not processes: the workload starts none, and no exit of a
     // thread may masquerade as a process exit.
-    assert!(of_kind(&events, "lost").is_empty(), "records were lost: {}", traced.stderr);
+    assert!(
+        of_kind(&events, "lost").is_empty(),
+        "records were lost: {}",
+        traced.stderr
+    );
     assert!(traced.stderr.contains(", 0 lost"), "{}", traced.stderr);
     // The events come in order: fork, exec, signal, exit of the sleeper.
     let time = |e: &Value| e["time"].as_str().unwrap().to_string();
@@ -145,7 +188,11 @@ fn comm_filter_keeps_only_that_process_and_human_lines_show_the_chain() {
     let traced = trace.stop(Vec::new());
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(traced.status.success(), "{}", traced.stderr);
-    assert!(!traced.lines.is_empty(), "nothing traced: {}", traced.stderr);
+    assert!(
+        !traced.lines.is_empty(),
+        "nothing traced: {}",
+        traced.stderr
+    );
     for line in &traced.lines {
         assert!(line.contains("sgmarker"), "filter let through: {line}");
     }
@@ -155,8 +202,16 @@ fn comm_filter_keeps_only_that_process_and_human_lines_show_the_chain() {
         .find(|l| l.contains(" EXEC "))
         .unwrap_or_else(|| panic!("no EXEC line in {:#?}", traced.lines));
     assert!(exec.contains(&marker.display().to_string()), "{exec}");
-    assert!(exec.contains("<- bash("), "the chain names the parent: {exec}");
-    assert!(traced.lines.iter().any(|l| l.contains(" EXIT ") && l.contains("exit 0")));
+    assert!(
+        exec.contains("<- bash("),
+        "the chain names the parent: {exec}"
+    );
+    assert!(
+        traced
+            .lines
+            .iter()
+            .any(|l| l.contains(" EXIT ") && l.contains("exit 0"))
+    );
 }
 
 #[test]
@@ -183,7 +238,7 @@ fn run_starts_on_the_embedded_config_and_stops_cleanly() {
     let Some(_probes) = root_test("run_starts_on_the_embedded_config") else {
         return;
     };
-    let mut child = Command::new(stopguard_bin())
+    let child = Command::new(stopguard_bin())
         .arg("run")
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
@@ -199,7 +254,10 @@ fn run_starts_on_the_embedded_config_and_stops_cleanly() {
         stderr.contains("watching 6 services (postgres, mysql, mongodb, redis, etcd, clickhouse)"),
         "{stderr}"
     );
-    assert!(stderr.contains("config=the embedded default config"), "{stderr}");
+    assert!(
+        stderr.contains("config=the embedded default config"),
+        "{stderr}"
+    );
     assert!(stderr.contains("stopguard stopped"), "{stderr}");
     let summary = stderr
         .lines()

@@ -66,7 +66,10 @@ pub fn run(agent: &Path, args: &Args) -> Result<()> {
     let base = median(without.clone());
     let agent_wall = median(with.iter().map(|r| r.wall).collect());
     let per_exec = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(args.execs);
-    println!("stopguard bench: {} fork+exec+wait of /bin/true per run, {} rounds", args.execs, args.rounds);
+    println!(
+        "stopguard bench: {} fork+exec+wait of /bin/true per run, {} rounds",
+        args.execs, args.rounds
+    );
     println!(
         "  wall time, median       without agent {:.3} s ({:.0} µs/exec)   with agent {:.3} s ({:.0} µs/exec)   ratio {:.3}",
         base.as_secs_f64(),
@@ -110,7 +113,9 @@ pub fn run(agent: &Path, args: &Args) -> Result<()> {
 fn storm(execs: u32) -> Duration {
     let start = Instant::now();
     for _ in 0..execs {
-        let status = Command::new("/bin/true").status().expect("running /bin/true");
+        let status = Command::new("/bin/true")
+            .status()
+            .expect("running /bin/true");
         assert!(status.success());
     }
     start.elapsed()
@@ -175,7 +180,10 @@ fn number_after(line: &str, marker: &str) -> Result<u64> {
         .find(marker)
         .with_context(|| format!("`{marker}` not in `{line}`"))?
         + marker.len();
-    let digits: String = line[start..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = line[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits
         .parse()
         .with_context(|| format!("no number after `{marker}` in `{line}`"))
@@ -201,7 +209,8 @@ fn cpu_time(child: &Child) -> Result<Duration> {
     let dir = format!("/proc/{}/task", child.id());
     for task in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
         let path = task?.path().join("schedstat");
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         total += text
             .split_whitespace()
             .next()

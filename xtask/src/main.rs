@@ -136,11 +136,18 @@ fn test(args: &[String]) -> Result<()> {
         step("not root: Debian packages for the end-to-end tests are not installed");
     }
     build_ebpf()?;
-    build_agent()?;
-    step("running every test");
-    let mut cmd = vec!["test", "--workspace", "--exclude", "agent-ebpf"];
-    cmd.extend(args.iter().map(String::as_str));
-    cargo(&cmd)
+    let agent = build_agent()?;
+    step("running every test (unit and end-to-end)");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root())
+        .args(["test", "--workspace", "--exclude", "agent-ebpf"])
+        .args(args)
+        .env("STOPGUARD_BIN", &agent);
+    let status = cmd.status().context("running cargo test")?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
 }
 
 pub fn cargo(args: &[&str]) -> Result<()> {
@@ -165,7 +172,8 @@ pub fn as_root(program: &Path) -> Command {
         Command::new(program)
     } else {
         let mut cmd = Command::new("sudo");
-        cmd.arg("--preserve-env=RUST_LOG,STOPGUARD_SOCKET").arg(program);
+        cmd.arg("--preserve-env=RUST_LOG,STOPGUARD_SOCKET")
+            .arg(program);
         cmd
     }
 }

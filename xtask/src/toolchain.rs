@@ -12,8 +12,9 @@ use crate::step;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the end-to-end tests run for real.
-const TEST_PACKAGES: &[&str] = &["procps", "psmisc"];
+/// Debian packages the end-to-end tests run for real: bash and coreutils
+/// for the workload, perl for the signal storm, util-linux for setpriv.
+const TEST_PACKAGES: &[&str] = &["bash", "coreutils", "perl-base", "util-linux"];
 
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
@@ -122,7 +123,10 @@ pub fn ensure_test_packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
     let status = Command::new("apt-get")
         .arg("update")
         .arg("-q")

@@ -103,7 +103,9 @@ impl Probes {
             .iter()
             .filter(|&&s| s > 0 && s < 64 && s != libc::SIGCHLD as u32)
             .fold(0u64, |m, &s| m | (1 << s));
-        interest.set(0, mask, 0).context("filling the signal interest map")?;
+        interest
+            .set(0, mask, 0)
+            .context("filling the signal interest map")?;
 
         for (program, tracepoint) in names::PROGRAMS {
             let prog: &mut RawTracePoint = ebpf
@@ -183,7 +185,9 @@ impl Probes {
     /// the kernel before its first instruction.
     pub fn guard(&mut self) -> Result<HashMap<&mut MapData, [u8; COMM_LEN], u32>> {
         Ok(HashMap::try_from(
-            self.ebpf.map_mut(names::GUARD).context("map GUARD missing")?,
+            self.ebpf
+                .map_mut(names::GUARD)
+                .context("map GUARD missing")?,
         )?)
     }
 

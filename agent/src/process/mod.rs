@@ -145,6 +145,9 @@ impl ProcessTable {
             }
             Event::Exec(exec) => {
                 let key = exec.process.key;
+                // Records come in order, so the live process with the
+                // parent's pid is the parent as it was at the exec.
+                let parent = self.live.get(&exec.ppid).copied().filter(|p| *p != key);
                 let process = self.processes.entry(key).or_insert_with(|| Process {
                     key,
                     pid: exec.process.pid,
@@ -156,7 +159,7 @@ impl ProcessTable {
                     cmdline: Vec::new(),
                     exited: None,
                 });
-                process.parent = Some(exec.parent);
+                process.parent = parent.or(process.parent);
                 process.uid = exec.process.uid;
                 process.loginuid = exec.process.loginuid;
                 process.comm = exec.process.comm.clone();
@@ -322,7 +325,6 @@ mod tests {
             time_ns: t,
             process: who(k, comm, None),
             ppid: parent.pid,
-            parent,
             filename: file.into(),
             filename_truncated: false,
             args: vec![comm.into()],
@@ -349,7 +351,10 @@ mod tests {
         let mut table = ProcessTable::default();
         let init = key(1, 1);
         let monit = key(100, 10);
-        table.seed([seeded(1, 1, None, "init"), seeded(100, 10, Some(init), "monit")]);
+        table.seed([
+            seeded(1, 1, None, "init"),
+            seeded(100, 10, Some(init), "monit"),
+        ]);
         let (sh, pg_ctl, sh2) = (key(200, 50), key(300, 51), key(400, 52));
         for event in [
             fork(1, monit, "monit", sh),
@@ -357,7 +362,13 @@ mod tests {
             fork(3, sh, "sh", pg_ctl),
             exec(4, pg_ctl, sh, "pg_ctl", "/usr/bin/pg_ctl"),
             fork(5, pg_ctl, "pg_ctl", sh2),
-            exec(6, sh2, pg_ctl, "postgres", "/usr/lib/postgresql/15/bin/postgres"),
+            exec(
+                6,
+                sh2,
+                pg_ctl,
+                "postgres",
+                "/usr/lib/postgresql/15/bin/postgres",
+            ),
             // The double fork: everything above it exits at once.
             exit(7, pg_ctl, "pg_ctl"),
             exit(8, sh, "sh"),
@@ -386,7 +397,10 @@ mod tests {
             ]
         );
         assert_eq!(table.nearest_supervisor(&postgres).unwrap().pid, 100);
-        assert_eq!(table.live(400).unwrap().exe.as_deref(), Some("/usr/lib/postgresql/15/bin/postgres"));
+        assert_eq!(
+            table.live(400).unwrap().exe.as_deref(),
+            Some("/usr/lib/postgresql/15/bin/postgres")
+        );
         assert!(table.live(300).is_none(), "pg_ctl exited");
         assert!(table.get(&key(300, 51)).unwrap().exited.is_some());
     }
@@ -406,7 +420,10 @@ mod tests {
     #[test]
     fn a_lost_exit_is_noticed_when_the_pid_returns() {
         let mut table = ProcessTable::default();
-        table.seed([seeded(1, 1, None, "init"), seeded(50, 2, Some(key(1, 1)), "old")]);
+        table.seed([
+            seeded(1, 1, None, "init"),
+            seeded(50, 2, Some(key(1, 1)), "old"),
+        ]);
         table.apply(&fork(10, key(1, 1), "init", key(50, 99)));
         assert!(table.get(&key(50, 2)).unwrap().exited.is_some());
         assert_eq!(table.live(50).unwrap().key, key(50, 99));
@@ -426,9 +443,15 @@ mod tests {
         assert!(table.get(&key(14, 14)).is_some());
         table.apply(&fork(5_000, key(1, 1), "init", key(20, 20)));
         table.apply(&exit(5_000, key(20, 20), "init"));
-        assert!(table.get(&key(14, 14)).is_none(), "older than the retention");
+        assert!(
+            table.get(&key(14, 14)).is_none(),
+            "older than the retention"
+        );
         assert!(table.get(&key(20, 20)).is_some());
-        assert!(table.get(&key(1, 1)).is_some(), "live processes are never pruned");
+        assert!(
+            table.get(&key(1, 1)).is_some(),
+            "live processes are never pruned"
+        );
     }
 
     #[test]

@@ -15,10 +15,7 @@ pub fn scan() -> Vec<Process> {
         .iter()
         .filter_map(|p| p.stat().ok().map(|s| (s.pid, s.starttime)))
         .collect();
-    procs
-        .iter()
-        .filter_map(|p| read(p, &starts))
-        .collect()
+    procs.iter().filter_map(|p| read(p, &starts)).collect()
 }
 
 /// One process from /proc, or None when it has gone.
