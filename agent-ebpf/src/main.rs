@@ -252,11 +252,23 @@ unsafe fn try_exit(task: *const u8) -> Result<(), i32> {
             return Ok(());
         };
         let record = entry.as_mut_ptr();
-        (*record).task = task_of(task, &off).unwrap_or_default();
+        let (pid, tgid) = ids_of(task, &off).unwrap_or_default();
+        // The last thread out need not be the main one: name the process
+        // by its leader's comm, not by the thread's.
+        let leader: *const u8 = if pid == tgid {
+            task
+        } else {
+            field(task, off.task_group_leader).unwrap_or(task)
+        };
+        (*record).task = Task {
+            pid,
+            tgid,
+            start_ns: field(leader, off.task_start_boottime).unwrap_or(0),
+        };
         (*record).ppid = ppid_of(task, &off);
         (*record).status = field(task, off.task_exit_code).unwrap_or(0);
         (*record).comm = [0; COMM_LEN];
-        let _ = bpf_probe_read_kernel_buf(task.add(off.task_comm as usize), &mut (*record).comm);
+        let _ = bpf_probe_read_kernel_buf(leader.add(off.task_comm as usize), &mut (*record).comm);
         (*record).header = header(kind::EXIT, 0);
         entry.submit(wake_flags(false));
     }

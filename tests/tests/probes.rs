@@ -9,13 +9,18 @@ fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == kind).collect()
 }
 
-fn one<'a>(events: &[&'a Value], what: &str) -> &'a Value {
+/// The one event of `kind` for which `field` equals `value`.
+fn one<'a>(events: &'a [Value], kind: &str, field: &str, value: u64) -> &'a Value {
+    let found: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == kind && e.pointer(field) == Some(&Value::from(value)))
+        .collect();
     assert_eq!(
-        events.len(),
+        found.len(),
         1,
-        "expected exactly one {what}, got {events:#?}"
+        "expected exactly one {kind} with {field} = {value}, got {found:#?}"
     );
-    events[0]
+    found[0]
 }
 
 #[test]
@@ -38,15 +43,7 @@ fn workload_yields_exact_exec_fork_signal_exit_records() {
     );
     let events = traced.events();
 
-    let execs = of_kind(&events, "exec");
-    let exec = one(
-        &execs
-            .iter()
-            .copied()
-            .filter(|e| e["pid"] == sleeper)
-            .collect::<Vec<_>>(),
-        "exec of the sleeper",
-    );
+    let exec = one(&events, "exec", "/pid", sleeper);
     assert_eq!(exec["filename"], "/usr/bin/sleep", "{exec}");
     assert_eq!(exec["comm"], "sleep", "{exec}");
     assert_eq!(exec["ppid"], shell, "{exec}");
@@ -67,27 +64,12 @@ fn workload_yields_exact_exec_fork_signal_exit_records() {
         "the chain reaches pid 1: {exec}"
     );
 
-    let forks = of_kind(&events, "fork");
-    let fork = one(
-        &forks
-            .iter()
-            .copied()
-            .filter(|e| e["child_pid"] == sleeper)
-            .collect::<Vec<_>>(),
-        "fork of the sleeper",
-    );
+    let fork = one(&events, "fork", "/child_pid", sleeper);
     assert_eq!(fork["pid"], shell, "{fork}");
     assert_eq!(fork["loginuid"], 1000, "{fork}");
 
     let signals = of_kind(&events, "signal");
-    let term = one(
-        &signals
-            .iter()
-            .copied()
-            .filter(|e| e["target"]["pid"] == sleeper)
-            .collect::<Vec<_>>(),
-        "signal to the sleeper",
-    );
+    let term = one(&events, "signal", "/target/pid", sleeper);
     assert_eq!(term["signal"], 15, "{term}");
     assert_eq!(term["signal_name"], "SIGTERM", "{term}");
     assert_eq!(term["sender"]["pid"], shell, "{term}");
@@ -100,37 +82,15 @@ fn workload_yields_exact_exec_fork_signal_exit_records() {
         "SIGCHLD must be dropped in the kernel"
     );
 
-    let exits = of_kind(&events, "exit");
-    let killed = one(
-        &exits
-            .iter()
-            .copied()
-            .filter(|e| e["pid"] == sleeper)
-            .collect::<Vec<_>>(),
-        "exit of the sleeper",
-    );
+    let killed = one(&events, "exit", "/pid", sleeper);
     assert_eq!(killed["signal"], 15, "{killed}");
     assert_eq!(killed["exit_code"], Value::Null, "{killed}");
     assert_eq!(killed["ppid"], shell, "{killed}");
-    let exited = one(
-        &exits
-            .iter()
-            .copied()
-            .filter(|e| e["pid"] == exiter)
-            .collect::<Vec<_>>(),
-        "exit of the exiter",
-    );
+    let exited = one(&events, "exit", "/pid", exiter);
     assert_eq!(exited["exit_code"], 3, "{exited}");
     assert_eq!(exited["signal"], Value::Null, "{exited}");
     assert_eq!(exited["comm"], "sh", "{exited}");
-    let exiter_exec = one(
-        &execs
-            .iter()
-            .copied()
-            .filter(|e| e["pid"] == exiter)
-            .collect::<Vec<_>>(),
-        "exec of the exiter",
-    );
+    let exiter_exec = one(&events, "exec", "/pid", exiter);
     assert_eq!(exiter_exec["filename"], "/bin/sh", "{exiter_exec}");
     assert_eq!(
         exiter_exec["args"],

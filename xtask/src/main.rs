@@ -4,8 +4,9 @@ mod bench;
 mod toolchain;
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, Stdio},
 };
 
 use anyhow::{Context, Result, bail};
@@ -138,16 +139,40 @@ fn test(args: &[String]) -> Result<()> {
     build_ebpf()?;
     let agent = build_agent()?;
     step("running every test (unit and end-to-end)");
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root())
+    let mut child = Command::new("cargo")
+        .current_dir(workspace_root())
         .args(["test", "--workspace", "--exclude", "agent-ebpf"])
         .args(args)
-        .env("STOPGUARD_BIN", &agent);
-    let status = cmd.status().context("running cargo test")?;
+        .env("STOPGUARD_BIN", &agent)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    // Pass the output through, adding up every test binary's result line.
+    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            passed += count_before(result, " passed");
+            failed += count_before(result, " failed");
+            ignored += count_before(result, " ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("all tests: {passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
         bail!("tests failed ({status})");
     }
     Ok(())
+}
+
+/// The number just before `label` in a cargo test result line.
+fn count_before(result: &str, label: &str) -> u64 {
+    result
+        .find(label)
+        .and_then(|end| result[..end].rsplit([' ', ';', '.']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn cargo(args: &[&str]) -> Result<()> {

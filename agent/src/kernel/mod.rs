@@ -71,13 +71,13 @@ pub fn preflight() -> Result<()> {
 impl Probes {
     /// Loads and attaches the programs. Must run inside a tokio runtime.
     pub fn attach(options: &ProbeOptions) -> Result<Probes> {
-        preflight()?;
         if !options.ring_bytes.is_power_of_two() || options.ring_bytes < 4096 {
             bail!(
                 "ring buffer size {} is not a power of two of at least 4096 bytes",
                 options.ring_bytes
             );
         }
+        preflight()?;
         let offsets = btf::offsets(Path::new(btf::VMLINUX_BTF))?;
         // Wake the reader once a quarter of the ring waits, or it polls first.
         let wake = WakePolicy {
