@@ -111,6 +111,35 @@ fn workload_yields_exact_exec_fork_signal_exit_records() {
 }
 
 #[test]
+fn a_multithreaded_exit_is_one_record_named_after_the_process() {
+    let Some(_probes) = root_test("a_multithreaded_exit_is_one_record") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("stopguard-threads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("threaded");
+    bash(&format!(
+        "cc -O1 -pthread -o {} {}",
+        binary.display(),
+        fixture("threaded.c").display()
+    ));
+    let trace = Trace::start(&["--json", "--comm", "threaded", "--comm", "worker"]);
+    let status = Command::new(&binary).status().unwrap();
+    let traced = trace.stop(Vec::new());
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(status.code(), Some(7));
+    let events = traced.events();
+    let exits: Vec<&Value> = events.iter().filter(|e| e["kind"] == "exit").collect();
+    assert_eq!(exits.len(), 1, "one process, one exit: {exits:#?}");
+    assert_eq!(exits[0]["comm"], "threaded", "{}", exits[0]);
+    assert_eq!(exits[0]["exit_code"], 7, "{}", exits[0]);
+    assert!(
+        events.iter().all(|e| e["kind"] != "fork"),
+        "threads are not forks: {events:#?}"
+    );
+}
+
+#[test]
 fn a_full_ring_reports_lost_records() {
     let Some(_probes) = root_test("a_full_ring_reports_lost_records") else {
         return;

@@ -13,8 +13,16 @@ use crate::step;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the end-to-end tests run for real: bash and coreutils
-/// for the workload, perl for the signal storm, util-linux for setpriv.
-const TEST_PACKAGES: &[&str] = &["bash", "coreutils", "perl-base", "util-linux"];
+/// for the workload, perl for the signal storm, util-linux for setpriv, a C
+/// compiler for the multi-threaded fixture.
+const TEST_PACKAGES: &[&str] = &[
+    "bash",
+    "coreutils",
+    "perl-base",
+    "util-linux",
+    "gcc",
+    "libc6-dev",
+];
 
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
