@@ -12,10 +12,10 @@ use stopguard::{
 #[command(
     version,
     about = "Catches supervisors restarting database services an operator stopped",
-    after_help = "Examples:\n  \
-        sudo stopguard trace                   # every exec, exit, fork and signal\n  \
-        sudo stopguard trace --comm postgres   # only what involves postgres\n  \
-        sudo stopguard run                     # the agent, on the embedded default config"
+    after_help = "Examples (as root):\n  \
+        stopguard trace                   # every exec, exit, fork and signal\n  \
+        stopguard trace --comm postgres   # only what involves postgres\n  \
+        stopguard run                     # the agent, on the embedded default config"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,10 +25,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print every process start, exit, fork and signal as it happens.
-    #[command(after_help = "Examples:\n  \
-        sudo stopguard trace\n  \
-        sudo stopguard trace --json | jq 'select(.kind == \"signal\")'\n  \
-        sudo stopguard trace --comm postgres --comm pg_ctl\n\n\
+    #[command(after_help = "Examples (as root):\n  \
+        stopguard trace\n  \
+        stopguard trace --json | jq 'select(.kind == \"signal\")'\n  \
+        stopguard trace --comm postgres --comm pg_ctl\n\n\
         Exit status: 0 when stopped by Ctrl-C or SIGTERM, 1 on error.")]
     Trace {
         /// One JSON object per line (fields: see the README).
@@ -42,9 +42,9 @@ enum Command {
         ring_bytes: u32,
     },
     /// Run the agent.
-    #[command(after_help = "Examples:\n  \
-        sudo stopguard run\n  \
-        sudo stopguard run --config /etc/stopguard/stopguard.toml\n\n\
+    #[command(after_help = "Examples (as root):\n  \
+        stopguard run\n  \
+        stopguard run --config /etc/stopguard/stopguard.toml\n\n\
         Without --config it reads /etc/stopguard/stopguard.toml when it exists,\n\
         otherwise the embedded default config (the common database daemons).")]
     Run {

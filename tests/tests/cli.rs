@@ -18,8 +18,8 @@ fn every_command_has_help_with_examples() {
     for args in [&["--help"][..], &["trace", "--help"], &["run", "--help"]] {
         let (code, stdout, _) = run(args);
         assert_eq!(code, Some(0), "{args:?}");
-        assert!(stdout.contains("Examples:"), "{args:?}: {stdout}");
-        assert!(stdout.contains("sudo stopguard "), "{args:?}: {stdout}");
+        assert!(stdout.contains("Examples (as root):"), "{args:?}: {stdout}");
+        assert!(stdout.contains("  stopguard "), "{args:?}: {stdout}");
     }
 }
 

@@ -218,7 +218,7 @@ fn non_root_gets_one_clear_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr.trim(),
-        "stopguard: stopguard must run as root: it loads eBPF programs (try: sudo stopguard ...)"
+        "stopguard: must run as root to load its eBPF programs (try sudo)"
     );
 }
 

@@ -80,7 +80,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// Where the eBPF object lands; the agent embeds it from here.
 pub fn ebpf_object() -> PathBuf {
-    workspace_root().join("target/bpfel-unknown-none/release/stopguard")
+    workspace_root().join("target/ebpf/bpfel-unknown-none/release/stopguard")
 }
 
 fn build_ebpf() -> Result<PathBuf> {
@@ -106,6 +106,10 @@ fn build_ebpf() -> Result<PathBuf> {
             "bpfel-unknown-none",
             "-Z",
             "build-std=core",
+            // Its own target dir: host build dependencies with other features
+            // would otherwise rebuild the agent's every time, and back.
+            "--target-dir",
+            "target/ebpf",
         ])
         .env("PATH", std::env::join_paths(dirs)?)
         // build-std is unstable; the stable toolchain allows it for this crate only.

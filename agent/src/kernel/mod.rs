@@ -56,7 +56,7 @@ pub struct Probes {
 /// any attempt that would fail with a less helpful error.
 pub fn preflight() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("stopguard must run as root: it loads eBPF programs (try: sudo stopguard ...)");
+        bail!("must run as root to load its eBPF programs (try sudo)");
     }
     let btf = Path::new(btf::VMLINUX_BTF);
     if !btf.exists() {

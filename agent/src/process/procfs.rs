@@ -52,3 +52,28 @@ fn read(p: &ProcProcess, starts: &std::collections::HashMap<i32, u64>) -> Option
         exited: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_finds_this_process_with_its_parent_and_command() {
+        let me = std::process::id();
+        let all = scan();
+        let this = all
+            .iter()
+            .find(|p| p.pid == me)
+            .expect("this process is in /proc");
+        let stat = ProcProcess::myself().unwrap().stat().unwrap();
+        assert_eq!(this.key.start_ticks, stat.starttime);
+        assert_eq!(this.parent.map(|k| k.pid), Some(stat.ppid as u32));
+        assert_eq!(
+            this.exe.as_deref(),
+            std::env::current_exe().unwrap().to_str()
+        );
+        assert_eq!(this.cmdline, std::env::args().collect::<Vec<_>>());
+        assert_eq!(read_pid(me).unwrap().key, this.key);
+        assert!(read_pid(u32::MAX).is_none());
+    }
+}
