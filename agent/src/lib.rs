@@ -2,6 +2,7 @@
 //!
 //! - `kernel`: loading the eBPF programs, reading their ring buffer.
 //! - `events`: the typed lifecycle events decoded from kernel records.
+//! - `detect`: operator stops and respawns, a pure state machine.
 //! - `process`: the process table (ancestry, supervisors), seeded from /proc.
 //! - `monitor`: the event loop that keeps the table current.
 //! - `trace`, `agent`: the `trace` and `run` commands.
@@ -9,6 +10,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod detect;
 pub mod events;
 pub mod kernel;
 pub mod monitor;

@@ -114,6 +114,10 @@ impl ProcessTable {
         self.processes.get(key)
     }
 
+    pub fn live_processes(&self) -> impl Iterator<Item = &Process> {
+        self.live.values().filter_map(|k| self.processes.get(k))
+    }
+
     /// The live process with this pid.
     pub fn live(&self, pid: u32) -> Option<&Process> {
         self.live.get(&pid).and_then(|k| self.processes.get(k))
