@@ -49,6 +49,18 @@ pub struct Service {
     pub name: String,
     /// Globs on the executable's path.
     pub exe: Vec<String>,
+    /// What to do when a supervisor respawns it after an operator stopped it.
+    #[serde(default)]
+    pub on_unexpected_respawn: UnexpectedRespawn,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnexpectedRespawn {
+    #[default]
+    Alert,
+    Freeze,
+    Ignore,
 }
 
 fn hostname() -> String {

@@ -8,7 +8,9 @@
 //! - `trace`, `agent`: the `trace` and `run` commands.
 //! - `config`: the TOML configuration and its embedded default.
 
+pub mod actions;
 pub mod agent;
+pub mod alert;
 pub mod config;
 pub mod detect;
 pub mod events;

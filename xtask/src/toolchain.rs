@@ -12,16 +12,19 @@ use crate::step;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the end-to-end tests run for real: bash and coreutils
-/// for the workload, perl for the signal storm, util-linux for setpriv, a C
-/// compiler for the multi-threaded fixture.
+/// Debian packages the end-to-end tests run for real: bash, coreutils and
+/// procps for the workloads, perl for the signal storm, util-linux for
+/// setpriv, a C compiler for the multi-threaded fixture, runit as a real
+/// supervisor.
 const TEST_PACKAGES: &[&str] = &[
     "bash",
     "coreutils",
+    "procps",
     "perl-base",
     "util-linux",
     "gcc",
     "libc6-dev",
+    "runit",
 ];
 
 fn output(cmd: &mut Command) -> Result<String> {

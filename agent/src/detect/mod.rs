@@ -201,15 +201,25 @@ impl Detector {
             .position(|s| s.exe.iter().any(|p| p.matches(exe)))
     }
 
-    /// A process is a service's main process when its exe matches and its
-    /// parent's does not (a postmaster, not one of its backends).
+    /// The service a process runs: its executable matches, or for an
+    /// interpreted daemon (`/bin/sh /path/daemon`, where /proc's exe is the
+    /// interpreter) its first arguments do.
+    fn service_of_process(&self, process: &Process) -> Option<usize> {
+        process
+            .exe
+            .iter()
+            .chain(process.cmdline.iter().take(2))
+            .find_map(|path| self.service_of(path))
+    }
+
+    /// A process is a service's main process when it runs the service and
+    /// its parent does not (a postmaster, not one of its backends).
     fn main_service(&self, process: &Process, table: &ProcessTable) -> Option<usize> {
-        let index = self.service_of(process.exe.as_deref()?)?;
+        let index = self.service_of_process(process)?;
         let parent_same = process
             .parent
             .and_then(|k| table.get(&k))
-            .and_then(|p| p.exe.as_deref())
-            .and_then(|exe| self.service_of(exe))
+            .and_then(|p| self.service_of_process(p))
             == Some(index);
         (!parent_same).then_some(index)
     }
@@ -398,6 +408,7 @@ mod tests {
             let services = [config::Service {
                 name: "postgres".into(),
                 exe: vec!["/usr/lib/postgresql/*/bin/postgres".into()],
+                on_unexpected_respawn: Default::default(),
             }];
             let mut table = ProcessTable::default();
             let init = ProcessKey {
@@ -751,6 +762,7 @@ mod tests {
         let services = [config::Service {
             name: "postgres".into(),
             exe: vec!["/usr/lib/postgresql/*/bin/postgres".into()],
+            on_unexpected_respawn: Default::default(),
         }];
         let mut fresh = Detector::new(&services).unwrap();
         fresh.adopt(&host.table);
@@ -773,6 +785,7 @@ mod tests {
         let services = [config::Service {
             name: "pg".into(),
             exe: vec!["/usr/[bin".into()],
+            on_unexpected_respawn: Default::default(),
         }];
         let err = Detector::new(&services).err().unwrap();
         assert!(format!("{err:#}").starts_with("service `pg`: bad exe glob `/usr/[bin`"));

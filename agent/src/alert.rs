@@ -1,0 +1,136 @@
+//! Alert records: what a person reads about a respawn. The schema is the
+//! contract with every sink.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::{
+    detect::{OperatorStop, Started},
+    process::Link,
+};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Alert {
+    pub version: u32,
+    pub id: String,
+    pub kind: &'static str,
+    pub severity: &'static str,
+    pub host: String,
+    pub service: String,
+    pub summary: String,
+    pub action: String,
+    pub process: ProcessInfo,
+    pub respawned_by: Option<RespawnedBy>,
+    pub stopped_by: Option<StoppedBy>,
+    /// Maintenance windows are not declared yet: always null for now.
+    pub window: Option<()>,
+    pub at: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub exe: String,
+    pub cmdline: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RespawnedBy {
+    pub supervisor: Option<String>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub chain: Vec<Link>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StoppedBy {
+    pub pid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub loginuid: Option<u32>,
+    pub user: Option<String>,
+    pub signal: String,
+    pub via: Option<String>,
+}
+
+/// The login name of a uid, when the host knows one.
+pub fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+/// Who, in words: "alice (uid 1000)" or "uid 1000".
+fn person(loginuid: Option<u32>) -> String {
+    match loginuid {
+        Some(uid) => match user_name(uid) {
+            Some(name) => format!("{name} (uid {uid})"),
+            None => format!("uid {uid}"),
+        },
+        None => "someone".into(),
+    }
+}
+
+/// A respawn after an operator stop, outside any window.
+pub fn respawn(
+    host: &str,
+    started: &Started,
+    stop: &OperatorStop,
+    action: &str,
+    now: SystemTime,
+) -> Alert {
+    let supervisor = started
+        .supervisor
+        .as_ref()
+        .map_or_else(|| "an unknown starter".to_string(), |s| s.comm.clone());
+    let after = started.time_ns.saturating_sub(stop.time_ns) as f64 / 1e9;
+    let via = stop.via.as_ref().map(|c| c.args.join(" "));
+    let how = match &via {
+        Some(cmd) => format!("{} via `{cmd}`", stop.signal_name),
+        None => format!("{} via {}", stop.signal_name, stop.sender.comm),
+    };
+    let summary = format!(
+        "{} respawned by {supervisor} {after:.1} s after {} stopped it ({how}); {action}",
+        started.service,
+        person(stop.loginuid),
+    );
+    Alert {
+        version: SCHEMA_VERSION,
+        id: format!(
+            "{host}-{}-{}-{}",
+            started.service, started.pid, started.time_ns
+        ),
+        kind: "respawn_after_operator_stop",
+        severity: "critical",
+        host: host.to_string(),
+        service: started.service.clone(),
+        summary,
+        action: action.to_string(),
+        process: ProcessInfo {
+            pid: started.pid,
+            exe: started.exe.clone(),
+            cmdline: started.args.clone(),
+        },
+        respawned_by: Some(RespawnedBy {
+            supervisor: started.supervisor.as_ref().map(|s| s.comm.clone()),
+            pid: started.supervisor.as_ref().map(|s| s.pid),
+            comm: started.chain.first().map(|l| l.comm.clone()),
+            chain: started.chain.clone(),
+        }),
+        stopped_by: Some(StoppedBy {
+            pid: stop.sender.pid,
+            comm: stop.sender.comm.clone(),
+            uid: stop.sender.uid,
+            loginuid: stop.loginuid,
+            user: stop.loginuid.and_then(user_name),
+            signal: stop.signal_name.clone(),
+            via,
+        }),
+        window: None,
+        at: humantime::format_rfc3339_millis(now).to_string(),
+    }
+}

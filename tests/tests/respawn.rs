@@ -1,0 +1,296 @@
+//! Respawn detection against a real supervisor (runit's runsv): an operator
+//! stop, the supervisor's restart, the agent's alert and freeze.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use stopguard_tests::{bash, fixture, root_test, stopguard_bin};
+
+/// A sandbox: a data file, the daemon's copy, a runit service dir.
+struct Sandbox {
+    dir: PathBuf,
+    runsv: Option<Child>,
+    agent: Option<Child>,
+    alerts: Option<mpsc::Receiver<String>>,
+}
+
+impl Sandbox {
+    fn new(name: &str) -> Sandbox {
+        let dir = std::env::temp_dir().join(format!("sg-e2e-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("bin")).unwrap();
+        fs::create_dir_all(dir.join("sv")).unwrap();
+        fs::copy(fixture("sgdaemon"), dir.join("bin/sgdaemon")).unwrap();
+        fs::write(
+            dir.join("sv/run"),
+            format!(
+                "#!/bin/sh\nexec {} {}\n",
+                dir.join("bin/sgdaemon").display(),
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        bash(&format!(
+            "chmod 0755 {}/sv/run {}/bin/sgdaemon",
+            dir.display(),
+            dir.display()
+        ));
+        Sandbox {
+            dir,
+            runsv: None,
+            agent: None,
+            alerts: None,
+        }
+    }
+
+    fn data(&self) -> String {
+        fs::read_to_string(self.dir.join("data")).unwrap_or_default()
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        fs::read_to_string(self.dir.join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn start_agent(&mut self, policy: &str) {
+        let config = self.dir.join("stopguard.toml");
+        fs::write(
+            &config,
+            format!(
+                "[agent]\nhost = \"test-host\"\naudit_log = \"{}\"\n\n[[service]]\nname = \"sgdaemon\"\nexe = [\"{}/bin/sgdaemon\"]\non_unexpected_respawn = \"{policy}\"\n",
+                self.dir.join("audit.jsonl").display(),
+                self.dir.display()
+            ),
+        )
+        .unwrap();
+        let mut agent = Command::new(stopguard_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(agent.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(
+            line.contains("stopguard running"),
+            "agent did not start: {line}"
+        );
+        std::thread::spawn(move || for _ in stderr.lines() {});
+        let (tx, rx) = mpsc::channel();
+        let out = agent.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        self.agent = Some(agent);
+        self.alerts = Some(rx);
+    }
+
+    fn start_runsv(&mut self) -> u32 {
+        let runsv = Command::new("runsv")
+            .arg(self.dir.join("sv"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.runsv = Some(runsv);
+        self.wait_for_daemon(None)
+    }
+
+    /// The daemon's pid once it has written its start line (not `old`).
+    fn wait_for_daemon(&self, old: Option<u32>) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let pid = self
+                .data()
+                .lines()
+                .filter_map(|l| l.strip_prefix("start "))
+                .filter_map(|p| p.parse().ok())
+                .next_back();
+            if let Some(pid) = pid.filter(|p| Some(*p) != old) {
+                return pid;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the daemon did not start; data: {}", self.data());
+    }
+
+    fn next_alert(&self, timeout: Duration) -> Option<Value> {
+        let line = self.alerts.as_ref().unwrap().recv_timeout(timeout).ok()?;
+        Some(
+            serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("alert is not JSON ({e}): {line}")),
+        )
+    }
+
+    /// pids running the daemon's image now.
+    fn daemon_pids(&self) -> Vec<u32> {
+        let exe = self.dir.join("bin/sgdaemon");
+        let out = bash(&format!("pgrep -f '{}' || true", exe.display()));
+        out.split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(mut runsv) = self.runsv.take() {
+            let _ = runsv.kill();
+            let _ = runsv.wait();
+        }
+        for pid in self.daemon_pids() {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        if let Some(mut agent) = self.agent.take() {
+            unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+            let _ = agent.wait();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = bash(
+            "for d in /sys/fs/cgroup/unified/stopguard/frozen-*; do [ -d \"$d\" ] && rmdir \"$d\"; done; true",
+        );
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An operator (loginuid 1000) stops `pid` with /bin/kill.
+fn operator_kill(pid: u32) {
+    bash(&format!(
+        "echo 1000 > /proc/self/loginuid && /bin/kill -TERM {pid}"
+    ));
+}
+
+fn state_of(pid: u32) -> char {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit(')')
+        .next()
+        .unwrap()
+        .trim()
+        .chars()
+        .next()
+        .unwrap()
+}
+
+fn in_frozen_cgroup(pid: u32) -> bool {
+    let dir = Path::new("/sys/fs/cgroup/unified/stopguard").join(format!("frozen-{pid}"));
+    fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
+        && fs::read_to_string(dir.join("cgroup.procs"))
+            .is_ok_and(|p| p.lines().any(|l| l == pid.to_string()))
+}
+
+#[test]
+fn runsv_respawn_after_an_operator_stop_is_frozen_and_named() {
+    let Some(_probes) = root_test("runsv_respawn_after_an_operator_stop_is_frozen_and_named")
+    else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("freeze");
+    let first = sandbox.start_runsv();
+    sandbox.start_agent("freeze");
+    operator_kill(first);
+    let alert = sandbox
+        .next_alert(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no alert; audit: {:#?}", sandbox.audit()));
+    assert_eq!(alert["kind"], "respawn_after_operator_stop", "{alert:#}");
+    assert_eq!(alert["host"], "test-host");
+    assert_eq!(alert["service"], "sgdaemon");
+    assert_eq!(alert["respawned_by"]["supervisor"], "runsv", "{alert:#}");
+    assert_eq!(alert["stopped_by"]["loginuid"], 1000, "{alert:#}");
+    assert_eq!(alert["stopped_by"]["comm"], "kill", "{alert:#}");
+    assert_eq!(alert["stopped_by"]["signal"], "SIGTERM", "{alert:#}");
+    assert_eq!(alert["window"], Value::Null);
+    let summary = alert["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("sgdaemon respawned by runsv "),
+        "{summary}"
+    );
+    assert!(summary.contains("uid 1000"), "{summary}");
+    let respawned = alert["process"]["pid"].as_u64().unwrap() as u32;
+    assert_ne!(respawned, first);
+    assert!(
+        alert["action"].as_str().unwrap().starts_with("frozen"),
+        "{alert:#}"
+    );
+
+    // Stopped and frozen; not one instruction of its own: no start line.
+    assert_eq!(state_of(respawned), 'T', "pid {respawned} is not stopped");
+    assert!(
+        in_frozen_cgroup(respawned),
+        "pid {respawned} is not in a frozen cgroup"
+    );
+    let before = sandbox.data();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sandbox.data(), before, "the data file changed while frozen");
+    assert!(!before.contains(&format!("start {respawned}")), "{before}");
+
+    let audit = sandbox.audit();
+    assert!(
+        audit.iter().any(|a| a["finding"] == "operator_stop"),
+        "{audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|a| a["alert"]["process"]["pid"] == respawned),
+        "{audit:#?}"
+    );
+}
+
+#[test]
+fn a_crash_restart_raises_no_alert_and_is_audited() {
+    let Some(_probes) = root_test("a_crash_restart_raises_no_alert_and_is_audited") else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("crash");
+    let first = sandbox.start_runsv();
+    sandbox.start_agent("freeze");
+    // SIGKILL from a process without a login identity: a crash, not a stop.
+    bash(&format!("/bin/kill -KILL {first}"));
+    let second = sandbox.wait_for_daemon(Some(first));
+    assert!(sandbox.next_alert(Duration::from_secs(2)).is_none());
+    assert_ne!(state_of(second), 'T');
+    let audit = sandbox.audit();
+    let restart = audit
+        .iter()
+        .find(|a| a["finding"] == "crash_restart")
+        .unwrap_or_else(|| panic!("no crash_restart in {audit:#?}"));
+    assert_eq!(restart["started"]["pid"], second);
+    assert_eq!(restart["started"]["supervisor"]["comm"], "runsv");
+}
+
+#[test]
+fn with_the_alert_policy_the_respawn_runs_and_is_reported() {
+    let Some(_probes) = root_test("with_the_alert_policy_the_respawn_runs_and_is_reported") else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("alert");
+    let first = sandbox.start_runsv();
+    sandbox.start_agent("alert");
+    let started = Instant::now();
+    operator_kill(first);
+    let alert = sandbox
+        .next_alert(Duration::from_secs(10))
+        .expect("no alert");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(alert["action"], "alerted");
+    let respawned = alert["process"]["pid"].as_u64().unwrap() as u32;
+    assert_eq!(sandbox.wait_for_daemon(Some(first)), respawned);
+}
