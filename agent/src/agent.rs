@@ -65,6 +65,12 @@ impl AuditLog {
     }
 }
 
+/// Respawns of one service after the first was frozen.
+struct Train {
+    frozen_pid: u32,
+    retries: u32,
+}
+
 /// What one batch of events asked of the agent.
 #[derive(Default)]
 struct Batch {
@@ -98,7 +104,7 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let mut summary = tokio::time::interval(SUMMARY_EVERY);
     summary.tick().await;
-    let mut frozen: HashMap<u32, actions::Frozen> = HashMap::new();
+    let mut trains: HashMap<String, Train> = HashMap::new();
     let mut batch = Batch::default();
     loop {
         let on_event = |event: &Event, table: &ProcessTable| {
@@ -153,17 +159,55 @@ pub async fn run(config: Config) -> Result<()> {
                     stopped_by,
                 } => {
                     let policy = policies.get(&started.service).copied().unwrap_or_default();
+                    if policy == UnexpectedRespawn::Freeze
+                        && let Some(train) = trains.get_mut(&started.service)
+                        && Path::new(&format!("/proc/{}", train.frozen_pid)).exists()
+                    {
+                        // A supervisor that sees no pidfile tries again each
+                        // cycle: keep the first frozen, end the retries.
+                        train.retries += 1;
+                        let killed = actions::kill(started.pid);
+                        tracing::warn!(
+                            "{} respawned again by {} (tried {} more times); pid {} killed, pid {} stays frozen",
+                            started.service,
+                            started.supervisor.as_ref().map_or("?", |s| s.comm.as_str()),
+                            train.retries,
+                            started.pid,
+                            train.frozen_pid
+                        );
+                        audit.write(&serde_json::json!({
+                            "event": "respawn_retry_killed",
+                            "service": started.service,
+                            "pid": started.pid,
+                            "retries": train.retries,
+                            "frozen_pid": train.frozen_pid,
+                            "error": killed.err().map(|e| format!("{e:#}")),
+                        }));
+                        continue;
+                    }
                     let action = match policy {
                         UnexpectedRespawn::Freeze => match actions::freeze(started.pid) {
                             Ok(state) => {
-                                let how = if state.cgroup.is_some() {
-                                    "frozen (SIGSTOP at exec, cgroup frozen)"
-                                } else {
-                                    "frozen (SIGSTOP)"
+                                let action = match &state.cgroup {
+                                    Some(cgroup) => format!(
+                                        "frozen (SIGSTOP at exec, cgroup frozen); thaw with: echo 0 > {}/cgroup.freeze; kill -CONT {}",
+                                        cgroup.display(),
+                                        started.pid
+                                    ),
+                                    None => format!(
+                                        "frozen (SIGSTOP at exec); thaw with: kill -CONT {}",
+                                        started.pid
+                                    ),
                                 };
-                                frozen.insert(started.pid, state);
+                                trains.insert(
+                                    started.service.clone(),
+                                    Train {
+                                        frozen_pid: started.pid,
+                                        retries: 0,
+                                    },
+                                );
                                 keep_stopped.push(started.pid);
-                                format!("{how}; thaw with: kill -CONT {}", started.pid)
+                                action
                             }
                             Err(err) => format!("freeze failed: {err:#}"),
                         },

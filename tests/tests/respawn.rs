@@ -99,6 +99,33 @@ impl Sandbox {
         self.alerts = Some(rx);
     }
 
+    /// monit with a 1 s cycle, checking the daemon by its pidfile, as a
+    /// pg_ctl-managed database would be.
+    fn start_monit(&mut self) -> u32 {
+        let d = self.dir.display();
+        let rc = self.dir.join("monitrc");
+        fs::write(
+            &rc,
+            format!(
+                "set daemon 1\nset logfile {d}/monit.log\nset pidfile {d}/monit.pid\n\
+                 set idfile {d}/monit.id\nset statefile {d}/monit.state\n\
+                 check process sgdaemon with pidfile {d}/daemon.pid\n  \
+                 start program = \"/bin/sh -c '{d}/bin/sgdaemon {d}/data {d}/daemon.pid &'\" with timeout 2 seconds\n"
+            ),
+        )
+        .unwrap();
+        bash(&format!("chmod 0600 {}", rc.display()));
+        let monit = Command::new("monit")
+            .args(["-I", "-c"])
+            .arg(&rc)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.runsv = Some(monit);
+        self.wait_for_daemon(None)
+    }
+
     fn start_runsv(&mut self) -> u32 {
         let runsv = Command::new("runsv")
             .arg(self.dir.join("sv"))
@@ -293,4 +320,57 @@ fn with_the_alert_policy_the_respawn_runs_and_is_reported() {
     assert_eq!(alert["action"], "alerted");
     let respawned = alert["process"]["pid"].as_u64().unwrap() as u32;
     assert_eq!(sandbox.wait_for_daemon(Some(first)), respawned);
+}
+
+#[test]
+fn monit_respawn_train_keeps_one_frozen_and_one_alert() {
+    let Some(_probes) = root_test("monit_respawn_train_keeps_one_frozen_and_one_alert") else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("monit");
+    let first = sandbox.start_monit();
+    sandbox.start_agent("freeze");
+    operator_kill(first);
+    let alert = sandbox
+        .next_alert(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("no alert; audit: {:#?}", sandbox.audit()));
+    assert_eq!(alert["respawned_by"]["supervisor"], "monit", "{alert:#}");
+    assert_eq!(alert["stopped_by"]["loginuid"], 1000, "{alert:#}");
+    let frozen = alert["process"]["pid"].as_u64().unwrap() as u32;
+    assert!(in_frozen_cgroup(frozen), "pid {frozen} is not frozen");
+    // monit finds no fresh pidfile and tries again every cycle.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let retries = loop {
+        let n = sandbox
+            .audit()
+            .iter()
+            .filter(|a| a["event"] == "respawn_retry_killed")
+            .count();
+        if n >= 2 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(retries >= 2, "monit did not retry: {:#?}", sandbox.audit());
+    assert!(
+        sandbox.next_alert(Duration::from_millis(100)).is_none(),
+        "one incident, one alert"
+    );
+    assert!(in_frozen_cgroup(frozen), "the first respawn stays frozen");
+    // A retry lives for the few ms between its exec and the agent's kill.
+    let daemons = || {
+        sandbox
+            .daemon_pids()
+            .into_iter()
+            .filter(|p| {
+                fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sgdaemon")
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while daemons() != [frozen] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(daemons(), [frozen], "retries must not pile up");
+    assert!(!sandbox.data().contains(&format!("start {frozen}")));
 }

@@ -14,8 +14,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the end-to-end tests run for real: bash, coreutils and
 /// procps for the workloads, perl for the signal storm, util-linux for
-/// setpriv, a C compiler for the multi-threaded fixture, runit as a real
-/// supervisor.
+/// setpriv, a C compiler for the multi-threaded fixture, runit and monit
+/// as real supervisors.
 const TEST_PACKAGES: &[&str] = &[
     "bash",
     "coreutils",
@@ -25,6 +25,7 @@ const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
     "runit",
+    "monit",
 ];
 
 fn output(cmd: &mut Command) -> Result<String> {

@@ -149,8 +149,11 @@ impl ProcessTable {
             }
             Event::Exec(exec) => {
                 let key = exec.process.key;
-                // Records come in order, so the live process with the
-                // parent's pid is the parent as it was at the exec.
+                // The creator (from the fork record) names who started it
+                // even when it exited before this exec and the process was
+                // reparented (`sh -c 'daemon &'`). Without one, records come
+                // in order, so the live process with the parent's pid is
+                // the parent as it was at the exec.
                 let parent = self.live.get(&exec.ppid).copied().filter(|p| *p != key);
                 let process = self.processes.entry(key).or_insert_with(|| Process {
                     key,
@@ -163,7 +166,7 @@ impl ProcessTable {
                     cmdline: Vec::new(),
                     exited: None,
                 });
-                process.parent = parent.or(process.parent);
+                process.parent = process.parent.or(parent);
                 process.uid = exec.process.uid;
                 process.loginuid = exec.process.loginuid;
                 process.comm = exec.process.comm.clone();
