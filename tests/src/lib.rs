@@ -185,3 +185,88 @@ pub fn bash(script: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A running `stopguard run` on a config file, its alert lines collected.
+pub struct Agent {
+    child: Child,
+    alerts: mpsc::Receiver<String>,
+}
+
+impl Agent {
+    /// Writes `config` to `path`, starts the agent on it and waits until it
+    /// runs.
+    pub fn start(path: &std::path::Path, config: &str) -> Agent {
+        std::fs::write(path, config).unwrap();
+        let mut child = Command::new(stopguard_bin())
+            .args(["run", "--config"])
+            .arg(path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting stopguard run");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        if !line.contains("stopguard running") {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            let _ = child.kill();
+            panic!("the agent did not start:\n{line}{rest}");
+        }
+        std::thread::spawn(move || for _ in stderr.lines() {});
+        let (tx, alerts) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Agent { child, alerts }
+    }
+
+    /// The next alert record, or None after `timeout`.
+    pub fn next_alert(&self, timeout: Duration) -> Option<Value> {
+        let line = self.alerts.recv_timeout(timeout).ok()?;
+        Some(
+            serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("alert is not JSON ({e}): {line}")),
+        )
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `pid` sits in its own frozen cgroup made by the agent.
+pub fn in_frozen_cgroup(pid: u32) -> bool {
+    let dir =
+        std::path::Path::new("/sys/fs/cgroup/unified/stopguard").join(format!("frozen-{pid}"));
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
+        && std::fs::read_to_string(dir.join("cgroup.procs"))
+            .is_ok_and(|p| p.lines().any(|l| l == pid.to_string()))
+}
+
+/// The state letter of /proc/PID/stat ('T' when stopped).
+pub fn state_of(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit(')')
+        .next()
+        .unwrap()
+        .trim()
+        .chars()
+        .next()
+        .unwrap()
+}
+
+/// Removes the agent's frozen cgroups left empty by a test.
+pub fn remove_frozen_cgroups() {
+    let _ = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("for d in /sys/fs/cgroup/unified/stopguard/frozen-*; do [ -d \"$d\" ] && rmdir \"$d\"; done; true")
+        .status();
+}

@@ -3,22 +3,21 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use stopguard_tests::{bash, fixture, root_test, stopguard_bin};
+use stopguard_tests::{
+    Agent, bash, fixture, in_frozen_cgroup, remove_frozen_cgroups, root_test, state_of,
+};
 
 /// A sandbox: a data file, the daemon's copy, a runit service dir.
 struct Sandbox {
     dir: PathBuf,
-    runsv: Option<Child>,
-    agent: Option<Child>,
-    alerts: Option<mpsc::Receiver<String>>,
+    supervisor: Option<Child>,
+    agent: Option<Agent>,
 }
 
 impl Sandbox {
@@ -44,9 +43,8 @@ impl Sandbox {
         ));
         Sandbox {
             dir,
-            runsv: None,
+            supervisor: None,
             agent: None,
-            alerts: None,
         }
     }
 
@@ -63,40 +61,12 @@ impl Sandbox {
     }
 
     fn start_agent(&mut self, policy: &str) {
-        let config = self.dir.join("stopguard.toml");
-        fs::write(
-            &config,
-            format!(
-                "[agent]\nhost = \"test-host\"\naudit_log = \"{}\"\n\n[[service]]\nname = \"sgdaemon\"\nexe = [\"{}/bin/sgdaemon\"]\non_unexpected_respawn = \"{policy}\"\n",
-                self.dir.join("audit.jsonl").display(),
-                self.dir.display()
-            ),
-        )
-        .unwrap();
-        let mut agent = Command::new(stopguard_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(agent.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        assert!(
-            line.contains("stopguard running"),
-            "agent did not start: {line}"
+        let config = format!(
+            "[agent]\nhost = \"test-host\"\naudit_log = \"{}\"\n\n[[service]]\nname = \"sgdaemon\"\nexe = [\"{}/bin/sgdaemon\"]\non_unexpected_respawn = \"{policy}\"\n",
+            self.dir.join("audit.jsonl").display(),
+            self.dir.display()
         );
-        std::thread::spawn(move || for _ in stderr.lines() {});
-        let (tx, rx) = mpsc::channel();
-        let out = agent.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        self.agent = Some(agent);
-        self.alerts = Some(rx);
+        self.agent = Some(Agent::start(&self.dir.join("stopguard.toml"), &config));
     }
 
     /// monit with a 1 s cycle, checking the daemon by its pidfile, as a
@@ -122,7 +92,7 @@ impl Sandbox {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.runsv = Some(monit);
+        self.supervisor = Some(monit);
         self.wait_for_daemon(None)
     }
 
@@ -133,7 +103,7 @@ impl Sandbox {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.runsv = Some(runsv);
+        self.supervisor = Some(runsv);
         self.wait_for_daemon(None)
     }
 
@@ -156,11 +126,7 @@ impl Sandbox {
     }
 
     fn next_alert(&self, timeout: Duration) -> Option<Value> {
-        let line = self.alerts.as_ref().unwrap().recv_timeout(timeout).ok()?;
-        Some(
-            serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("alert is not JSON ({e}): {line}")),
-        )
+        self.agent.as_ref().unwrap().next_alert(timeout)
     }
 
     /// pids running the daemon's image now.
@@ -175,21 +141,16 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        if let Some(mut runsv) = self.runsv.take() {
-            let _ = runsv.kill();
-            let _ = runsv.wait();
+        if let Some(mut supervisor) = self.supervisor.take() {
+            let _ = supervisor.kill();
+            let _ = supervisor.wait();
         }
         for pid in self.daemon_pids() {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        if let Some(mut agent) = self.agent.take() {
-            unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-            let _ = agent.wait();
-        }
+        self.agent.take();
         std::thread::sleep(Duration::from_millis(200));
-        let _ = bash(
-            "for d in /sys/fs/cgroup/unified/stopguard/frozen-*; do [ -d \"$d\" ] && rmdir \"$d\"; done; true",
-        );
+        remove_frozen_cgroups();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -199,24 +160,6 @@ fn operator_kill(pid: u32) {
     bash(&format!(
         "echo 1000 > /proc/self/loginuid && /bin/kill -TERM {pid}"
     ));
-}
-
-fn state_of(pid: u32) -> char {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat.rsplit(')')
-        .next()
-        .unwrap()
-        .trim()
-        .chars()
-        .next()
-        .unwrap()
-}
-
-fn in_frozen_cgroup(pid: u32) -> bool {
-    let dir = Path::new("/sys/fs/cgroup/unified/stopguard").join(format!("frozen-{pid}"));
-    fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
-        && fs::read_to_string(dir.join("cgroup.procs"))
-            .is_ok_and(|p| p.lines().any(|l| l == pid.to_string()))
 }
 
 #[test]

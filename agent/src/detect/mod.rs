@@ -49,11 +49,28 @@ pub enum Intent {
 }
 
 impl Intent {
-    pub fn of(args: &[String]) -> Intent {
-        for arg in args.iter().skip(1) {
-            match arg.as_str() {
-                "stop" | "down" | "kill" | "term" | "-d" | "-k" | "-t" => return Intent::Stop,
-                "start" | "up" | "once" | "-u" | "-o" => return Intent::Start,
+    /// The intent of control command `comm` run with `args` (argv).
+    pub fn of(comm: &str, args: &[String]) -> Intent {
+        let args = args.iter().skip(1).map(String::as_str);
+        if comm == "s6-svc" {
+            // s6-svc takes flags: -d down, -u up, -o once, -r restart, -t/-k signals.
+            for arg in args.filter(|a| a.starts_with('-')) {
+                for flag in arg.chars().skip(1) {
+                    match flag {
+                        'd' | 't' | 'k' => return Intent::Stop,
+                        'u' | 'o' => return Intent::Start,
+                        'r' => return Intent::Restart,
+                        _ => {}
+                    }
+                }
+            }
+            return Intent::Other;
+        }
+        // The others take a verb; options (pg_ctl's -o, -t...) are not verbs.
+        for arg in args.filter(|a| !a.starts_with('-')) {
+            match arg {
+                "stop" | "down" | "kill" | "term" | "d" | "k" | "t" => return Intent::Stop,
+                "start" | "up" | "once" | "u" | "o" => return Intent::Start,
                 "restart" | "force-restart" | "try-restart" | "reload-or-restart" => {
                     return Intent::Restart;
                 }
@@ -71,6 +88,11 @@ impl Intent {
         matches!(self, Intent::Start | Intent::Restart)
     }
 }
+
+/// Arguments with which a daemon binary answers a question and exits
+/// (`postgres -V`, `-C data_directory`, `mysqld --version`) instead of
+/// running the service.
+const QUERY_FLAGS: [&str; 5] = ["-V", "--version", "--help", "--describe-config", "-C"];
 
 /// How long a control command is taken to explain what follows it.
 const CONTROL_WINDOW_NS: u64 = 30_000_000_000;
@@ -212,10 +234,20 @@ impl Detector {
             .find_map(|path| self.service_of(path))
     }
 
-    /// A process is a service's main process when it runs the service and
-    /// its parent does not (a postmaster, not one of its backends).
+    /// A process is a service's main process when it runs the service, is
+    /// not a query of it (`postgres -V`, which pg_ctl runs before each
+    /// start), and its parent does not run it (a postmaster, not one of its
+    /// backends).
     fn main_service(&self, process: &Process, table: &ProcessTable) -> Option<usize> {
         let index = self.service_of_process(process)?;
+        if process
+            .cmdline
+            .iter()
+            .skip(1)
+            .any(|a| QUERY_FLAGS.contains(&a.as_str()))
+        {
+            return None;
+        }
         let parent_same = process
             .parent
             .and_then(|k| table.get(&k))
@@ -257,7 +289,7 @@ impl Detector {
                         pid: exec.process.pid,
                         comm: exec.process.comm.clone(),
                         args: exec.args.clone(),
-                        intent: Intent::of(&exec.args),
+                        intent: Intent::of(&exec.process.comm, &exec.args),
                         loginuid,
                         time_ns: exec.time_ns,
                     });
@@ -554,6 +586,15 @@ mod tests {
                 "/usr/lib/postgresql/15/bin/pg_ctl",
                 &["pg_ctl", "start"],
             );
+            // pg_ctl asks the binary its version first: not a start.
+            let (query, findings) = self.spawn(
+                pg_ctl,
+                base + 3,
+                "/usr/lib/postgresql/15/bin/postgres",
+                &["postgres", "-V"],
+            );
+            assert!(findings.is_empty(), "{findings:#?}");
+            assert!(self.exit(query, Some(0), None).is_empty());
             let (postgres, findings) = self.spawn(
                 pg_ctl,
                 base + 2,
@@ -771,13 +812,26 @@ mod tests {
 
     #[test]
     fn intents_from_arguments() {
-        let of =
-            |args: &[&str]| Intent::of(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        let of = |args: &[&str]| {
+            Intent::of(
+                args[0],
+                &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            )
+        };
         assert_eq!(of(&["systemctl", "stop", "postgresql"]), Intent::Stop);
         assert_eq!(of(&["sv", "down", "pg"]), Intent::Stop);
+        assert_eq!(of(&["sv", "u", "pg"]), Intent::Start);
         assert_eq!(of(&["s6-svc", "-u", "/run/s6/pg"]), Intent::Start);
+        assert_eq!(of(&["s6-svc", "-wd", "/run/s6/pg"]), Intent::Stop);
         assert_eq!(of(&["supervisorctl", "restart", "pg"]), Intent::Restart);
         assert_eq!(of(&["monit", "status"]), Intent::Other);
+        // pg_ctl's options are not verbs: -o passes options, -t is a timeout.
+        assert_eq!(
+            of(&[
+                "pg_ctl", "-D", "/srv/pg", "-o", "-p 5433", "-t", "60", "stop", "-m", "fast"
+            ]),
+            Intent::Stop
+        );
     }
 
     #[test]
