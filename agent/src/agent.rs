@@ -220,6 +220,7 @@ pub async fn run(config: Config) -> Result<()> {
                         stopped_by,
                         &action,
                         SystemTime::now(),
+                        crate::trace::boot_ns(),
                     );
                     tracing::error!("{}", record.summary);
                     println!(

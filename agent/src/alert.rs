@@ -28,6 +28,8 @@ pub struct Alert {
     /// Maintenance windows are not declared yet: always null for now.
     pub window: Option<()>,
     pub at: String,
+    /// From the respawn's exec (kernel time) to this record.
+    pub detected_after_ms: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -82,6 +84,7 @@ pub fn respawn(
     stop: &OperatorStop,
     action: &str,
     now: SystemTime,
+    now_boot_ns: u64,
 ) -> Alert {
     let supervisor = started
         .supervisor
@@ -132,5 +135,6 @@ pub fn respawn(
         }),
         window: None,
         at: humantime::format_rfc3339_millis(now).to_string(),
+        detected_after_ms: now_boot_ns.saturating_sub(started.time_ns) as f64 / 1e6,
     }
 }

@@ -29,17 +29,21 @@ pub struct Clock {
     boot: SystemTime,
 }
 
+/// Now, in the kernel records' clock: ns since boot (CLOCK_BOOTTIME).
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 impl Clock {
     pub fn now() -> Clock {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: ts is a valid timespec to write into.
-        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-        let since_boot = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
         Clock {
-            boot: SystemTime::now() - since_boot,
+            boot: SystemTime::now() - Duration::from_nanos(boot_ns()),
         }
     }
 

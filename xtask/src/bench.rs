@@ -22,6 +22,9 @@ pub struct Args {
     /// Pairs of runs (without, then with the agent); medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// Operator stops answered by a runsv respawn, to time exec -> alert (0: skip).
+    #[arg(long, default_value_t = 50)]
+    respawns: u32,
 }
 
 struct AgentRun {
@@ -106,6 +109,128 @@ pub fn run(agent: &Path, args: &Args) -> Result<()> {
             name,
             time.as_nanos() as f64 / count.max(1) as f64
         );
+    }
+    if args.respawns > 0 {
+        crate::toolchain::ensure_test_packages()?;
+        let mut latencies = respawn_latencies(agent, args.respawns)?;
+        latencies.sort_by(f64::total_cmp);
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "  respawn exec -> alert   median {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} respawns by runsv)",
+            at(0.5),
+            at(0.99),
+            latencies[latencies.len() - 1],
+            latencies.len()
+        );
+    }
+    Ok(())
+}
+
+/// runsv supervises a fixture daemon; an operator (loginuid 1000) stops it
+/// `count` times; each respawn's alert says how long after the exec it came.
+fn respawn_latencies(agent: &Path, count: u32) -> Result<Vec<f64>> {
+    let dir = std::env::temp_dir().join(format!("stopguard-bench-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("sv"))?;
+    let daemon = dir.join("sgdaemon");
+    fs::copy(
+        crate::workspace_root().join("tests/fixtures/sgdaemon"),
+        &daemon,
+    )?;
+    let data = dir.join("data");
+    fs::write(
+        dir.join("sv/run"),
+        format!("#!/bin/sh\nexec {} {}\n", daemon.display(), data.display()),
+    )?;
+    sh(&format!(
+        "chmod 0755 {}/sv/run {}",
+        dir.display(),
+        daemon.display()
+    ))?;
+    let config = dir.join("stopguard.toml");
+    fs::write(
+        &config,
+        format!(
+            "[agent]\naudit_log = \"{}/audit.jsonl\"\n[[service]]\nname = \"sgdaemon\"\nexe = [\"{}\"]\non_unexpected_respawn = \"alert\"\n",
+            dir.display(),
+            daemon.display()
+        ),
+    )?;
+    let mut runsv = Command::new("runsv")
+        .arg(dir.join("sv"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting runsv")?;
+    let result = (|| -> Result<Vec<f64>> {
+        let mut pid = wait_for_start(&data, None)?;
+        let mut child = Command::new(agent)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        stderr.read_line(&mut first)?;
+        std::thread::spawn(move || for _ in stderr.lines() {});
+        let mut alerts = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut latencies = Vec::new();
+        eprint!("    respawns: ");
+        for i in 0..count {
+            sh(&format!(
+                "echo 1000 > /proc/self/loginuid && kill -TERM {pid}"
+            ))?;
+            let line = alerts.next().context("the agent stopped")??;
+            let alert: serde_json::Value = serde_json::from_str(&line)?;
+            latencies.push(
+                alert["detected_after_ms"]
+                    .as_f64()
+                    .context("no detected_after_ms")?,
+            );
+            pid = wait_for_start(&data, Some(pid))?;
+            if (i + 1) % 10 == 0 {
+                eprint!("{} ", i + 1);
+            }
+        }
+        eprintln!();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait()?;
+        Ok(latencies)
+    })();
+    let _ = runsv.kill();
+    let _ = runsv.wait();
+    let _ = Command::new("pkill")
+        .arg("-KILL")
+        .arg("-f")
+        .arg(&daemon)
+        .status();
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+/// The pid of the daemon's latest start line other than `old`.
+fn wait_for_start(data: &Path, old: Option<u32>) -> Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let text = fs::read_to_string(data).unwrap_or_default();
+        let last = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("start "))
+            .filter_map(|p| p.parse::<u32>().ok())
+            .next_back();
+        if let Some(pid) = last.filter(|p| Some(*p) != old) {
+            return Ok(pid);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("the fixture daemon did not start within 10 s")
+}
+
+fn sh(script: &str) -> Result<()> {
+    let status = Command::new("/bin/sh").arg("-c").arg(script).status()?;
+    if !status.success() {
+        bail!("`{script}` failed ({status})");
     }
     Ok(())
 }
