@@ -1,28 +1,36 @@
 //! `stopguard run`: the long-running agent. Kernel events keep the process
 //! table current; detection turns them into findings; findings become
-//! actions (guard, freeze, release), alert records and audit lines.
+//! actions (guard, freeze, release), alert records and audit lines. The
+//! control socket opens and closes windows, thaws, and reports status.
 
 use std::{
     collections::HashMap,
     fs,
     io::Write,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use tokio::signal::unix::{SignalKind, signal};
+use serde_json::{Value, json};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 
 use crate::{
     actions,
-    alert::{self, Alert},
-    config::{Config, UnexpectedRespawn},
-    detect::{Detector, Finding},
+    alert::{self, Alert, WindowInfo},
+    config::{Config, InWindow, Service, UnexpectedRespawn},
+    control::{self, Request},
+    detect::{Detector, Finding, Started},
     events::Event,
-    kernel::{ProbeOptions, comm_key},
+    kernel::ProbeOptions,
+    kernel::comm_key,
     monitor::Monitor,
     process::ProcessTable,
+    trace::{Clock, boot_ns},
 };
 
 /// How often the agent logs what it has seen.
@@ -65,12 +73,6 @@ impl AuditLog {
     }
 }
 
-/// Respawns of one service after the first was frozen.
-struct Train {
-    frozen_pid: u32,
-    retries: u32,
-}
-
 /// What one batch of events asked of the agent.
 #[derive(Default)]
 struct Batch {
@@ -80,33 +82,67 @@ struct Batch {
     lost: Option<u64>,
 }
 
-pub async fn run(config: Config) -> Result<()> {
+/// A process the agent holds frozen.
+struct Held {
+    service: String,
+    frozen: actions::Frozen,
+}
+
+/// Respawns of one service after the first was frozen.
+struct Train {
+    frozen_pid: u32,
+    retries: u32,
+}
+
+struct Agent {
+    host: String,
+    services: HashMap<String, Service>,
+    detector: Detector,
+    audit: AuditLog,
+    clock: Clock,
+    held: HashMap<u32, Held>,
+    trains: HashMap<String, Train>,
+    lost: u64,
+}
+
+pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut audit = AuditLog::open(&config.agent.audit_log)?;
-    let mut detector = Detector::new(&config.services)?;
-    let policies: HashMap<String, UnexpectedRespawn> = config
-        .services
-        .iter()
-        .map(|s| (s.name.clone(), s.on_unexpected_respawn))
-        .collect();
+    let mut agent = Agent {
+        host: config.agent.host.clone(),
+        services: config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect(),
+        detector: Detector::new(&config.services)?,
+        audit: AuditLog::open(&config.agent.audit_log)?,
+        clock: Clock::now(),
+        held: HashMap::new(),
+        trains: HashMap::new(),
+        lost: 0,
+    };
+    let socket = socket.unwrap_or_else(|| config.agent.socket.clone());
     let mut monitor = Monitor::start(&ProbeOptions::default())?;
-    detector.adopt(monitor.table());
+    let (call_tx, mut calls) = mpsc::channel(16);
+    control::serve(&socket, config.agent.control_group.as_deref(), call_tx)?;
+    agent.detector.adopt(monitor.table());
     let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     tracing::info!(
         host = %config.agent.host,
         config = %config.source,
+        socket = %socket.display(),
         "stopguard running: 4 probes attached, {} processes known, watching {} services ({}); running now: {:?}",
         monitor.table().len_live(),
         services.len(),
         services.join(", "),
-        detector.running()
+        agent.detector.running()
     );
     let mut summary = tokio::time::interval(SUMMARY_EVERY);
     summary.tick().await;
-    let mut trains: HashMap<String, Train> = HashMap::new();
     let mut batch = Batch::default();
     loop {
+        let detector = &mut agent.detector;
         let on_event = |event: &Event, table: &ProcessTable| {
             batch.findings.extend(detector.observe(event, table));
             match event {
@@ -121,18 +157,90 @@ pub async fn run(config: Config) -> Result<()> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = summary.tick() => log_summary(&monitor),
+            Some(call) = calls.recv() => {
+                let answer = agent.call(&mut monitor, call.request.clone(), call.peer, call.permitted);
+                let _ = call.reply.send(answer);
+                continue;
+            }
             result = monitor.next(on_event) => result?,
         }
         let work = std::mem::take(&mut batch);
+        agent.act(&mut monitor, work)?;
+    }
+    let mut tail = Batch::default();
+    monitor.flush(|e, t| tail.findings.extend(agent.detector.observe(e, t)))?;
+    for finding in tail.findings {
+        agent.audit.write(&finding);
+    }
+    let _ = fs::remove_file(&socket);
+    log_summary(&monitor);
+    tracing::info!("stopguard stopped");
+    Ok(())
+}
+
+fn log_summary(monitor: &Monitor) {
+    tracing::info!(
+        "{}; {} processes tracked ({} alive)",
+        monitor.counts(),
+        monitor.table().len(),
+        monitor.table().len_live()
+    );
+}
+
+impl Agent {
+    /// The name the kernel guard matches for a service: its running main
+    /// process's comm, else its first exe glob's file name.
+    fn guard_name(&self, service: &str, table: &ProcessTable) -> Option<String> {
+        let running = self
+            .detector
+            .running()
+            .into_iter()
+            .find(|(name, _)| *name == service)
+            .and_then(|(_, pid)| table.live(pid))
+            .map(|p| p.comm.clone());
+        running.or_else(|| {
+            let exe = self.services.get(service)?.exe.first()?;
+            let name = exe.rsplit('/').next()?;
+            (!name.contains(['*', '?', '['])).then(|| name.to_string())
+        })
+    }
+
+    fn guard(&mut self, monitor: &mut Monitor, service: &str, on: bool) {
+        let Some(name) = self.guard_name(service, monitor.table()) else {
+            tracing::warn!("{service}: no name to guard (exe globs end in a wildcard)");
+            return;
+        };
+        let result = monitor.probes().guard().and_then(|mut map| {
+            if on {
+                map.insert(comm_key(&name), 1, 0)?;
+            } else {
+                let _ = map.remove(&comm_key(&name));
+            }
+            Ok(())
+        });
+        if let Err(err) = result {
+            tracing::error!("guard map ({name}): {err:#}");
+        }
+    }
+
+    fn act(&mut self, monitor: &mut Monitor, work: Batch) -> Result<()> {
         if let Some(count) = work.lost {
+            self.lost += count;
             tracing::warn!(
                 "{count} kernel records lost (ring buffer full): state unknown, process table resynchronised from /proc"
             );
-            audit.write(&serde_json::json!({"event": "events_lost", "count": count}));
+            self.audit
+                .write(&json!({"event": "events_lost", "count": count}));
+        }
+        for expired in self.detector.expire_windows(boot_ns()) {
+            tracing::info!("window {} on {} expired", expired.id, expired.service);
+            self.audit
+                .write(&json!({"event": "window_expired", "window": expired}));
+            self.guard(monitor, &expired.service, false);
         }
         let mut keep_stopped = Vec::new();
         for finding in work.findings {
-            audit.write(&finding);
+            self.audit.write(&finding);
             match &finding {
                 Finding::OperatorStop(stop) => {
                     tracing::warn!(
@@ -143,91 +251,59 @@ pub async fn run(config: Config) -> Result<()> {
                         stop.sender.comm,
                         stop.sender.pid
                     );
-                    if policies.get(&stop.service) == Some(&UnexpectedRespawn::Freeze) {
-                        let comm = monitor
-                            .table()
-                            .live(stop.pid)
-                            .map(|p| p.comm.clone())
-                            .unwrap_or_else(|| stop.service.clone());
-                        if let Err(err) = monitor.probes().guard()?.insert(comm_key(&comm), 1, 0) {
-                            tracing::error!("guarding {comm}: {err}");
-                        }
+                    if self
+                        .services
+                        .get(&stop.service)
+                        .map(|s| s.on_unexpected_respawn)
+                        == Some(UnexpectedRespawn::Freeze)
+                    {
+                        self.guard(monitor, &stop.service, true);
                     }
                 }
                 Finding::Respawn {
                     started,
                     stopped_by,
+                    window,
                 } => {
-                    let policy = policies.get(&started.service).copied().unwrap_or_default();
-                    if policy == UnexpectedRespawn::Freeze
-                        && let Some(train) = trains.get_mut(&started.service)
-                        && Path::new(&format!("/proc/{}", train.frozen_pid)).exists()
-                    {
-                        // A supervisor that sees no pidfile tries again each
-                        // cycle: keep the first frozen, end the retries.
-                        train.retries += 1;
-                        let killed = actions::kill(started.pid);
-                        tracing::warn!(
-                            "{} respawned again by {} (tried {} more times); pid {} killed, pid {} stays frozen",
-                            started.service,
-                            started.supervisor.as_ref().map_or("?", |s| s.comm.as_str()),
-                            train.retries,
-                            started.pid,
-                            train.frozen_pid
-                        );
-                        audit.write(&serde_json::json!({
-                            "event": "respawn_retry_killed",
-                            "service": started.service,
-                            "pid": started.pid,
-                            "retries": train.retries,
-                            "frozen_pid": train.frozen_pid,
-                            "error": killed.err().map(|e| format!("{e:#}")),
-                        }));
+                    let Some(service) = self.services.get(&started.service).cloned() else {
+                        continue;
+                    };
+                    let freeze = match window {
+                        Some(_) => service.on_respawn == InWindow::Freeze,
+                        None => service.on_unexpected_respawn == UnexpectedRespawn::Freeze,
+                    };
+                    if freeze && self.retry(started) {
                         continue;
                     }
-                    let action = match policy {
-                        UnexpectedRespawn::Freeze => match actions::freeze(started.pid) {
-                            Ok(state) => {
-                                let action = match &state.cgroup {
-                                    Some(cgroup) => format!(
-                                        "frozen (SIGSTOP at exec, cgroup frozen); thaw with: echo 0 > {}/cgroup.freeze; kill -CONT {}",
-                                        cgroup.display(),
-                                        started.pid
-                                    ),
-                                    None => format!(
-                                        "frozen (SIGSTOP at exec); thaw with: kill -CONT {}",
-                                        started.pid
-                                    ),
-                                };
-                                trains.insert(
-                                    started.service.clone(),
-                                    Train {
-                                        frozen_pid: started.pid,
-                                        retries: 0,
-                                    },
-                                );
-                                keep_stopped.push(started.pid);
-                                action
-                            }
-                            Err(err) => format!("freeze failed: {err:#}"),
-                        },
-                        UnexpectedRespawn::Alert => "alerted".to_string(),
-                        UnexpectedRespawn::Ignore => continue,
+                    let action = if freeze {
+                        self.freeze(started, &mut keep_stopped)
+                    } else if window.is_some() && service.on_respawn == InWindow::Kill {
+                        match actions::kill(started.pid) {
+                            Ok(()) => "killed".to_string(),
+                            Err(err) => format!("kill failed: {err:#}"),
+                        }
+                    } else if window.is_none()
+                        && service.on_unexpected_respawn == UnexpectedRespawn::Ignore
+                    {
+                        continue;
+                    } else {
+                        "alerted".to_string()
                     };
                     let record: Alert = alert::respawn(
-                        &config.agent.host,
+                        &self.host,
                         started,
                         stopped_by,
+                        window.as_ref(),
                         &action,
-                        SystemTime::now(),
-                        crate::trace::boot_ns(),
+                        &self.clock,
+                        boot_ns(),
                     );
                     tracing::error!("{}", record.summary);
                     println!(
                         "{}",
                         serde_json::to_string(&record).expect("alerts serialize")
                     );
-                    audit.write(&serde_json::json!({"alert": record}));
+                    self.audit.write(&json!({"alert": record}));
                 }
                 Finding::OperatorStart { started, loginuid } => {
                     tracing::info!(
@@ -235,9 +311,13 @@ pub async fn run(config: Config) -> Result<()> {
                         started.service,
                         started.pid
                     );
-                    if let Some(p) = monitor.table().live(started.pid) {
-                        let comm = comm_key(&p.comm.clone());
-                        let _ = monitor.probes().guard()?.remove(&comm);
+                    if self
+                        .detector
+                        .windows()
+                        .iter()
+                        .all(|w| w.service != started.service)
+                    {
+                        self.guard(monitor, &started.service, false);
                     }
                 }
                 Finding::CrashRestart { started } => tracing::info!(
@@ -253,29 +333,215 @@ pub async fn run(config: Config) -> Result<()> {
         for pid in work.guard_stopped {
             if !keep_stopped.contains(&pid) {
                 match actions::release(pid) {
-                    Ok(()) => {
-                        audit.write(&serde_json::json!({"event": "guard_released", "pid": pid}))
-                    }
+                    Ok(()) => self
+                        .audit
+                        .write(&json!({"event": "guard_released", "pid": pid})),
                     Err(err) => tracing::warn!("releasing pid {pid}: {err:#}"),
                 }
             }
         }
+        Ok(())
     }
-    let mut tail = Batch::default();
-    monitor.flush(|e, t| tail.findings.extend(detector.observe(e, t)))?;
-    for finding in tail.findings {
-        audit.write(&finding);
-    }
-    log_summary(&monitor);
-    tracing::info!("stopguard stopped");
-    Ok(())
-}
 
-fn log_summary(monitor: &Monitor) {
-    tracing::info!(
-        "{}; {} processes tracked ({} alive)",
-        monitor.counts(),
-        monitor.table().len(),
-        monitor.table().len_live()
-    );
+    /// A supervisor that sees no pidfile tries again each cycle: keep the
+    /// first respawn frozen and end the retries. True when this was one.
+    fn retry(&mut self, started: &Started) -> bool {
+        let Some(train) = self.trains.get_mut(&started.service) else {
+            return false;
+        };
+        if !self.held.contains_key(&train.frozen_pid)
+            || !Path::new(&format!("/proc/{}", train.frozen_pid)).exists()
+        {
+            return false;
+        }
+        train.retries += 1;
+        let killed = actions::kill(started.pid);
+        tracing::warn!(
+            "{} respawned again by {} (tried {} more times); pid {} killed, pid {} stays frozen",
+            started.service,
+            started.supervisor.as_ref().map_or("?", |s| s.comm.as_str()),
+            train.retries,
+            started.pid,
+            train.frozen_pid
+        );
+        self.audit.write(&json!({
+            "event": "respawn_retry_killed",
+            "service": started.service,
+            "pid": started.pid,
+            "retries": train.retries,
+            "frozen_pid": train.frozen_pid,
+            "error": killed.err().map(|e| format!("{e:#}")),
+        }));
+        true
+    }
+
+    fn freeze(&mut self, started: &Started, keep_stopped: &mut Vec<u32>) -> String {
+        match actions::freeze(started.pid) {
+            Ok(frozen) => {
+                let how = if frozen.cgroup.is_some() {
+                    "frozen (SIGSTOP at exec, cgroup frozen)"
+                } else {
+                    "frozen (SIGSTOP at exec)"
+                };
+                self.trains.insert(
+                    started.service.clone(),
+                    Train {
+                        frozen_pid: started.pid,
+                        retries: 0,
+                    },
+                );
+                self.held.insert(
+                    started.pid,
+                    Held {
+                        service: started.service.clone(),
+                        frozen,
+                    },
+                );
+                keep_stopped.push(started.pid);
+                format!("{how}; thaw with: stopguard thaw {}", started.pid)
+            }
+            Err(err) => format!("freeze failed: {err:#}"),
+        }
+    }
+
+    /// Thaws (or kills) what is held for `service`, or the one pid.
+    fn release_held(&mut self, target: &str, kill: bool) -> Vec<u32> {
+        let pids: Vec<u32> = self
+            .held
+            .iter()
+            .filter(|(pid, h)| h.service == target || pid.to_string() == target)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in &pids {
+            let held = self.held.remove(pid).expect("listed above");
+            self.trains.remove(&held.service);
+            let result = if kill {
+                actions::kill(*pid).and_then(|()| actions::thaw(&held.frozen))
+            } else {
+                actions::thaw(&held.frozen)
+            };
+            if let Err(err) = result {
+                tracing::warn!("releasing pid {pid}: {err:#}");
+            }
+            self.audit.write(&json!({
+                "event": if kill { "killed" } else { "thawed" },
+                "service": held.service,
+                "pid": pid,
+            }));
+        }
+        pids
+    }
+
+    fn call(
+        &mut self,
+        monitor: &mut Monitor,
+        request: Request,
+        peer: control::Peer,
+        permitted: bool,
+    ) -> Value {
+        if !permitted {
+            tracing::warn!(
+                uid = peer.uid,
+                pid = peer.pid,
+                "refused {request:?}: permission denied"
+            );
+            self.audit.write(&json!({
+                "event": "permission_denied",
+                "request": request,
+                "peer": peer,
+            }));
+            return control::error(
+                "permission denied: changing state needs root or the control group",
+            );
+        }
+        if request.changes_state() {
+            self.audit
+                .write(&json!({"event": "control", "request": request, "peer": peer}));
+        }
+        match request {
+            Request::WindowOpen {
+                service,
+                reason,
+                for_secs,
+            } => {
+                let opened = self.detector.open_window(
+                    &service,
+                    &reason,
+                    (peer.uid, peer.loginuid),
+                    boot_ns(),
+                    for_secs.map(|s| s * 1_000_000_000),
+                );
+                match opened {
+                    Ok(window) => {
+                        if self.services.get(&service).map(|s| s.on_respawn)
+                            == Some(InWindow::Freeze)
+                        {
+                            self.guard(monitor, &service, true);
+                        }
+                        tracing::info!("window {} opened on {service}: {reason}", window.id);
+                        json!({"ok": true, "window": WindowInfo::new(&window, &self.clock)})
+                    }
+                    Err(err) => control::error(err),
+                }
+            }
+            Request::WindowClose { target, thaw, kill } => {
+                let Some(window) = self.detector.close_window(&target) else {
+                    return control::error(format!("no open window on or named `{target}`"));
+                };
+                self.guard(monitor, &window.service, false);
+                let released = if thaw || kill {
+                    self.release_held(&window.service, kill)
+                } else {
+                    Vec::new()
+                };
+                tracing::info!("window {} on {} closed", window.id, window.service);
+                json!({
+                    "ok": true,
+                    "window": WindowInfo::new(&window, &self.clock),
+                    if kill { "killed" } else { "thawed" }: released,
+                    "still_frozen": self.held.iter().filter(|(_, h)| h.service == window.service).map(|(p, _)| *p).collect::<Vec<_>>(),
+                })
+            }
+            Request::WindowList => json!({
+                "ok": true,
+                "windows": self.detector.windows().iter().map(|w| WindowInfo::new(w, &self.clock)).collect::<Vec<_>>(),
+            }),
+            Request::Thaw { target } => {
+                let thawed = self.release_held(&target, false);
+                if thawed.is_empty() {
+                    return control::error(format!("nothing frozen for `{target}`"));
+                }
+                if let Some(service) = self.services.keys().find(|s| **s == target).cloned() {
+                    self.guard(monitor, &service, false);
+                }
+                json!({"ok": true, "thawed": thawed})
+            }
+            Request::Status => {
+                let running: HashMap<&str, u32> = self.detector.running().into_iter().collect();
+                let services: Vec<Value> = self
+                    .services
+                    .keys()
+                    .map(|name| {
+                        let stop = self.detector.stop_of(name);
+                        json!({
+                            "name": name,
+                            "pid": running.get(name.as_str()),
+                            "state": if running.contains_key(name.as_str()) { "running" } else if stop.is_some() { "stopped_by_operator" } else { "not_running" },
+                            "stopped_by": stop,
+                            "frozen": self.held.iter().filter(|(_, h)| &h.service == name).map(|(p, _)| *p).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "ok": true,
+                    "host": self.host,
+                    "services": services,
+                    "windows": self.detector.windows().iter().map(|w| WindowInfo::new(w, &self.clock)).collect::<Vec<_>>(),
+                    "frozen": self.held.keys().collect::<Vec<_>>(),
+                    "events": monitor.counts(),
+                    "lost": self.lost,
+                })
+            }
+        }
+    }
 }

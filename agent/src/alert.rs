@@ -6,8 +6,9 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::{
-    detect::{OperatorStop, Started},
+    detect::{OperatorStop, Started, Window},
     process::Link,
+    trace::Clock,
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -25,11 +26,38 @@ pub struct Alert {
     pub process: ProcessInfo,
     pub respawned_by: Option<RespawnedBy>,
     pub stopped_by: Option<StoppedBy>,
-    /// Maintenance windows are not declared yet: always null for now.
-    pub window: Option<()>,
+    /// The maintenance window the respawn broke; null when none was open.
+    pub window: Option<WindowInfo>,
     pub at: String,
     /// From the respawn's exec (kernel time) to this record.
     pub detected_after_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WindowInfo {
+    pub id: String,
+    pub service: String,
+    pub reason: String,
+    pub opened_by: String,
+    pub opened_at: String,
+    pub expires_at: Option<String>,
+}
+
+impl WindowInfo {
+    pub fn new(window: &Window, clock: &Clock) -> WindowInfo {
+        let at = |ns: u64| humantime::format_rfc3339_millis(clock.wall(ns)).to_string();
+        WindowInfo {
+            id: window.id.clone(),
+            service: window.service.clone(),
+            reason: window.reason.clone(),
+            opened_by: match window.opened_by_loginuid {
+                Some(uid) => person(Some(uid)),
+                None => person(Some(window.opened_by_uid)),
+            },
+            opened_at: at(window.opened_at_ns),
+            expires_at: window.expires_at_ns.map(at),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -82,10 +110,12 @@ pub fn respawn(
     host: &str,
     started: &Started,
     stop: &OperatorStop,
+    window: Option<&Window>,
     action: &str,
-    now: SystemTime,
+    clock: &Clock,
     now_boot_ns: u64,
 ) -> Alert {
+    let now: SystemTime = clock.wall(now_boot_ns);
     let supervisor = started
         .supervisor
         .as_ref()
@@ -96,18 +126,25 @@ pub fn respawn(
         Some(cmd) => format!("{} via `{cmd}`", stop.signal_name),
         None => format!("{} via {}", stop.signal_name, stop.sender.comm),
     };
-    let summary = format!(
+    let mut summary = format!(
         "{} respawned by {supervisor} {after:.1} s after {} stopped it ({how}); {action}",
         started.service,
         person(stop.loginuid),
     );
+    if let Some(window) = window {
+        summary.push_str(&format!("; window {} '{}'", window.id, window.reason));
+    }
     Alert {
         version: SCHEMA_VERSION,
         id: format!(
             "{host}-{}-{}-{}",
             started.service, started.pid, started.time_ns
         ),
-        kind: "respawn_after_operator_stop",
+        kind: if window.is_some() {
+            "respawn_in_window"
+        } else {
+            "respawn_after_operator_stop"
+        },
         severity: "critical",
         host: host.to_string(),
         service: started.service.clone(),
@@ -133,7 +170,7 @@ pub fn respawn(
             signal: stop.signal_name.clone(),
             via,
         }),
-        window: None,
+        window: window.map(|w| WindowInfo::new(w, clock)),
         at: humantime::format_rfc3339_millis(now).to_string(),
         detected_after_ms: now_boot_ns.saturating_sub(started.time_ns) as f64 / 1e6,
     }

@@ -49,9 +49,22 @@ pub struct Service {
     pub name: String,
     /// Globs on the executable's path.
     pub exe: Vec<String>,
-    /// What to do when a supervisor respawns it after an operator stopped it.
+    /// What to do when a supervisor respawns it inside a maintenance window.
+    #[serde(default)]
+    pub on_respawn: InWindow,
+    /// What to do when a supervisor respawns it after an operator stopped
+    /// it, with no window open.
     #[serde(default)]
     pub on_unexpected_respawn: UnexpectedRespawn,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InWindow {
+    #[default]
+    Freeze,
+    Alert,
+    Kill,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

@@ -5,13 +5,16 @@
 //! - `detect`: operator stops and respawns, a pure state machine.
 //! - `process`: the process table (ancestry, supervisors), seeded from /proc.
 //! - `monitor`: the event loop that keeps the table current.
-//! - `trace`, `agent`: the `trace` and `run` commands.
+//! - `trace`, `agent`: the `trace` and `run` commands; `control`: the
+//!   socket through which `stopguard window/status/thaw` reach the agent.
+//! - `actions`: freeze, thaw, kill; `alert`: the alert records.
 //! - `config`: the TOML configuration and its embedded default.
 
 pub mod actions;
 pub mod agent;
 pub mod alert;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod events;
 pub mod kernel;

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use stopguard::{
     config::Config,
+    control::{self, Request},
     kernel::{DEFAULT_RING_BYTES, ProbeOptions},
     trace::TraceOptions,
 };
@@ -18,6 +19,9 @@ use stopguard::{
         stopguard run                     # the agent, on the embedded default config"
 )]
 struct Cli {
+    /// The agent's control socket (default: the config's `socket`).
+    #[arg(long, global = true, env = "STOPGUARD_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +55,58 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+    /// Open, close or list maintenance windows.
+    #[command(subcommand)]
+    Window(WindowCommand),
+    /// Show the watched services, open windows, frozen processes, event loss.
+    #[command(after_help = "Examples:\n  \
+        stopguard status\n  \
+        stopguard status --json")]
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a frozen respawn run: by pid, or every one of a service.
+    #[command(after_help = "Examples (as root):\n  \
+        stopguard thaw 4121\n  \
+        stopguard thaw postgres")]
+    Thaw {
+        #[arg(value_name = "PID|SERVICE")]
+        target: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WindowCommand {
+    /// Declare maintenance: the service is meant to stay down until closed.
+    #[command(after_help = "Examples (as root):\n  \
+        stopguard window open postgres --reason 'schema change' --for 2h\n\n\
+        Prints the window id.")]
+    Open {
+        service: String,
+        #[arg(long, default_value = "maintenance")]
+        reason: String,
+        /// Close by itself after this long (e.g. 30m, 2h).
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
+    /// End maintenance; --thaw lets a frozen respawn run, --kill ends it.
+    #[command(after_help = "Examples (as root):\n  \
+        stopguard window close postgres --thaw\n  \
+        stopguard window close w3 --kill")]
+    Close {
+        #[arg(value_name = "SERVICE|ID")]
+        target: String,
+        #[arg(long, conflicts_with = "kill")]
+        thaw: bool,
+        #[arg(long)]
+        kill: bool,
+    },
+    /// List open windows.
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -92,7 +148,91 @@ fn run(cli: Cli) -> Result<()> {
         })),
         Command::Run { config } => {
             let config = Config::load(config.as_deref())?;
-            runtime.block_on(stopguard::agent::run(config))
+            runtime.block_on(stopguard::agent::run(config, cli.socket))
+        }
+        Command::Window(command) => {
+            let (request, json) = match command {
+                WindowCommand::Open {
+                    service,
+                    reason,
+                    duration,
+                } => (
+                    Request::WindowOpen {
+                        service,
+                        reason,
+                        for_secs: duration.map(|d| d.as_secs().max(1)),
+                    },
+                    false,
+                ),
+                WindowCommand::Close { target, thaw, kill } => {
+                    (Request::WindowClose { target, thaw, kill }, false)
+                }
+                WindowCommand::List { json } => (Request::WindowList, json),
+            };
+            client(cli.socket, &request, json)
+        }
+        Command::Status { json } => client(cli.socket, &Request::Status, json),
+        Command::Thaw { target } => client(cli.socket, &Request::Thaw { target }, false),
+    }
+}
+
+/// Sends one request to the agent and prints its answer: JSON with
+/// `--json`, otherwise a line or a few for a person.
+fn client(socket: Option<PathBuf>, request: &Request, json: bool) -> Result<()> {
+    let socket = match socket {
+        Some(path) => path,
+        None => Config::load(None)?.agent.socket,
+    };
+    let answer = control::call(&socket, request)?;
+    if answer["ok"] != true {
+        anyhow::bail!(
+            "{}",
+            answer["error"].as_str().unwrap_or("the agent refused")
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    match request {
+        Request::WindowOpen { .. } => {
+            println!("{}", answer["window"]["id"].as_str().unwrap_or("?"))
+        }
+        Request::WindowClose { .. } => println!("{answer}"),
+        Request::WindowList => {
+            for w in answer["windows"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {}  '{}'  opened by {} at {}{}",
+                    w["id"].as_str().unwrap_or("?"),
+                    w["service"].as_str().unwrap_or(""),
+                    w["reason"].as_str().unwrap_or(""),
+                    w["opened_by"].as_str().unwrap_or("?"),
+                    w["opened_at"].as_str().unwrap_or("?"),
+                    w["expires_at"]
+                        .as_str()
+                        .map(|e| format!(", expires {e}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        Request::Thaw { .. } => println!("thawed {}", answer["thawed"]),
+        Request::Status => {
+            println!("host {}", answer["host"].as_str().unwrap_or("?"));
+            for s in answer["services"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<12} {:<20} pid {}  frozen {}",
+                    s["name"].as_str().unwrap_or("?"),
+                    s["state"].as_str().unwrap_or("?"),
+                    s["pid"],
+                    s["frozen"]
+                );
+            }
+            println!(
+                "windows open: {}; lost records: {}",
+                answer["windows"].as_array().map_or(0, Vec::len),
+                answer["lost"]
+            );
         }
     }
+    Ok(())
 }

@@ -11,6 +11,7 @@ use std::{
 use serde_json::Value;
 use stopguard_tests::{
     Agent, bash, fixture, in_frozen_cgroup, remove_frozen_cgroups, root_test, state_of,
+    stopguard_bin,
 };
 
 /// A sandbox: a data file, the daemon's copy, a runit service dir.
@@ -62,8 +63,9 @@ impl Sandbox {
 
     fn start_agent(&mut self, policy: &str) {
         let config = format!(
-            "[agent]\nhost = \"test-host\"\naudit_log = \"{}\"\n\n[[service]]\nname = \"sgdaemon\"\nexe = [\"{}/bin/sgdaemon\"]\non_unexpected_respawn = \"{policy}\"\n",
+            "[agent]\nhost = \"test-host\"\naudit_log = \"{}\"\nsocket = \"{}\"\n\n[[service]]\nname = \"sgdaemon\"\nexe = [\"{}/bin/sgdaemon\"]\non_unexpected_respawn = \"{policy}\"\n",
             self.dir.join("audit.jsonl").display(),
+            self.dir.join("sock").display(),
             self.dir.display()
         );
         self.agent = Some(Agent::start(&self.dir.join("stopguard.toml"), &config));
@@ -152,6 +154,18 @@ impl Drop for Sandbox {
         std::thread::sleep(Duration::from_millis(200));
         remove_frozen_cgroups();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Sandbox {
+    /// Runs `stopguard ARGS` against this sandbox's agent.
+    fn client(&self, args: &[&str]) -> std::process::Output {
+        Command::new(stopguard_bin())
+            .arg("--socket")
+            .arg(self.dir.join("sock"))
+            .args(args)
+            .output()
+            .unwrap()
     }
 }
 
@@ -316,4 +330,132 @@ fn monit_respawn_train_keeps_one_frozen_and_one_alert() {
     }
     assert_eq!(daemons(), [frozen], "retries must not pile up");
     assert!(!sandbox.data().contains(&format!("start {frozen}")));
+}
+
+#[test]
+fn a_respawn_inside_a_window_is_frozen_and_thawed_when_it_closes() {
+    let Some(_probes) = root_test("a_respawn_inside_a_window_is_frozen_and_thawed_when_it_closes")
+    else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("window");
+    let first = sandbox.start_runsv();
+    // Outside a window the policy would only alert: the window's freezes.
+    sandbox.start_agent("alert");
+    let out = sandbox.client(&[
+        "window",
+        "open",
+        "sgdaemon",
+        "--reason",
+        "schema change",
+        "--for",
+        "10m",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(id, "w1");
+    let list = sandbox.client(&["window", "list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("w1  sgdaemon  'schema change'"));
+
+    // Inside the window any stop is the operator's, login or not.
+    bash(&format!("/bin/kill -TERM {first}"));
+    let alert = sandbox
+        .next_alert(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no alert; audit: {:#?}", sandbox.audit()));
+    assert_eq!(alert["kind"], "respawn_in_window", "{alert:#}");
+    assert_eq!(alert["window"]["id"], "w1", "{alert:#}");
+    assert_eq!(alert["window"]["reason"], "schema change", "{alert:#}");
+    assert!(alert["window"]["expires_at"].is_string(), "{alert:#}");
+    assert!(
+        alert["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("window w1 'schema change'")
+    );
+    let respawned = alert["process"]["pid"].as_u64().unwrap() as u32;
+    assert!(in_frozen_cgroup(respawned));
+
+    let status = sandbox.client(&["status", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["frozen"],
+        serde_json::json!([respawned]),
+        "{status:#}"
+    );
+    assert_eq!(status["windows"][0]["id"], "w1");
+
+    let out = sandbox.client(&["window", "close", "sgdaemon", "--thaw"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sandbox.wait_for_daemon(Some(first)),
+        respawned,
+        "the thawed respawn runs"
+    );
+    assert_ne!(state_of(respawned), 'T');
+    let status = sandbox.client(&["window", "list", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["windows"], serde_json::json!([]));
+}
+
+#[test]
+fn the_control_socket_refuses_strangers_and_survives_garbage() {
+    let Some(_probes) = root_test("the_control_socket_refuses_strangers_and_survives_garbage")
+    else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("control");
+    sandbox.start_agent("alert");
+    let socket = sandbox.dir.join("sock");
+    let mode = bash(&format!("stat -c %a {}", socket.display()));
+    assert_eq!(mode.trim(), "660");
+    // An unprivileged user cannot change state.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(stopguard_bin())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["window", "open", "sgdaemon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.to_lowercase().contains("permission denied"),
+        "{stderr}"
+    );
+    // Garbage and oversized requests get an error; the agent stays up.
+    for garbage in [
+        "garbage\n".to_string(),
+        format!("{}\n", "x".repeat(100_000)),
+    ] {
+        use std::io::{BufRead, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let _ = stream.write_all(garbage.as_bytes());
+        let mut answer = String::new();
+        std::io::BufReader::new(stream)
+            .read_line(&mut answer)
+            .unwrap();
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["ok"], false, "{answer}");
+    }
+    let out = sandbox.client(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = sandbox.client(&["window", "open", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "stopguard: no service `nosuch` is watched (watched: sgdaemon)"
+    );
 }

@@ -153,8 +153,10 @@ pub enum Finding {
     OperatorStop(OperatorStop),
     /// A supervisor started a service a person had stopped.
     Respawn {
-        started: Started,
-        stopped_by: OperatorStop,
+        started: Box<Started>,
+        stopped_by: Box<OperatorStop>,
+        /// The maintenance window it broke, if one was open.
+        window: Option<Window>,
     },
     /// A person started the service (again): normal work.
     OperatorStart { started: Started, loginuid: u32 },
@@ -186,6 +188,21 @@ pub struct Detector {
     /// Main process → index in `services`.
     mains: HashMap<ProcessKey, usize>,
     control: VecDeque<ControlCommand>,
+    windows: Vec<Window>,
+    next_window: u64,
+}
+
+/// A declared maintenance window: the service is meant to stay down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub id: String,
+    pub service: String,
+    pub reason: String,
+    /// Who opened it: uid and login uid of the control client.
+    pub opened_by_uid: u32,
+    pub opened_by_loginuid: Option<u32>,
+    pub opened_at_ns: u64,
+    pub expires_at_ns: Option<u64>,
 }
 
 impl Detector {
@@ -214,7 +231,84 @@ impl Detector {
             services,
             mains: HashMap::new(),
             control: VecDeque::new(),
+            windows: Vec::new(),
+            next_window: 1,
         })
+    }
+
+    fn index_of(&self, service: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.name == service)
+    }
+
+    /// Opens a window on `service`; errors name what is wrong.
+    pub fn open_window(
+        &mut self,
+        service: &str,
+        reason: &str,
+        by: (u32, Option<u32>),
+        now_ns: u64,
+        duration_ns: Option<u64>,
+    ) -> std::result::Result<Window, String> {
+        if self.index_of(service).is_none() {
+            let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+            return Err(format!(
+                "no service `{service}` is watched (watched: {})",
+                names.join(", ")
+            ));
+        }
+        self.expire_windows(now_ns);
+        if let Some(open) = self.windows.iter().find(|w| w.service == service) {
+            return Err(format!("{service} already has window {} open", open.id));
+        }
+        let window = Window {
+            id: format!("w{}", self.next_window),
+            service: service.to_string(),
+            reason: reason.to_string(),
+            opened_by_uid: by.0,
+            opened_by_loginuid: by.1,
+            opened_at_ns: now_ns,
+            expires_at_ns: duration_ns.map(|d| now_ns + d),
+        };
+        self.next_window += 1;
+        self.windows.push(window.clone());
+        Ok(window)
+    }
+
+    /// Closes the window with this id, or the one open on this service. The
+    /// service's operator stop ends with it: the operator is done.
+    pub fn close_window(&mut self, service_or_id: &str) -> Option<Window> {
+        let at = self
+            .windows
+            .iter()
+            .position(|w| w.id == service_or_id || w.service == service_or_id)?;
+        let window = self.windows.remove(at);
+        if let Some(index) = self.index_of(&window.service) {
+            self.services[index].stop = None;
+        }
+        Some(window)
+    }
+
+    pub fn windows(&self) -> &[Window] {
+        &self.windows
+    }
+
+    /// Drops windows whose time is up.
+    pub fn expire_windows(&mut self, now_ns: u64) -> Vec<Window> {
+        let (expired, open) = std::mem::take(&mut self.windows)
+            .into_iter()
+            .partition(|w| w.expires_at_ns.is_some_and(|e| e <= now_ns));
+        self.windows = open;
+        expired
+    }
+
+    fn window_on(&self, service: &str) -> Option<&Window> {
+        self.windows.iter().find(|w| w.service == service)
+    }
+
+    /// The operator stop a service is under, if any.
+    pub fn stop_of(&self, service: &str) -> Option<&OperatorStop> {
+        self.index_of(service)
+            .and_then(|i| self.services[i].stop.as_ref())
     }
 
     fn service_of(&self, exe: &str) -> Option<usize> {
@@ -350,8 +444,16 @@ impl Detector {
             Some(_) => None,
             None => self.control_for(&name, Intent::stops).cloned(),
         };
-        let loginuid = signal.sender.loginuid.or(via.as_ref().map(|c| c.loginuid));
-        loginuid?;
+        let window = self.window_on(&name);
+        let loginuid = signal
+            .sender
+            .loginuid
+            .or(via.as_ref().map(|c| c.loginuid))
+            .or(window.and_then(|w| w.opened_by_loginuid));
+        // Inside a window any stop is the operator's.
+        if loginuid.is_none() && window.is_none() {
+            return None;
+        }
         let stop = OperatorStop {
             service: name,
             pid: signal.target.pid,
@@ -411,9 +513,11 @@ impl Detector {
             (None, Some(stopped_by)) => {
                 // Still stopped as far as the operator is concerned.
                 service.stop = Some(stopped_by.clone());
+                let window = self.window_on(&name).cloned();
                 Finding::Respawn {
-                    started,
-                    stopped_by,
+                    started: Box::new(started),
+                    stopped_by: Box::new(stopped_by),
+                    window,
                 }
             }
             (None, None) if crashed => Finding::CrashRestart { started },
@@ -440,6 +544,7 @@ mod tests {
             let services = [config::Service {
                 name: "postgres".into(),
                 exe: vec!["/usr/lib/postgresql/*/bin/postgres".into()],
+                on_respawn: Default::default(),
                 on_unexpected_respawn: Default::default(),
             }];
             let mut table = ProcessTable::default();
@@ -671,6 +776,7 @@ mod tests {
             Finding::Respawn {
                 started,
                 stopped_by,
+                window: None,
             },
         ] = &findings[..]
         else {
@@ -803,11 +909,69 @@ mod tests {
         let services = [config::Service {
             name: "postgres".into(),
             exe: vec!["/usr/lib/postgresql/*/bin/postgres".into()],
+            on_respawn: Default::default(),
             on_unexpected_respawn: Default::default(),
         }];
         let mut fresh = Detector::new(&services).unwrap();
         fresh.adopt(&host.table);
         assert_eq!(fresh.running(), [("postgres", 202)]);
+    }
+
+    #[test]
+    fn inside_a_window_any_stop_is_the_operators_and_the_respawn_names_it() {
+        let (mut host, monit, postgres) = setup();
+        let window = host
+            .detector
+            .open_window(
+                "postgres",
+                "schema change",
+                (0, Some(1000)),
+                host.time_ns,
+                None,
+            )
+            .unwrap();
+        assert_eq!(window.id, "w1");
+        assert!(
+            host.detector
+                .open_window("postgres", "again", (0, None), host.time_ns, None)
+                .is_err()
+        );
+        assert!(
+            host.detector
+                .open_window("nosuch", "x", (0, None), host.time_ns, None)
+                .is_err()
+        );
+        // A stop from a process with no login: inside the window, it counts.
+        let findings = host.signal(monit, postgres, 15);
+        let [Finding::OperatorStop(stop)] = &findings[..] else {
+            panic!("{findings:#?}");
+        };
+        assert_eq!(stop.loginuid, Some(1000), "the window's opener");
+        host.exit(postgres, Some(0), None);
+        let (_, findings) = host.monit_starts_postgres(monit, 500);
+        let [Finding::Respawn { window, .. }] = &findings[..] else {
+            panic!("{findings:#?}");
+        };
+        assert_eq!(window.as_ref().unwrap().reason, "schema change");
+        // Closing ends the operator's stop: the next start is ordinary.
+        assert_eq!(
+            host.detector.close_window("w1").unwrap().service,
+            "postgres"
+        );
+        assert!(host.detector.stop_of("postgres").is_none());
+        assert!(host.detector.windows().is_empty());
+    }
+
+    #[test]
+    fn windows_expire() {
+        let (mut host, _, _) = setup();
+        let now = host.time_ns;
+        host.detector
+            .open_window("postgres", "short", (0, None), now, Some(1_000))
+            .unwrap();
+        assert!(host.detector.expire_windows(now + 999).is_empty());
+        assert_eq!(host.detector.expire_windows(now + 1_000).len(), 1);
+        assert!(host.detector.windows().is_empty());
     }
 
     #[test]
@@ -839,6 +1003,7 @@ mod tests {
         let services = [config::Service {
             name: "pg".into(),
             exe: vec!["/usr/[bin".into()],
+            on_respawn: Default::default(),
             on_unexpected_respawn: Default::default(),
         }];
         let err = Detector::new(&services).err().unwrap();
