@@ -88,6 +88,13 @@ impl Config {
     pub fn parse(text: &str, source: &str) -> Result<Config> {
         let mut config: Config =
             toml::from_str(text).with_context(|| format!("reading {source}"))?;
+        for service in &config.services {
+            for glob in &service.exe {
+                glob::Pattern::new(glob).with_context(|| {
+                    format!("reading {source}: service `{}`: bad exe glob `{glob}`", service.name)
+                })?;
+            }
+        }
         config.source = source.to_string();
         let mut seen = std::collections::HashSet::new();
         for service in &config.services {

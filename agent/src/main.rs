@@ -56,6 +56,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Check a configuration file and say what it watches.
+    #[command(after_help = "Examples:\n  \
+        stopguard check-config /etc/stopguard/stopguard.toml\n\n\
+        Exit status: 0 when valid, 1 with the file, line and key when not.")]
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Open, close or list maintenance windows.
     #[command(subcommand)]
     Window(WindowCommand),
@@ -172,6 +180,20 @@ fn run(cli: Cli) -> Result<()> {
             client(cli.socket, &request, json)
         }
         Command::Status { json } => client(cli.socket, &Request::Status, json),
+        Command::CheckConfig { file } => {
+            let config = Config::load(Some(&file))?;
+            println!("{}: valid; host {}", file.display(), config.agent.host);
+            for s in &config.services {
+                println!(
+                    "  {:<12} exe {}  in a window: {:?}, otherwise: {:?}",
+                    s.name,
+                    s.exe.join(", "),
+                    s.on_respawn,
+                    s.on_unexpected_respawn
+                );
+            }
+            Ok(())
+        }
         Command::Thaw { target } => client(cli.socket, &Request::Thaw { target }, false),
     }
 }

@@ -63,3 +63,26 @@ fn a_bad_ring_size_is_refused_before_anything_loads() {
         "stopguard: ring buffer size 5000 is not a power of two of at least 4096 bytes"
     );
 }
+
+#[test]
+fn check_config_says_what_it_watches_or_where_it_is_wrong() {
+    let dir = std::env::temp_dir().join(format!("stopguard-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "[agent]\nhost = \"db-3\"\n[[service]]\nname = \"postgres\"\nexe = [\"/usr/lib/postgresql/*/bin/postgres\"]\non_respawn = \"kill\"\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(&["check-config", good.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("valid; host db-3"), "{stdout}");
+    assert!(stdout.contains("in a window: Kill, otherwise: Alert"), "{stdout}");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[service]]\nname = \"pg\"\nexe = [\"/x\"]\non_respawn = \"thaw\"\n").unwrap();
+    let (code, _, stderr) = run(&["check-config", bad.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("line 4"), "{stderr}");
+    assert!(stderr.contains("unknown variant `thaw`"), "{stderr}");
+}
