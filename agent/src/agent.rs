@@ -94,7 +94,19 @@ struct Train {
     retries: u32,
 }
 
+/// What the agent keeps in `state_dir` across restarts, `kill -9` included.
+#[derive(Default, Serialize, serde::Deserialize)]
+struct State {
+    detector: crate::detect::Saved,
+    /// Frozen processes and the service each belongs to.
+    held: Vec<(String, actions::Frozen)>,
+    /// Service names in the kernel guard map.
+    guarded: Vec<String>,
+}
+
 struct Agent {
+    state_path: PathBuf,
+    guarded: std::collections::BTreeSet<String>,
     host: String,
     services: HashMap<String, Service>,
     detector: Detector,
@@ -109,6 +121,8 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut agent = Agent {
+        state_path: config.agent.state_dir.join("state.json"),
+        guarded: Default::default(),
         host: config.agent.host.clone(),
         services: config
             .services
@@ -127,6 +141,7 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     let (call_tx, mut calls) = mpsc::channel(16);
     control::serve(&socket, config.agent.control_group.as_deref(), call_tx)?;
     agent.detector.adopt(monitor.table());
+    let restored = agent.restore(&mut monitor)?;
     let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     tracing::info!(
         host = %config.agent.host,
@@ -138,6 +153,9 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
         services.join(", "),
         agent.detector.running()
     );
+    if let Some(restored) = restored {
+        tracing::info!("{restored}");
+    }
     let mut summary = tokio::time::interval(SUMMARY_EVERY);
     summary.tick().await;
     let mut batch = Batch::default();
@@ -158,14 +176,22 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
             _ = interrupt.recv() => break,
             _ = summary.tick() => log_summary(&monitor),
             Some(call) = calls.recv() => {
+                let changes = call.permitted && call.request.changes_state();
                 let answer = agent.call(&mut monitor, call.request.clone(), call.peer, call.permitted);
+                if changes {
+                    agent.save();
+                }
                 let _ = call.reply.send(answer);
                 continue;
             }
             result = monitor.next(on_event) => result?,
         }
         let work = std::mem::take(&mut batch);
+        let changes = !work.findings.is_empty();
         agent.act(&mut monitor, work)?;
+        if changes {
+            agent.save();
+        }
     }
     let mut tail = Batch::default();
     monitor.flush(|e, t| tail.findings.extend(agent.detector.observe(e, t)))?;
@@ -188,6 +214,80 @@ fn log_summary(monitor: &Monitor) {
 }
 
 impl Agent {
+    /// Writes the state file: to a temporary file, synced, then renamed, so
+    /// a crash leaves the old state or the new, never half of one.
+    fn save(&self) {
+        let state = State {
+            detector: self.detector.snapshot(),
+            held: self
+                .held
+                .values()
+                .map(|h| (h.service.clone(), h.frozen.clone()))
+                .collect(),
+            guarded: self.guarded.iter().cloned().collect(),
+        };
+        let write = || -> Result<()> {
+            if let Some(dir) = self.state_path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            let tmp = self.state_path.with_extension("json.tmp");
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(&serde_json::to_vec_pretty(&state)?)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &self.state_path)?;
+            Ok(())
+        };
+        if let Err(err) = write() {
+            tracing::error!("saving state to {}: {err:#}", self.state_path.display());
+        }
+    }
+
+    /// Takes back the state of a previous run: windows, operator stops,
+    /// frozen processes (those still alive and still the same process), and
+    /// the guard map.
+    /// Returns what was restored, in words.
+    fn restore(&mut self, monitor: &mut Monitor) -> Result<Option<String>> {
+        let text = match fs::read_to_string(&self.state_path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => {
+                return Err(err).with_context(|| format!("reading {}", self.state_path.display()));
+            }
+        };
+        let state: State = serde_json::from_str(&text)
+            .with_context(|| format!("reading the saved state {}", self.state_path.display()))?;
+        self.detector.restore(state.detector);
+        for (service, frozen) in state.held {
+            if frozen.start_ticks.is_some()
+                && actions::start_ticks(frozen.pid) == frozen.start_ticks
+            {
+                self.trains.insert(
+                    service.clone(),
+                    Train {
+                        frozen_pid: frozen.pid,
+                        retries: 0,
+                    },
+                );
+                self.held.insert(frozen.pid, Held { service, frozen });
+            }
+        }
+        for service in state.guarded {
+            self.guard(monitor, &service, true);
+        }
+        self.audit.write(&json!({
+            "event": "state_restored",
+            "windows": self.detector.windows(),
+            "frozen": self.held.keys().collect::<Vec<_>>(),
+        }));
+        Ok(Some(format!(
+            "state restored from {}: {} windows, {} frozen, guarding {:?}",
+            self.state_path.display(),
+            self.detector.windows().len(),
+            self.held.len(),
+            self.guarded
+        )))
+    }
+
     /// The name the kernel guard matches for a service: its running main
     /// process's comm, else its first exe glob's file name.
     fn guard_name(&self, service: &str, table: &ProcessTable) -> Option<String> {
@@ -210,6 +310,11 @@ impl Agent {
             tracing::warn!("{service}: no name to guard (exe globs end in a wildcard)");
             return;
         };
+        if on {
+            self.guarded.insert(service.to_string());
+        } else {
+            self.guarded.remove(service);
+        }
         let result = monitor.probes().guard().and_then(|mut map| {
             if on {
                 map.insert(comm_key(&name), 1, 0)?;
@@ -398,6 +503,9 @@ impl Agent {
                     },
                 );
                 keep_stopped.push(started.pid);
+                // On disk before anyone hears of it: an agent killed right
+                // after the alert must still know what it holds.
+                self.save();
                 format!("{how}; thaw with: stopguard thaw {}", started.pid)
             }
             Err(err) => format!("freeze failed: {err:#}"),

@@ -91,7 +91,10 @@ impl Config {
         for service in &config.services {
             for glob in &service.exe {
                 glob::Pattern::new(glob).with_context(|| {
-                    format!("reading {source}: service `{}`: bad exe glob `{glob}`", service.name)
+                    format!(
+                        "reading {source}: service `{}`: bad exe glob `{glob}`",
+                        service.name
+                    )
                 })?;
             }
         }

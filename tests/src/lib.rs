@@ -104,9 +104,9 @@ impl Trace {
         err.read_line(&mut first)
             .expect("reading stopguard's stderr");
         if !first.contains("tracing") {
+            let _ = child.kill();
             let mut rest = String::new();
             let _ = err.read_to_string(&mut rest);
-            let _ = child.kill();
             panic!("stopguard trace did not start:\n{first}{rest}");
         }
         let stderr = std::thread::spawn(move || {
@@ -208,9 +208,9 @@ impl Agent {
         let mut line = String::new();
         stderr.read_line(&mut line).unwrap();
         if !line.contains("stopguard running") {
+            let _ = child.kill();
             let mut rest = String::new();
             let _ = stderr.read_to_string(&mut rest);
-            let _ = child.kill();
             panic!("the agent did not start:\n{line}{rest}");
         }
         std::thread::spawn(move || for _ in stderr.lines() {});
@@ -231,6 +231,14 @@ impl Agent {
             serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("alert is not JSON ({e}): {line}")),
         )
+    }
+}
+
+impl Agent {
+    /// SIGKILL, as a crash or the OOM killer would: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

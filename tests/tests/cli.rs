@@ -77,9 +77,16 @@ fn check_config_says_what_it_watches_or_where_it_is_wrong() {
     let (code, stdout, stderr) = run(&["check-config", good.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("valid; host db-3"), "{stdout}");
-    assert!(stdout.contains("in a window: Kill, otherwise: Alert"), "{stdout}");
+    assert!(
+        stdout.contains("in a window: Kill, otherwise: Alert"),
+        "{stdout}"
+    );
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[[service]]\nname = \"pg\"\nexe = [\"/x\"]\non_respawn = \"thaw\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[[service]]\nname = \"pg\"\nexe = [\"/x\"]\non_respawn = \"thaw\"\n",
+    )
+    .unwrap();
     let (code, _, stderr) = run(&["check-config", bad.to_str().unwrap()]);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(code, Some(1));

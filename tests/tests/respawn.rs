@@ -63,9 +63,10 @@ impl Sandbox {
 
     fn start_agent(&mut self, policy: &str) {
         let config = format!(
-            "[agent]\nhost = \"test-host\"\naudit_log = \"{}\"\nsocket = \"{}\"\n\n[[service]]\nname = \"sgdaemon\"\nexe = [\"{}/bin/sgdaemon\"]\non_unexpected_respawn = \"{policy}\"\n",
+            "[agent]\nhost = \"test-host\"\naudit_log = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[[service]]\nname = \"sgdaemon\"\nexe = [\"{}/bin/sgdaemon\"]\non_unexpected_respawn = \"{policy}\"\n",
             self.dir.join("audit.jsonl").display(),
             self.dir.join("sock").display(),
+            self.dir.join("state").display(),
             self.dir.display()
         );
         self.agent = Some(Agent::start(&self.dir.join("stopguard.toml"), &config));
@@ -458,4 +459,61 @@ fn the_control_socket_refuses_strangers_and_survives_garbage() {
         String::from_utf8_lossy(&out.stderr).trim(),
         "stopguard: no service `nosuch` is watched (watched: sgdaemon)"
     );
+}
+
+#[test]
+fn a_kill_9_of_the_agent_loses_no_window_and_no_frozen_process() {
+    let Some(_probes) = root_test("a_kill_9_of_the_agent_loses_no_window_and_no_frozen_process")
+    else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("restart");
+    let first = sandbox.start_runsv();
+    sandbox.start_agent("alert");
+    let out = sandbox.client(&["window", "open", "sgdaemon", "--reason", "upgrade"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // kill -9 mid-window; the restarted agent still guards and catches.
+    sandbox.agent.as_mut().unwrap().kill9();
+    sandbox.start_agent("alert");
+    operator_kill(first);
+    let alert = sandbox
+        .next_alert(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no alert after restart; audit: {:#?}", sandbox.audit()));
+    assert_eq!(alert["kind"], "respawn_in_window", "{alert:#}");
+    assert_eq!(alert["window"]["reason"], "upgrade");
+    let respawned = alert["process"]["pid"].as_u64().unwrap() as u32;
+    assert!(
+        !sandbox.data().contains(&format!("start {respawned}")),
+        "it ran before the freeze"
+    );
+
+    // And again: the frozen process stays frozen while the agent is down,
+    // and the next agent knows it.
+    sandbox.agent.as_mut().unwrap().kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        in_frozen_cgroup(respawned),
+        "thawed while the agent was down"
+    );
+    sandbox.start_agent("alert");
+    let status = sandbox.client(&["status", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["frozen"],
+        serde_json::json!([respawned]),
+        "{status:#}"
+    );
+    assert_eq!(status["windows"][0]["reason"], "upgrade", "{status:#}");
+    let out = sandbox.client(&["window", "close", "sgdaemon", "--thaw"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sandbox.wait_for_daemon(Some(first)), respawned);
 }

@@ -17,6 +17,9 @@ const CGROUP2_ROOTS: [&str; 2] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Frozen {
     pub pid: u32,
+    /// Its start time (clock ticks since boot), so a restarted agent can
+    /// tell it from a later process with the same pid.
+    pub start_ticks: Option<u64>,
     /// The frozen cgroup holding it, when cgroup v2 freezing worked.
     pub cgroup: Option<PathBuf>,
     /// Its cgroup before, to move it back on thaw.
@@ -51,6 +54,7 @@ pub fn freeze(pid: u32) -> Result<Frozen> {
         .with_context(|| format!("SIGSTOP to pid {pid}"))?;
     let mut frozen = Frozen {
         pid,
+        start_ticks: start_ticks(pid),
         cgroup: None,
         previous_cgroup: None,
     };
@@ -105,6 +109,14 @@ pub fn is_frozen(frozen: &Frozen) -> bool {
         fs::read_to_string(c.join("cgroup.events"))
             .is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
     })
+}
+
+/// A process's start time from /proc, in clock ticks since boot.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .ok()
+        .map(|s| s.starttime)
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     config,
@@ -39,7 +39,7 @@ const CONTROL_COMMANDS: [&str; 8] = [
 ];
 
 /// What a control command asks for, from its arguments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Intent {
     Stop,
@@ -98,7 +98,7 @@ const QUERY_FLAGS: [&str; 5] = ["-V", "--version", "--help", "--describe-config"
 const CONTROL_WINDOW_NS: u64 = 30_000_000_000;
 
 /// A person behind an action: the process that did it and its login.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     pub pid: u32,
     pub comm: String,
@@ -107,7 +107,7 @@ pub struct Actor {
 }
 
 /// A control command run by someone with a login identity.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlCommand {
     pub pid: u32,
     pub comm: String,
@@ -118,7 +118,7 @@ pub struct ControlCommand {
     pub time_ns: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperatorStop {
     pub service: String,
     pub pid: u32,
@@ -192,8 +192,16 @@ pub struct Detector {
     next_window: u64,
 }
 
+/// The detector's state kept across agent restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    pub windows: Vec<Window>,
+    pub stops: Vec<OperatorStop>,
+    pub next_window: u64,
+}
+
 /// A declared maintenance window: the service is meant to stay down.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
     pub id: String,
     pub service: String,
@@ -303,6 +311,34 @@ impl Detector {
 
     fn window_on(&self, service: &str) -> Option<&Window> {
         self.windows.iter().find(|w| w.service == service)
+    }
+
+    /// What must survive a restart of the agent: windows and stops.
+    pub fn snapshot(&self) -> Saved {
+        Saved {
+            windows: self.windows.clone(),
+            stops: self
+                .services
+                .iter()
+                .filter_map(|s| s.stop.clone())
+                .collect(),
+            next_window: self.next_window,
+        }
+    }
+
+    /// Takes back what `snapshot` saved, for the services still watched.
+    pub fn restore(&mut self, saved: Saved) {
+        self.windows = saved
+            .windows
+            .into_iter()
+            .filter(|w| self.index_of(&w.service).is_some())
+            .collect();
+        for stop in saved.stops {
+            if let Some(index) = self.index_of(&stop.service) {
+                self.services[index].stop = Some(stop);
+            }
+        }
+        self.next_window = self.next_window.max(saved.next_window);
     }
 
     /// The operator stop a service is under, if any.
