@@ -278,3 +278,27 @@ pub fn remove_frozen_cgroups() {
         .arg("for d in /sys/fs/cgroup/unified/stopguard/frozen-*; do [ -d \"$d\" ] && rmdir \"$d\"; done; true")
         .status();
 }
+
+/// Starts monit in the foreground with a 1 s cycle, its files in `dir`,
+/// checking what `check` says (one `check ...` block).
+pub fn start_monit(dir: &std::path::Path, check: &str) -> Child {
+    let d = dir.display();
+    let rc = dir.join("monitrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "set daemon 1\nset logfile {d}/monit.log\nset pidfile {d}/monit.pid\n\
+             set idfile {d}/monit.id\nset statefile {d}/monit.state\n{check}\n"
+        ),
+    )
+    .unwrap();
+    // monit refuses a control file others can read.
+    std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    Command::new("monit")
+        .args(["-I", "-c"])
+        .arg(&rc)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting monit")
+}

@@ -5,11 +5,13 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
-use stopguard_tests::{Agent, bash, in_frozen_cgroup, remove_frozen_cgroups, root_test, state_of};
+use stopguard_tests::{
+    Agent, bash, in_frozen_cgroup, remove_frozen_cgroups, root_test, start_monit, state_of,
+};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -49,28 +51,14 @@ impl Cluster {
 
     fn start_monit(&mut self) {
         let d = self.dir.display();
-        let rc = self.dir.join("monitrc");
-        fs::write(
-            &rc,
-            format!(
-                "set daemon 1\nset logfile {d}/monit.log\nset pidfile {d}/monit.pid\n\
-                 set idfile {d}/monit.id\nset statefile {d}/monit.state\n\
-                 check process postgres with pidfile {d}/data/postmaster.pid\n  \
-                 start program = \"{}\" as uid postgres and gid postgres with timeout 20 seconds\n",
+        self.monit = Some(start_monit(
+            &self.dir,
+            &format!(
+                "check process postgres with pidfile {d}/data/postmaster.pid\n  \
+                 start program = \"{}\" as uid postgres and gid postgres with timeout 20 seconds",
                 self.pg_ctl("start")
             ),
-        )
-        .unwrap();
-        bash(&format!("chmod 0600 {}", rc.display()));
-        self.monit = Some(
-            Command::new("monit")
-                .args(["-I", "-c"])
-                .arg(&rc)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        ));
     }
 
     fn postmaster(&self) -> Option<u32> {

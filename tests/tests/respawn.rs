@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::Value;
 use stopguard_tests::{
-    Agent, bash, fixture, in_frozen_cgroup, remove_frozen_cgroups, root_test, state_of,
-    stopguard_bin,
+    Agent, bash, fixture, in_frozen_cgroup, remove_frozen_cgroups, root_test, start_monit,
+    state_of, stopguard_bin,
 };
 
 /// A sandbox: a data file, the daemon's copy, a runit service dir.
@@ -76,26 +76,13 @@ impl Sandbox {
     /// pg_ctl-managed database would be.
     fn start_monit(&mut self) -> u32 {
         let d = self.dir.display();
-        let rc = self.dir.join("monitrc");
-        fs::write(
-            &rc,
-            format!(
-                "set daemon 1\nset logfile {d}/monit.log\nset pidfile {d}/monit.pid\n\
-                 set idfile {d}/monit.id\nset statefile {d}/monit.state\n\
-                 check process sgdaemon with pidfile {d}/daemon.pid\n  \
-                 start program = \"/bin/sh -c '{d}/bin/sgdaemon {d}/data {d}/daemon.pid &'\" with timeout 2 seconds\n"
+        self.supervisor = Some(start_monit(
+            &self.dir,
+            &format!(
+                "check process sgdaemon with pidfile {d}/daemon.pid\n  \
+                 start program = \"/bin/sh -c '{d}/bin/sgdaemon {d}/data {d}/daemon.pid &'\" with timeout 2 seconds"
             ),
-        )
-        .unwrap();
-        bash(&format!("chmod 0600 {}", rc.display()));
-        let monit = Command::new("monit")
-            .args(["-I", "-c"])
-            .arg(&rc)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.supervisor = Some(monit);
+        ));
         self.wait_for_daemon(None)
     }
 
