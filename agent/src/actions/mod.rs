@@ -103,14 +103,6 @@ pub fn kill(pid: u32) -> Result<()> {
         .with_context(|| format!("SIGKILL to pid {pid}"))
 }
 
-/// Whether `pid` sits in a frozen cgroup (cgroup.events says frozen 1).
-pub fn is_frozen(frozen: &Frozen) -> bool {
-    frozen.cgroup.as_ref().is_some_and(|c| {
-        fs::read_to_string(c.join("cgroup.events"))
-            .is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
-    })
-}
-
 /// A process's start time from /proc, in clock ticks since boot.
 pub fn start_ticks(pid: u32) -> Option<u64> {
     procfs::process::Process::new(pid as i32)

@@ -2,7 +2,7 @@
 
 pub mod btf;
 
-use std::{os::fd::AsRawFd, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use agent_common::{COMM_LEN, WakePolicy, kind, names};
 use anyhow::{Context, Result, bail};
@@ -189,10 +189,6 @@ impl Probes {
                 .map_mut(names::GUARD)
                 .context("map GUARD missing")?,
         )?)
-    }
-
-    pub fn ring_fd(&self) -> i32 {
-        self.ring.get_ref().as_raw_fd()
     }
 }
 

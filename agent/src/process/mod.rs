@@ -123,12 +123,6 @@ impl ProcessTable {
         self.live.get(&pid).and_then(|k| self.processes.get(k))
     }
 
-    pub fn set_cmdline(&mut self, key: &ProcessKey, cmdline: Vec<String>) {
-        if let Some(p) = self.processes.get_mut(key) {
-            p.cmdline = cmdline;
-        }
-    }
-
     /// Brings the table up to date with one event.
     pub fn apply(&mut self, event: &Event) {
         match event {

@@ -18,18 +18,6 @@ pub fn scan() -> Vec<Process> {
     procs.iter().filter_map(|p| read(p, &starts)).collect()
 }
 
-/// One process from /proc, or None when it has gone.
-pub fn read_pid(pid: u32) -> Option<Process> {
-    let p = ProcProcess::new(pid as i32).ok()?;
-    let stat = p.stat().ok()?;
-    let parent_start = ProcProcess::new(stat.ppid)
-        .ok()
-        .and_then(|pp| pp.stat().ok())
-        .map(|s| s.starttime);
-    let starts = parent_start.map(|s| (stat.ppid, s)).into_iter().collect();
-    read(&p, &starts)
-}
-
 fn read(p: &ProcProcess, starts: &std::collections::HashMap<i32, u64>) -> Option<Process> {
     let stat = p.stat().ok()?;
     let status = p.status().ok();
@@ -73,7 +61,5 @@ mod tests {
             std::env::current_exe().unwrap().to_str()
         );
         assert_eq!(this.cmdline, std::env::args().collect::<Vec<_>>());
-        assert_eq!(read_pid(me).unwrap().key, this.key);
-        assert!(read_pid(u32::MAX).is_none());
     }
 }
