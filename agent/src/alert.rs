@@ -50,10 +50,10 @@ impl WindowInfo {
             id: window.id.clone(),
             service: window.service.clone(),
             reason: window.reason.clone(),
-            opened_by: match window.opened_by_loginuid {
-                Some(uid) => person(Some(uid)),
-                None => person(Some(window.opened_by_uid)),
-            },
+            // The person behind the client: its login, else its uid.
+            opened_by: person(Some(
+                window.opened_by_loginuid.unwrap_or(window.opened_by_uid),
+            )),
             opened_at: at(window.opened_at_ns),
             expires_at: window.expires_at_ns.map(at),
         }

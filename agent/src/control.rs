@@ -139,8 +139,7 @@ async fn handle(
     };
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let read = BufReader::new(read).take(MAX_REQUEST + 1);
-    let mut read = read;
+    let mut read = BufReader::new(read).take(MAX_REQUEST + 1);
     let answer = match tokio::time::timeout(Duration::from_secs(5), read.read_line(&mut line)).await
     {
         Err(_) => error("no request within 5 s"),

@@ -146,6 +146,23 @@ impl Drop for Sandbox {
 }
 
 impl Sandbox {
+    /// Runs `stopguard ARGS`, which must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.client(args);
+        assert!(
+            out.status.success(),
+            "stopguard {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `stopguard ARGS --json`, which must succeed; returns the answer.
+    fn json(&self, args: &[&str]) -> Value {
+        let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+        serde_json::from_str(&self.ok(&args)).unwrap()
+    }
+
     /// Runs `stopguard ARGS` against this sandbox's agent.
     fn client(&self, args: &[&str]) -> std::process::Output {
         Command::new(stopguard_bin())
@@ -330,7 +347,7 @@ fn a_respawn_inside_a_window_is_frozen_and_thawed_when_it_closes() {
     let first = sandbox.start_runsv();
     // Outside a window the policy would only alert: the window's freezes.
     sandbox.start_agent("alert");
-    let out = sandbox.client(&[
+    let id = sandbox.ok(&[
         "window",
         "open",
         "sgdaemon",
@@ -339,15 +356,9 @@ fn a_respawn_inside_a_window_is_frozen_and_thawed_when_it_closes() {
         "--for",
         "10m",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(id, "w1");
-    let list = sandbox.client(&["window", "list"]);
-    assert!(String::from_utf8_lossy(&list.stdout).contains("w1  sgdaemon  'schema change'"));
+    assert_eq!(id.trim(), "w1");
+    let list = sandbox.ok(&["window", "list"]);
+    assert!(list.contains("w1  sgdaemon  'schema change'"), "{list}");
 
     // Inside the window any stop is the operator's, login or not.
     bash(&format!("/bin/kill -TERM {first}"));
@@ -367,8 +378,7 @@ fn a_respawn_inside_a_window_is_frozen_and_thawed_when_it_closes() {
     let respawned = alert["process"]["pid"].as_u64().unwrap() as u32;
     assert!(in_frozen_cgroup(respawned));
 
-    let status = sandbox.client(&["status", "--json"]);
-    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = sandbox.json(&["status"]);
     assert_eq!(
         status["frozen"],
         serde_json::json!([respawned]),
@@ -376,20 +386,14 @@ fn a_respawn_inside_a_window_is_frozen_and_thawed_when_it_closes() {
     );
     assert_eq!(status["windows"][0]["id"], "w1");
 
-    let out = sandbox.client(&["window", "close", "sgdaemon", "--thaw"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sandbox.ok(&["window", "close", "sgdaemon", "--thaw"]);
     assert_eq!(
         sandbox.wait_for_daemon(Some(first)),
         respawned,
         "the thawed respawn runs"
     );
     assert_ne!(state_of(respawned), 'T');
-    let status = sandbox.client(&["window", "list", "--json"]);
-    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = sandbox.json(&["window", "list"]);
     assert_eq!(status["windows"], serde_json::json!([]));
 }
 
@@ -434,12 +438,7 @@ fn the_control_socket_refuses_strangers_and_survives_garbage() {
         let answer: Value = serde_json::from_str(&answer).unwrap();
         assert_eq!(answer["ok"], false, "{answer}");
     }
-    let out = sandbox.client(&["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sandbox.json(&["status"]);
     let out = sandbox.client(&["window", "open", "nosuch"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
@@ -457,12 +456,7 @@ fn a_kill_9_of_the_agent_loses_no_window_and_no_frozen_process() {
     let mut sandbox = Sandbox::new("restart");
     let first = sandbox.start_runsv();
     sandbox.start_agent("alert");
-    let out = sandbox.client(&["window", "open", "sgdaemon", "--reason", "upgrade"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sandbox.ok(&["window", "open", "sgdaemon", "--reason", "upgrade"]);
 
     // kill -9 mid-window; the restarted agent still guards and catches.
     sandbox.agent.as_mut().unwrap().kill9();
@@ -488,19 +482,13 @@ fn a_kill_9_of_the_agent_loses_no_window_and_no_frozen_process() {
         "thawed while the agent was down"
     );
     sandbox.start_agent("alert");
-    let status = sandbox.client(&["status", "--json"]);
-    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = sandbox.json(&["status"]);
     assert_eq!(
         status["frozen"],
         serde_json::json!([respawned]),
         "{status:#}"
     );
     assert_eq!(status["windows"][0]["reason"], "upgrade", "{status:#}");
-    let out = sandbox.client(&["window", "close", "sgdaemon", "--thaw"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sandbox.ok(&["window", "close", "sgdaemon", "--thaw"]);
     assert_eq!(sandbox.wait_for_daemon(Some(first)), respawned);
 }

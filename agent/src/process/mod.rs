@@ -43,6 +43,23 @@ pub struct Process {
     pub exited: Option<Exited>,
 }
 
+impl Process {
+    /// A process known only by its key and name (its start was not seen).
+    fn unknown(key: ProcessKey, comm: &str) -> Process {
+        Process {
+            key,
+            pid: key.pid,
+            parent: None,
+            uid: 0,
+            loginuid: None,
+            comm: comm.to_string(),
+            exe: None,
+            cmdline: Vec::new(),
+            exited: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exited {
     pub time_ns: u64,
@@ -149,17 +166,10 @@ impl ProcessTable {
                 // in order, so the live process with the parent's pid is
                 // the parent as it was at the exec.
                 let parent = self.live.get(&exec.ppid).copied().filter(|p| *p != key);
-                let process = self.processes.entry(key).or_insert_with(|| Process {
-                    key,
-                    pid: exec.process.pid,
-                    parent: None,
-                    uid: 0,
-                    loginuid: None,
-                    comm: String::new(),
-                    exe: None,
-                    cmdline: Vec::new(),
-                    exited: None,
-                });
+                let process = self
+                    .processes
+                    .entry(key)
+                    .or_insert_with(|| Process::unknown(key, ""));
                 process.parent = process.parent.or(parent);
                 process.uid = exec.process.uid;
                 process.loginuid = exec.process.loginuid;
@@ -169,34 +179,17 @@ impl ProcessTable {
                 self.live.insert(key.pid, key);
             }
             Event::Exit(exit) => {
-                if let Some(p) = self.processes.get_mut(&exit.key) {
-                    p.exited = Some(Exited {
-                        time_ns: exit.time_ns,
-                        exit_code: exit.exit_code,
-                        signal: exit.signal,
-                    });
-                } else {
-                    // Started before we looked: remember it exited, with
-                    // what little we know, so later references resolve.
-                    self.processes.insert(
-                        exit.key,
-                        Process {
-                            key: exit.key,
-                            pid: exit.pid,
-                            parent: None,
-                            uid: 0,
-                            loginuid: None,
-                            comm: exit.comm.clone(),
-                            exe: None,
-                            cmdline: Vec::new(),
-                            exited: Some(Exited {
-                                time_ns: exit.time_ns,
-                                exit_code: exit.exit_code,
-                                signal: exit.signal,
-                            }),
-                        },
-                    );
-                }
+                // One that started before we looked is remembered with what
+                // little we know, so later references to it resolve.
+                let process = self
+                    .processes
+                    .entry(exit.key)
+                    .or_insert_with(|| Process::unknown(exit.key, &exit.comm));
+                process.exited = Some(Exited {
+                    time_ns: exit.time_ns,
+                    exit_code: exit.exit_code,
+                    signal: exit.signal,
+                });
                 if self.live.get(&exit.pid) == Some(&exit.key) {
                     self.live.remove(&exit.pid);
                 }
