@@ -8,7 +8,7 @@ use std::{
     fs,
     io::Write,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -22,9 +22,10 @@ use tokio::{
 use crate::{
     actions,
     alert::{self, Alert, WindowInfo},
+    audit::{self, AuditLog},
     config::{Config, InWindow, Service, UnexpectedRespawn},
-    control::{self, Request},
-    detect::{Detector, Finding, Started},
+    control::{self, Answer, Request},
+    detect::{ControlCommand, Detector, Finding, Intent, Started, Window},
     events::Event,
     kernel::ProbeOptions,
     kernel::comm_key,
@@ -35,43 +36,6 @@ use crate::{
 
 /// How often the agent logs what it has seen.
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
-
-/// Appends JSON lines to the audit log.
-struct AuditLog {
-    file: fs::File,
-}
-
-#[derive(Serialize)]
-struct AuditLine<'a, T: Serialize> {
-    at: String,
-    #[serde(flatten)]
-    entry: &'a T,
-}
-
-impl AuditLog {
-    fn open(path: &Path) -> Result<AuditLog> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening the audit log {}", path.display()))?;
-        Ok(AuditLog { file })
-    }
-
-    fn write(&mut self, entry: &impl Serialize) {
-        let line = AuditLine {
-            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            entry,
-        };
-        let text = serde_json::to_string(&line).expect("audit entries serialize");
-        if let Err(err) = writeln!(self.file, "{text}") {
-            tracing::error!("writing the audit log: {err}");
-        }
-    }
-}
 
 /// What one batch of events asked of the agent.
 #[derive(Default)]
@@ -106,6 +70,7 @@ struct State {
 
 struct Agent {
     state_path: PathBuf,
+    audit_path: PathBuf,
     guarded: std::collections::BTreeSet<String>,
     host: String,
     services: HashMap<String, Service>,
@@ -122,6 +87,7 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut agent = Agent {
         state_path: config.agent.state_dir.join("state.json"),
+        audit_path: config.agent.audit_log.clone(),
         guarded: Default::default(),
         host: config.agent.host.clone(),
         services: config
@@ -137,7 +103,11 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
         lost: 0,
     };
     let socket = socket.unwrap_or_else(|| config.agent.socket.clone());
-    let mut monitor = Monitor::start(&ProbeOptions::default())?;
+    agent.detector.set_agent_pid(std::process::id());
+    let mut monitor = Monitor::start(&ProbeOptions {
+        ring_bytes: config.agent.ring_bytes,
+        ..ProbeOptions::default()
+    })?;
     let (call_tx, mut calls) = mpsc::channel(16);
     control::serve(&socket, config.agent.control_group.as_deref(), call_tx)?;
     agent.detector.adopt(monitor.table());
@@ -181,7 +151,16 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
                 if changes {
                     agent.save();
                 }
-                let _ = call.reply.send(answer);
+                match answer {
+                    Answer::Now(answer) => {
+                        let _ = call.reply.send(answer);
+                    }
+                    Answer::Later(answer) => {
+                        tokio::spawn(async move {
+                            let _ = call.reply.send(answer.await);
+                        });
+                    }
+                }
                 continue;
             }
             result = monitor.next(on_event) => result?,
@@ -403,12 +382,28 @@ impl Agent {
                         &self.clock,
                         boot_ns(),
                     );
-                    tracing::error!("{}", record.summary);
-                    println!(
-                        "{}",
-                        serde_json::to_string(&record).expect("alerts serialize")
-                    );
-                    self.audit.write(&json!({"alert": record}));
+                    self.raise(record);
+                }
+                Finding::EventsLost { count, at_risk } => {
+                    for risk in at_risk {
+                        let process = risk.started_unseen.and_then(|pid| {
+                            let p = monitor.table().live(pid)?;
+                            Some(alert::ProcessInfo {
+                                pid,
+                                exe: p.exe.clone().unwrap_or_default(),
+                                cmdline: p.cmdline.clone(),
+                            })
+                        });
+                        let record = alert::events_lost(
+                            &self.host,
+                            *count,
+                            risk,
+                            process,
+                            &self.clock,
+                            boot_ns(),
+                        );
+                        self.raise(record);
+                    }
                 }
                 Finding::OperatorStart { started, loginuid } => {
                     tracing::info!(
@@ -446,6 +441,17 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Announces an alert: the agent's log, stdout (one JSON line), the
+    /// audit log.
+    fn raise(&mut self, record: Alert) {
+        tracing::error!("{}", record.summary);
+        println!(
+            "{}",
+            serde_json::to_string(&record).expect("alerts serialize")
+        );
+        self.audit.write(&json!({"alert": record}));
     }
 
     /// A supervisor that sees no pidfile tries again each cycle: keep the
@@ -546,6 +552,131 @@ impl Agent {
         request: Request,
         peer: control::Peer,
         permitted: bool,
+    ) -> Answer {
+        if permitted && matches!(request, Request::Stop { .. }) {
+            self.audit
+                .write(&json!({"event": "control", "request": request, "peer": peer}));
+        }
+        Answer::Now(match request {
+            Request::Stop {
+                service,
+                reason,
+                for_secs,
+                wait_secs,
+            } if permitted => {
+                return self.stop(monitor, service, reason, for_secs, wait_secs, peer);
+            }
+            Request::Audit {
+                since_secs,
+                service,
+            } => {
+                let path = self.audit_path.clone();
+                return Answer::Later(Box::pin(async move {
+                    let read = tokio::task::spawn_blocking(move || {
+                        audit::read(
+                            &path,
+                            since_secs.map(Duration::from_secs),
+                            service.as_deref(),
+                        )
+                    })
+                    .await;
+                    match read {
+                        Ok(Ok(timeline)) => json!({"ok": true, "timeline": timeline}),
+                        Ok(Err(err)) => control::error(format!("{err:#}")),
+                        Err(err) => control::error(format!("reading the audit log: {err}")),
+                    }
+                }));
+            }
+            request => self.answer(monitor, request, peer, permitted),
+        })
+    }
+
+    /// Opens a window on `service` for `peer`, arming the guard when the
+    /// service's policy freezes.
+    fn open_window(
+        &mut self,
+        monitor: &mut Monitor,
+        service: &str,
+        reason: &str,
+        for_secs: Option<u64>,
+        peer: control::Peer,
+    ) -> std::result::Result<Window, String> {
+        let window = self.detector.open_window(
+            service,
+            reason,
+            (peer.uid, peer.loginuid),
+            boot_ns(),
+            for_secs.map(|s| s * 1_000_000_000),
+        )?;
+        if self.services.get(service).map(|s| s.on_respawn) == Some(InWindow::Freeze) {
+            self.guard(monitor, service, true);
+        }
+        tracing::info!("window {} opened on {service}: {reason}", window.id);
+        Ok(window)
+    }
+
+    /// `stopguard stop`: a window (the open one, or a new one), then the
+    /// service's stop command or SIGTERM to its main process; answers once
+    /// the main process is gone.
+    fn stop(
+        &mut self,
+        monitor: &mut Monitor,
+        service: String,
+        reason: String,
+        for_secs: Option<u64>,
+        wait_secs: u64,
+        peer: control::Peer,
+    ) -> Answer {
+        let open = self
+            .detector
+            .windows()
+            .iter()
+            .find(|w| w.service == service)
+            .cloned();
+        let window = match open {
+            Some(window) => window,
+            None => match self.open_window(monitor, &service, &reason, for_secs, peer) {
+                Ok(window) => window,
+                Err(err) => return Answer::Now(control::error(err)),
+            },
+        };
+        self.save();
+        self.detector.control_command(ControlCommand {
+            pid: peer.pid,
+            comm: "stopguard".into(),
+            args: vec!["stopguard".into(), "stop".into(), service.clone()],
+            intent: Intent::Stop,
+            loginuid: peer.loginuid.unwrap_or(peer.uid),
+            time_ns: boot_ns(),
+        });
+        let main = self
+            .detector
+            .running()
+            .into_iter()
+            .find(|(name, _)| *name == service)
+            .and_then(|(_, pid)| monitor.table().live(pid))
+            .map(|p| (p.pid, p.key.start_ticks));
+        let command = self
+            .services
+            .get(&service)
+            .and_then(|s| s.stop_command.clone());
+        let window = WindowInfo::new(&window, &self.clock);
+        Answer::Later(Box::pin(stop_service(
+            service,
+            command,
+            main,
+            peer.loginuid,
+            Duration::from_secs(wait_secs),
+            window,
+        )))
+    }
+
+    fn answer(
+        &mut self,
+        monitor: &mut Monitor,
+        request: Request,
+        peer: control::Peer,
+        permitted: bool,
     ) -> Value {
         if !permitted {
             tracing::warn!(
@@ -571,27 +702,10 @@ impl Agent {
                 service,
                 reason,
                 for_secs,
-            } => {
-                let opened = self.detector.open_window(
-                    &service,
-                    &reason,
-                    (peer.uid, peer.loginuid),
-                    boot_ns(),
-                    for_secs.map(|s| s * 1_000_000_000),
-                );
-                match opened {
-                    Ok(window) => {
-                        if self.services.get(&service).map(|s| s.on_respawn)
-                            == Some(InWindow::Freeze)
-                        {
-                            self.guard(monitor, &service, true);
-                        }
-                        tracing::info!("window {} opened on {service}: {reason}", window.id);
-                        json!({"ok": true, "window": WindowInfo::new(&window, &self.clock)})
-                    }
-                    Err(err) => control::error(err),
-                }
-            }
+            } => match self.open_window(monitor, &service, &reason, for_secs, peer) {
+                Ok(window) => json!({"ok": true, "window": WindowInfo::new(&window, &self.clock)}),
+                Err(err) => control::error(err),
+            },
             Request::WindowClose { target, thaw, kill } => {
                 let Some(window) = self.detector.close_window(&target) else {
                     return control::error(format!("no open window on or named `{target}`"));
@@ -650,6 +764,98 @@ impl Agent {
                     "lost": self.lost,
                 })
             }
+            Request::Stop { .. } | Request::Audit { .. } => {
+                unreachable!("answered by `call`")
+            }
         }
     }
+}
+
+/// Stops a service: runs `command` (with the operator's login uid, so what
+/// it does is theirs in the audit trail) or sends SIGTERM to `main`, then
+/// waits up to `wait` for `main` to exit.
+async fn stop_service(
+    service: String,
+    command: Option<Vec<String>>,
+    main: Option<(u32, u64)>,
+    loginuid: Option<u32>,
+    wait: Duration,
+    window: WindowInfo,
+) -> Value {
+    let started = Instant::now();
+    let stays = format!("window {} stays open", window.id);
+    let mut answer =
+        json!({"ok": true, "service": service, "window": window, "pid": main.map(|m| m.0)});
+    if let Some(argv) = command {
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(uid) = loginuid {
+            let digits = uid.to_string().into_bytes();
+            // SAFETY: between fork and exec only async-signal-safe calls:
+            // open, write, close on a path and buffer made beforehand.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = libc::open(c"/proc/self/loginuid".as_ptr(), libc::O_WRONLY);
+                    if fd >= 0 {
+                        libc::write(fd, digits.as_ptr().cast(), digits.len());
+                        libc::close(fd);
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let shown = argv.join(" ");
+        let output = match tokio::time::timeout(wait, cmd.output()).await {
+            Err(_) => {
+                return control::error(format!(
+                    "`{shown}` did not finish within {} s; {stays}",
+                    wait.as_secs()
+                ));
+            }
+            Ok(Err(err)) => return control::error(format!("running `{shown}`: {err}; {stays}")),
+            Ok(Ok(output)) => output,
+        };
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        if !output.status.success() {
+            return control::error(format!(
+                "`{shown}` failed ({}): {}; {stays}",
+                output.status,
+                tail.join(" / ")
+            ));
+        }
+        answer["command"] = json!(shown);
+        answer["output"] = json!(tail.join("\n"));
+    } else if let Some((pid, _)) = main {
+        if let Err(err) = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        ) {
+            return control::error(format!("sending SIGTERM to pid {pid}: {err}; {stays}"));
+        }
+        answer["signal"] = json!("SIGTERM");
+    }
+    if let Some((pid, ticks)) = main {
+        while actions::start_ticks(pid) == Some(ticks) {
+            if started.elapsed() > wait {
+                return control::error(format!(
+                    "{service} (pid {pid}) still runs {} s later; {stays}",
+                    wait.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    answer["seconds"] = json!((started.elapsed().as_secs_f64() * 100.0).round() / 100.0);
+    answer
 }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::{
-    detect::{OperatorStop, Started, Window},
+    detect::{AtRisk, OperatorStop, Started, Window},
     process::Link,
     trace::Clock,
 };
@@ -23,7 +23,8 @@ pub struct Alert {
     pub service: String,
     pub summary: String,
     pub action: String,
-    pub process: ProcessInfo,
+    /// The respawned process; for `events_lost`, one nobody saw start.
+    pub process: Option<ProcessInfo>,
     pub respawned_by: Option<RespawnedBy>,
     pub stopped_by: Option<StoppedBy>,
     /// The maintenance window the respawn broke; null when none was open.
@@ -84,6 +85,20 @@ pub struct StoppedBy {
     pub user: Option<String>,
     pub signal: String,
     pub via: Option<String>,
+}
+
+impl StoppedBy {
+    fn new(stop: &OperatorStop) -> StoppedBy {
+        StoppedBy {
+            pid: stop.sender.pid,
+            comm: stop.sender.comm.clone(),
+            uid: stop.sender.uid,
+            loginuid: stop.loginuid,
+            user: stop.loginuid.and_then(user_name),
+            signal: stop.signal_name.clone(),
+            via: stop.via.as_ref().map(|c| c.args.join(" ")),
+        }
+    }
 }
 
 /// The login name of a uid, when the host knows one.
@@ -150,28 +165,67 @@ pub fn respawn(
         service: started.service.clone(),
         summary,
         action: action.to_string(),
-        process: ProcessInfo {
+        process: Some(ProcessInfo {
             pid: started.pid,
             exe: started.exe.clone(),
             cmdline: started.args.clone(),
-        },
+        }),
         respawned_by: Some(RespawnedBy {
             supervisor: started.supervisor.as_ref().map(|s| s.comm.clone()),
             pid: started.supervisor.as_ref().map(|s| s.pid),
             comm: started.chain.first().map(|l| l.comm.clone()),
             chain: started.chain.clone(),
         }),
-        stopped_by: Some(StoppedBy {
-            pid: stop.sender.pid,
-            comm: stop.sender.comm.clone(),
-            uid: stop.sender.uid,
-            loginuid: stop.loginuid,
-            user: stop.loginuid.and_then(user_name),
-            signal: stop.signal_name.clone(),
-            via,
-        }),
+        stopped_by: Some(StoppedBy::new(stop)),
         window: window.map(|w| WindowInfo::new(w, clock)),
         at: humantime::format_rfc3339_millis(now).to_string(),
         detected_after_ms: now_boot_ns.saturating_sub(started.time_ns) as f64 / 1e6,
+    }
+}
+
+/// Kernel records lost while `risk.service` was under maintenance or an
+/// operator stop: a respawn may have gone unseen.
+pub fn events_lost(
+    host: &str,
+    count: u64,
+    risk: &AtRisk,
+    process: Option<ProcessInfo>,
+    clock: &Clock,
+    now_boot_ns: u64,
+) -> Alert {
+    let under = match (&risk.window, &risk.stopped_by) {
+        (Some(w), _) => format!("in window {} '{}'", w.id, w.reason),
+        (None, Some(stop)) => format!("stopped by {}", person(stop.loginuid)),
+        (None, None) => "watched".to_string(),
+    };
+    let state = match &process {
+        Some(p) => format!(
+            "it is running again as pid {} and nobody saw it start; check it",
+            p.pid
+        ),
+        None => "state unknown, resynchronised from /proc; it is not running".to_string(),
+    };
+    Alert {
+        version: SCHEMA_VERSION,
+        id: format!("{host}-{}-lost-{now_boot_ns}", risk.service),
+        kind: "events_lost",
+        severity: if process.is_some() {
+            "critical"
+        } else {
+            "warning"
+        },
+        host: host.to_string(),
+        service: risk.service.clone(),
+        summary: format!(
+            "{} kernel records lost while {} was {under}: {state}",
+            count, risk.service
+        ),
+        action: "none".to_string(),
+        process,
+        respawned_by: None,
+        stopped_by: risk.stopped_by.as_ref().map(StoppedBy::new),
+        window: risk.window.as_ref().map(|w| WindowInfo::new(w, clock)),
+        at: humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
+        detected_after_ms: 0.0,
     }
 }

@@ -29,6 +29,8 @@ pub struct Agent {
     pub socket: PathBuf,
     pub audit_log: PathBuf,
     pub control_group: Option<String>,
+    /// Kernel ring buffer size in bytes: a power of two, at least 4096.
+    pub ring_bytes: u32,
 }
 
 impl Default for Agent {
@@ -39,6 +41,7 @@ impl Default for Agent {
             socket: "/run/stopguard/stopguard.sock".into(),
             audit_log: "/var/log/stopguard/audit.jsonl".into(),
             control_group: None,
+            ring_bytes: crate::kernel::DEFAULT_RING_BYTES,
         }
     }
 }
@@ -56,6 +59,10 @@ pub struct Service {
     /// it, with no window open.
     #[serde(default)]
     pub on_unexpected_respawn: UnexpectedRespawn,
+    /// How `stopguard stop` stops it (argv, run by the agent with the
+    /// operator's login identity); without it, SIGTERM to the main process.
+    #[serde(default)]
+    pub stop_command: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -99,6 +106,12 @@ impl Config {
             }
         }
         config.source = source.to_string();
+        let ring = config.agent.ring_bytes;
+        if ring < 4096 || !ring.is_power_of_two() {
+            bail!(
+                "reading {source}: [agent] key `ring_bytes`: expected a power of two of at least 4096, got {ring}"
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         for service in &config.services {
             if service.name.is_empty() {
@@ -107,6 +120,12 @@ impl Config {
             if !seen.insert(service.name.as_str()) {
                 bail!(
                     "reading {source}: service `{}` is defined twice",
+                    service.name
+                );
+            }
+            if service.stop_command.as_ref().is_some_and(|c| c.is_empty()) {
+                bail!(
+                    "reading {source}: service `{}`: key `stop_command` needs a program (an argv list such as [\"pg_ctlcluster\", \"15\", \"main\", \"stop\"])",
                     service.name
                 );
             }
@@ -167,6 +186,25 @@ mod tests {
         assert!(err.starts_with("reading /etc/x.toml: "), "{err}");
         assert!(err.contains("line 7"), "{err}");
         assert!(err.contains("on_respwan"), "{err}");
+    }
+
+    #[test]
+    fn ring_size_and_stop_command_are_checked() {
+        let text = "[agent]\nring_bytes = 5000\n";
+        let err = format!("{:#}", Config::parse(text, "f.toml").unwrap_err());
+        assert_eq!(
+            err,
+            "reading f.toml: [agent] key `ring_bytes`: expected a power of two of at least 4096, got 5000"
+        );
+        let text = "[[service]]\nname = \"pg\"\nexe = [\"/a\"]\nstop_command = []\n";
+        let err = format!("{:#}", Config::parse(text, "f.toml").unwrap_err());
+        assert!(
+            err.contains("service `pg`: key `stop_command` needs a program"),
+            "{err}"
+        );
+        let text = "[[service]]\nname = \"pg\"\nexe = [\"/a\"]\nstop_command = [\"pg_ctlcluster\", \"15\", \"main\", \"stop\"]\n";
+        let config = Config::parse(text, "f.toml").unwrap();
+        assert_eq!(config.services[0].stop_command.as_ref().unwrap().len(), 4);
     }
 
     #[test]

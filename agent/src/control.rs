@@ -34,12 +34,28 @@ pub enum Request {
     Thaw {
         target: String,
     },
+    /// Open a window (unless one is open) and stop the service.
+    Stop {
+        service: String,
+        reason: String,
+        for_secs: Option<u64>,
+        /// How long to wait for the main process to exit.
+        wait_secs: u64,
+    },
+    /// The audit log, oldest first.
+    Audit {
+        since_secs: Option<u64>,
+        service: Option<String>,
+    },
 }
 
 impl Request {
     /// Whether the request changes state (and so needs root or the group).
     pub fn changes_state(&self) -> bool {
-        !matches!(self, Request::WindowList | Request::Status)
+        !matches!(
+            self,
+            Request::WindowList | Request::Status | Request::Audit { .. }
+        )
     }
 }
 
@@ -50,6 +66,13 @@ pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub loginuid: Option<u32>,
+}
+
+/// An answer now, or one that needs waiting for (a stop) without holding
+/// up the agent's loop.
+pub enum Answer {
+    Now(serde_json::Value),
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send>>),
 }
 
 /// A request the agent's loop answers (or refuses, and audits).
@@ -179,7 +202,11 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
             socket.display()
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let wait = match request {
+        Request::Stop { wait_secs, .. } => *wait_secs + 30,
+        _ => 30,
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(wait)))?;
     writeln!(stream, "{}", serde_json::to_string(request)?)?;
     let mut line = String::new();
     std::io::BufReader::new(stream).read_line(&mut line)?;

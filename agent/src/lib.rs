@@ -13,6 +13,7 @@
 pub mod actions;
 pub mod agent;
 pub mod alert;
+pub mod audit;
 pub mod config;
 pub mod control;
 pub mod detect;

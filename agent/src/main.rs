@@ -16,7 +16,10 @@ use stopguard::{
     after_help = "Examples (as root):\n  \
         stopguard trace                   # every exec, exit, fork and signal\n  \
         stopguard trace --comm postgres   # only what involves postgres\n  \
-        stopguard run                     # the agent, on the embedded default config"
+        stopguard run                     # the agent, on the embedded default config\n  \
+        stopguard stop postgres --reason 'schema change'   # maintenance, in one command\n  \
+        stopguard window close postgres   # maintenance over\n  \
+        stopguard audit --since 1h        # what happened"
 )]
 struct Cli {
     /// The agent's control socket (default: the config's `socket`).
@@ -82,6 +85,43 @@ enum Command {
     Thaw {
         #[arg(value_name = "PID|SERVICE")]
         target: String,
+    },
+    /// Start maintenance in one command: open a window, then stop the service.
+    #[command(after_help = "Examples (as root):\n  \
+        stopguard stop postgres --reason 'schema change'\n  \
+        stopguard stop redis --reason 'kernel upgrade' --for 2h\n\n\
+        Opens a window (or uses the one open), then runs the service's\n\
+        `stop_command`, or sends SIGTERM to its main process, and waits until\n\
+        the main process is gone. A supervisor that restarts it is caught as\n\
+        a respawn in the window. End maintenance with `stopguard window close`.\n\n\
+        Exit status: 0 once stopped, 1 when it could not be stopped (the\n\
+        window stays open).")]
+    Stop {
+        service: String,
+        #[arg(long, default_value = "maintenance")]
+        reason: String,
+        /// Close the window by itself after this long (e.g. 30m, 2h).
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// How long to wait for the service to exit.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
+    /// What happened: stops, starts, respawns, alerts, windows, oldest first.
+    #[command(after_help = "Examples:\n  \
+        stopguard audit --since 2h\n  \
+        stopguard audit --service postgres\n  \
+        stopguard audit --json | jq 'select(.alert)'")]
+    Audit {
+        /// Only entries this recent (e.g. 30m, 2h, 1day).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only entries about this service.
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
+        /// One JSON object per line, as written to the audit log.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -195,12 +235,53 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Thaw { target } => client(cli.socket, &Request::Thaw { target }, false),
+        Command::Stop {
+            service,
+            reason,
+            duration,
+            wait,
+        } => client(
+            cli.socket,
+            &Request::Stop {
+                service,
+                reason,
+                for_secs: duration.map(|d| d.as_secs().max(1)),
+                wait_secs: wait.as_secs().max(1),
+            },
+            false,
+        ),
+        Command::Audit {
+            since,
+            service,
+            json,
+        } => {
+            let request = Request::Audit {
+                since_secs: since.map(|d| d.as_secs()),
+                service,
+            };
+            let answer = call(cli.socket, &request)?;
+            let timeline = &answer["timeline"];
+            if timeline["left_out"].as_u64().unwrap_or(0) > 0 {
+                eprintln!(
+                    "stopguard: {} older entries left out (the newest {} shown); narrow with --since",
+                    timeline["left_out"],
+                    stopguard::audit::MAX_ENTRIES
+                );
+            }
+            for entry in timeline["entries"].as_array().into_iter().flatten() {
+                if json {
+                    println!("{entry}");
+                } else {
+                    println!("{}", stopguard::audit::describe(entry));
+                }
+            }
+            Ok(())
+        }
     }
 }
 
-/// Sends one request to the agent and prints its answer: JSON with
-/// `--json`, otherwise a line or a few for a person.
-fn client(socket: Option<PathBuf>, request: &Request, json: bool) -> Result<()> {
+/// Sends one request to the agent; an answer that is not ok is the error.
+fn call(socket: Option<PathBuf>, request: &Request) -> Result<serde_json::Value> {
     let socket = match socket {
         Some(path) => path,
         None => Config::load(None)?.agent.socket,
@@ -212,6 +293,13 @@ fn client(socket: Option<PathBuf>, request: &Request, json: bool) -> Result<()> 
             answer["error"].as_str().unwrap_or("the agent refused")
         );
     }
+    Ok(answer)
+}
+
+/// Sends one request to the agent and prints its answer: JSON with
+/// `--json`, otherwise a line or a few for a person.
+fn client(socket: Option<PathBuf>, request: &Request, json: bool) -> Result<()> {
+    let answer = call(socket, request)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
@@ -238,6 +326,37 @@ fn client(socket: Option<PathBuf>, request: &Request, json: bool) -> Result<()> 
             }
         }
         Request::Thaw { .. } => println!("thawed {}", answer["thawed"]),
+        Request::Stop { service, .. } => {
+            let window = &answer["window"];
+            println!(
+                "window {} open on {service} ('{}'{})",
+                window["id"].as_str().unwrap_or("?"),
+                window["reason"].as_str().unwrap_or(""),
+                window["expires_at"]
+                    .as_str()
+                    .map(|e| format!(", closes by itself at {e}"))
+                    .unwrap_or_default()
+            );
+            match answer["pid"].as_u64() {
+                Some(pid) => println!(
+                    "stopped {service} (pid {pid}, {}) in {} s",
+                    answer["command"]
+                        .as_str()
+                        .map_or_else(|| "SIGTERM".to_string(), |c| format!("`{c}`")),
+                    answer["seconds"]
+                ),
+                None if answer["command"].is_string() => println!(
+                    "ran `{}` in {} s ({service} was not running as far as stopguard knows)",
+                    answer["command"].as_str().unwrap_or("?"),
+                    answer["seconds"]
+                ),
+                None => println!("{service} was not running"),
+            }
+            println!(
+                "a supervisor restarting it now is caught; when done: stopguard window close {service}"
+            );
+        }
+        Request::Audit { .. } => unreachable!("printed by the audit command"),
         Request::Status => {
             println!("host {}", answer["host"].as_str().unwrap_or("?"));
             for s in answer["services"].as_array().into_iter().flatten() {

@@ -164,6 +164,9 @@ pub enum Finding {
     CrashRestart { started: Started },
     /// A start with no stop before it (boot, first start).
     Start { started: Started },
+    /// Kernel records were lost while a service was under maintenance or
+    /// an operator stop: what happened in the gap is unknown.
+    EventsLost { count: u64, at_risk: Vec<AtRisk> },
     /// The service's main process exited.
     Exited {
         service: String,
@@ -173,6 +176,17 @@ pub enum Finding {
         /// The operator stop that explains it, if any.
         operator_stop: bool,
     },
+}
+
+/// A service whose state matters and may have changed unseen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AtRisk {
+    pub service: String,
+    pub window: Option<Window>,
+    pub stopped_by: Option<OperatorStop>,
+    /// Its main process as /proc shows it after the loss, when that is not
+    /// the one known before: a start nobody saw.
+    pub started_unseen: Option<u32>,
 }
 
 struct Watched {
@@ -190,6 +204,9 @@ pub struct Detector {
     control: VecDeque<ControlCommand>,
     windows: Vec<Window>,
     next_window: u64,
+    /// The agent's own pid: its signals are sent for the person behind the
+    /// control command that asked for them.
+    agent_pid: Option<u32>,
 }
 
 /// The detector's state kept across agent restarts.
@@ -241,7 +258,21 @@ impl Detector {
             control: VecDeque::new(),
             windows: Vec::new(),
             next_window: 1,
+            agent_pid: None,
         })
+    }
+
+    /// Signals from `pid` (the agent itself) are attributed to the control
+    /// command that asked for them (see `control_command`).
+    pub fn set_agent_pid(&mut self, pid: u32) {
+        self.agent_pid = Some(pid);
+    }
+
+    /// Records a control command a person ran through the agent (such as
+    /// `stopguard stop`): the stop that follows is theirs.
+    pub fn control_command(&mut self, command: ControlCommand) {
+        self.forget_old_control(command.time_ns);
+        self.control.push_back(command);
     }
 
     fn index_of(&self, service: &str) -> Option<usize> {
@@ -446,8 +477,46 @@ impl Detector {
                     operator_stop: service.stop.is_some(),
                 }]
             }
-            Event::Fork(_) | Event::Lost(_) => Vec::new(),
+            Event::Lost(lost) => self.resync(lost.count, table).into_iter().collect(),
+            Event::Fork(_) => Vec::new(),
         }
+    }
+
+    /// After lost records: takes the main processes from the table (just
+    /// reseeded from /proc) and names the services whose state mattered.
+    fn resync(&mut self, count: u64, table: &ProcessTable) -> Option<Finding> {
+        let mut now: Vec<Option<ProcessKey>> = vec![None; self.services.len()];
+        for process in table.live_processes() {
+            if let Some(index) = self.main_service(process, table)
+                && now[index] != self.services[index].main
+            {
+                now[index] = Some(process.key);
+            }
+        }
+        let mut at_risk = Vec::new();
+        for (index, main) in now.into_iter().enumerate() {
+            let before = self.services[index].main;
+            if main != before {
+                if let Some(old) = before {
+                    self.mains.remove(&old);
+                }
+                if let Some(new) = main {
+                    self.mains.insert(new, index);
+                }
+                self.services[index].main = main;
+            }
+            let service = &self.services[index];
+            let window = self.window_on(&service.name).cloned();
+            if window.is_some() || service.stop.is_some() {
+                at_risk.push(AtRisk {
+                    service: service.name.clone(),
+                    window,
+                    stopped_by: service.stop.clone(),
+                    started_unseen: main.filter(|_| main != before).map(|k| k.pid),
+                });
+            }
+        }
+        (!at_risk.is_empty()).then_some(Finding::EventsLost { count, at_risk })
     }
 
     fn forget_old_control(&mut self, now_ns: u64) {
@@ -476,14 +545,14 @@ impl Detector {
         }
         let index = *self.mains.get(&signal.target.key)?;
         let name = self.services[index].name.clone();
-        let via = match signal.sender.loginuid {
+        let from_agent = Some(signal.sender.pid) == self.agent_pid;
+        let sender_login = signal.sender.loginuid.filter(|_| !from_agent);
+        let via = match sender_login {
             Some(_) => None,
             None => self.control_for(&name, Intent::stops).cloned(),
         };
         let window = self.window_on(&name);
-        let loginuid = signal
-            .sender
-            .loginuid
+        let loginuid = sender_login
             .or(via.as_ref().map(|c| c.loginuid))
             .or(window.and_then(|w| w.opened_by_loginuid));
         // Inside a window any stop is the operator's.
@@ -582,6 +651,7 @@ mod tests {
                 exe: vec!["/usr/lib/postgresql/*/bin/postgres".into()],
                 on_respawn: Default::default(),
                 on_unexpected_respawn: Default::default(),
+                stop_command: None,
             }];
             let mut table = ProcessTable::default();
             let init = ProcessKey {
@@ -852,6 +922,81 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_the_agent_sends_for_an_operator_is_theirs() {
+        let (mut host, monit, postgres) = setup();
+        // The agent was started from root's login; the request came from alice.
+        let (agent, _) = host.spawn(INIT, 50, "/usr/bin/stopguard", &["stopguard", "run"]);
+        host.loginuids.insert(agent, Some(0));
+        host.detector.set_agent_pid(agent.pid);
+        host.detector.control_command(ControlCommand {
+            pid: 450,
+            comm: "stopguard".into(),
+            args: vec!["stopguard".into(), "stop".into(), "postgres".into()],
+            intent: Intent::Stop,
+            loginuid: 1000,
+            time_ns: host.time_ns,
+        });
+        let findings = host.signal(agent, postgres, 15);
+        let [Finding::OperatorStop(stop)] = &findings[..] else {
+            panic!("{findings:#?}");
+        };
+        assert_eq!(stop.loginuid, Some(1000));
+        assert_eq!(stop.sender.comm, "stopguard");
+        assert_eq!(
+            stop.via.as_ref().map(|c| c.args.join(" ")),
+            Some("stopguard stop postgres".into())
+        );
+        host.exit(postgres, Some(0), None);
+        let (_, findings) = host.monit_starts_postgres(monit, 500);
+        assert!(
+            matches!(&findings[..], [Finding::Respawn { .. }]),
+            "{findings:#?}"
+        );
+    }
+
+    #[test]
+    fn lost_records_during_a_window_name_the_service_and_an_unseen_start() {
+        let (mut host, monit, postgres) = setup();
+        let lost = |count| {
+            Event::Lost(crate::events::Lost {
+                count,
+                total: count,
+                exec: count,
+                exit: 0,
+                fork: 0,
+                signal: 0,
+            })
+        };
+        // No window, no stop: a loss is logged, nothing is at risk.
+        assert!(host.feed(lost(5)).is_empty());
+
+        host.detector
+            .open_window("postgres", "upgrade", (0, Some(1000)), host.time_ns, None)
+            .unwrap();
+        let findings = host.feed(lost(7));
+        let [Finding::EventsLost { count: 7, at_risk }] = &findings[..] else {
+            panic!("{findings:#?}");
+        };
+        assert_eq!(at_risk.len(), 1);
+        assert_eq!(at_risk[0].service, "postgres");
+        assert_eq!(at_risk[0].started_unseen, None, "the same postmaster runs");
+
+        // The postmaster dies and monit starts another, all in the gap: the
+        // table (reseeded from /proc) shows the new one; the detector, blind
+        // meanwhile, never saw it start.
+        let detector = std::mem::replace(&mut host.detector, Detector::new(&[]).unwrap());
+        host.exit(postgres, Some(0), None);
+        let (new, _) = host.monit_starts_postgres(monit, 500);
+        host.detector = detector;
+        let findings = host.feed(lost(3));
+        let [Finding::EventsLost { at_risk, .. }] = &findings[..] else {
+            panic!("{findings:#?}");
+        };
+        assert_eq!(at_risk[0].started_unseen, Some(new.pid));
+        assert_eq!(host.detector.running(), [("postgres", new.pid)]);
+    }
+
+    #[test]
     fn a_crash_restart_raises_no_alarm() {
         let (mut host, monit, postgres) = setup();
         // The OOM killer, or any process without a login: not an operator.
@@ -947,6 +1092,7 @@ mod tests {
             exe: vec!["/usr/lib/postgresql/*/bin/postgres".into()],
             on_respawn: Default::default(),
             on_unexpected_respawn: Default::default(),
+            stop_command: None,
         }];
         let mut fresh = Detector::new(&services).unwrap();
         fresh.adopt(&host.table);
@@ -1041,6 +1187,7 @@ mod tests {
             exe: vec!["/usr/[bin".into()],
             on_respawn: Default::default(),
             on_unexpected_respawn: Default::default(),
+            stop_command: None,
         }];
         let err = Detector::new(&services).err().unwrap();
         assert!(format!("{err:#}").starts_with("service `pg`: bad exe glob `/usr/[bin`"));

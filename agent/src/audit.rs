@@ -1,0 +1,322 @@
+//! The audit log: one JSON object per line, appended as things happen, and
+//! read back by `stopguard audit` as a timeline.
+
+use std::{
+    fs,
+    io::Write,
+    path::Path,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+/// `stopguard audit` answers with at most this many entries, the newest.
+pub const MAX_ENTRIES: usize = 10_000;
+
+/// Appends JSON lines to the audit log.
+pub struct AuditLog {
+    file: fs::File,
+}
+
+#[derive(Serialize)]
+struct AuditLine<'a, T: Serialize> {
+    at: String,
+    #[serde(flatten)]
+    entry: &'a T,
+}
+
+impl AuditLog {
+    pub fn open(path: &Path) -> Result<AuditLog> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening the audit log {}", path.display()))?;
+        Ok(AuditLog { file })
+    }
+
+    pub fn write(&mut self, entry: &impl Serialize) {
+        let line = AuditLine {
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            entry,
+        };
+        let text = serde_json::to_string(&line).expect("audit entries serialize");
+        if let Err(err) = writeln!(self.file, "{text}") {
+            tracing::error!("writing the audit log: {err}");
+        }
+    }
+}
+
+/// What `read` found: the entries asked for (newest `MAX_ENTRIES`), and
+/// how many older ones matched but were left out.
+#[derive(Debug, Serialize)]
+pub struct Timeline {
+    pub entries: Vec<Value>,
+    pub left_out: usize,
+    /// Lines that were not JSON (a torn last line after a crash).
+    pub unreadable: usize,
+}
+
+/// Reads the audit log at `path`: entries at most `since` old, about
+/// `service` (anywhere in the entry) when given.
+pub fn read(path: &Path, since: Option<Duration>, service: Option<&str>) -> Result<Timeline> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    };
+    let after = since.and_then(|s| SystemTime::now().checked_sub(s));
+    let mut entries = Vec::new();
+    let mut unreadable = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(entry) = serde_json::from_str::<Value>(line) else {
+            unreadable += 1;
+            continue;
+        };
+        if let Some(after) = after {
+            let at = entry["at"]
+                .as_str()
+                .and_then(|a| humantime::parse_rfc3339(a).ok());
+            if at.is_none_or(|at| at < after) {
+                continue;
+            }
+        }
+        if service.is_some_and(|s| !mentions_service(&entry, s)) {
+            continue;
+        }
+        entries.push(entry);
+    }
+    let left_out = entries.len().saturating_sub(MAX_ENTRIES);
+    entries.drain(..left_out);
+    Ok(Timeline {
+        entries,
+        left_out,
+        unreadable,
+    })
+}
+
+/// Whether a `service` field anywhere in `value` names `service`.
+fn mentions_service(value: &Value, service: &str) -> bool {
+    match value {
+        Value::Object(map) => map.iter().any(|(key, v)| {
+            (key == "service" && v.as_str() == Some(service)) || mentions_service(v, service)
+        }),
+        Value::Array(items) => items.iter().any(|v| mentions_service(v, service)),
+        _ => false,
+    }
+}
+
+fn who(loginuid: &Value) -> String {
+    match loginuid.as_u64() {
+        Some(uid) => match crate::alert::user_name(uid as u32) {
+            Some(name) => format!("{name} (uid {uid})"),
+            None => format!("uid {uid}"),
+        },
+        None => "someone".into(),
+    }
+}
+
+fn s(value: &Value) -> &str {
+    value.as_str().unwrap_or("?")
+}
+
+/// One audit entry as a line for a person: "<time>  <service>  <what>".
+pub fn describe(entry: &Value) -> String {
+    let at = entry["at"].as_str().unwrap_or("?");
+    let started = &entry["started"];
+    let supervisor = |started: &Value| -> String {
+        started["supervisor"]["comm"]
+            .as_str()
+            .map_or_else(|| "no supervisor".into(), |c| format!("by {c}"))
+    };
+    let (service, what) = if let Some(finding) = entry["finding"].as_str() {
+        match finding {
+            "operator_stop" => (
+                s(&entry["service"]),
+                format!(
+                    "stopped by {} ({} from {} pid {}{})",
+                    who(&entry["loginuid"]),
+                    s(&entry["signal_name"]),
+                    s(&entry["sender"]["comm"]),
+                    entry["sender"]["pid"],
+                    entry["via"]["args"]
+                        .as_array()
+                        .map(|a| {
+                            let args: Vec<&str> = a.iter().map(s).collect();
+                            format!(", via `{}`", args.join(" "))
+                        })
+                        .unwrap_or_default()
+                ),
+            ),
+            "respawn" => (
+                s(&started["service"]),
+                format!(
+                    "respawned {} as pid {}",
+                    supervisor(started),
+                    started["pid"]
+                ),
+            ),
+            "operator_start" => (
+                s(&started["service"]),
+                format!(
+                    "started by {} as pid {}",
+                    who(&entry["loginuid"]),
+                    started["pid"]
+                ),
+            ),
+            "crash_restart" => (
+                s(&started["service"]),
+                format!(
+                    "restarted {} after a crash, pid {}",
+                    supervisor(started),
+                    started["pid"]
+                ),
+            ),
+            "start" => (
+                s(&started["service"]),
+                format!("started {}, pid {}", supervisor(started), started["pid"]),
+            ),
+            "exited" => (
+                s(&entry["service"]),
+                format!(
+                    "pid {} exited ({})",
+                    entry["pid"],
+                    match (entry["exit_code"].as_u64(), entry["signal"].as_u64()) {
+                        (Some(code), _) => format!("status {code}"),
+                        (_, Some(sig)) => crate::events::signal_name(sig as u32),
+                        _ => "?".into(),
+                    }
+                ),
+            ),
+            "events_lost" => (
+                "-",
+                format!(
+                    "{} kernel records lost; state resynchronised",
+                    entry["count"]
+                ),
+            ),
+            other => ("-", other.to_string()),
+        }
+    } else if entry["alert"].is_object() {
+        let alert = &entry["alert"];
+        (
+            s(&alert["service"]),
+            format!("ALERT {}: {}", s(&alert["kind"]), s(&alert["summary"])),
+        )
+    } else {
+        let event = entry["event"].as_str().unwrap_or("?");
+        let window = &entry["window"];
+        match event {
+            "control" => (
+                entry["request"]["service"]
+                    .as_str()
+                    .or(entry["request"]["target"].as_str())
+                    .unwrap_or("-"),
+                format!(
+                    "{} by {}",
+                    s(&entry["request"]["command"]).replace('_', " "),
+                    who(if entry["peer"]["loginuid"].is_null() {
+                        &entry["peer"]["uid"]
+                    } else {
+                        &entry["peer"]["loginuid"]
+                    })
+                ),
+            ),
+            "permission_denied" => (
+                entry["request"]["service"].as_str().unwrap_or("-"),
+                format!(
+                    "refused {} from uid {}: permission denied",
+                    s(&entry["request"]["command"]).replace('_', " "),
+                    entry["peer"]["uid"]
+                ),
+            ),
+            "window_expired" => (
+                s(&window["service"]),
+                format!(
+                    "window {} '{}' expired",
+                    s(&window["id"]),
+                    s(&window["reason"])
+                ),
+            ),
+            "thawed" | "killed" => (
+                s(&entry["service"]),
+                format!("pid {} {event}", entry["pid"]),
+            ),
+            "respawn_retry_killed" => (
+                s(&entry["service"]),
+                format!(
+                    "respawned again as pid {}, killed ({} retries; pid {} stays frozen)",
+                    entry["pid"], entry["retries"], entry["frozen_pid"]
+                ),
+            ),
+            "guard_released" => (
+                "-",
+                format!("pid {} released from the exec guard", entry["pid"]),
+            ),
+            "events_lost" => ("-", format!("{} kernel records lost", entry["count"])),
+            "state_restored" => (
+                "-",
+                format!(
+                    "agent restarted: {} windows, frozen {}",
+                    entry["windows"].as_array().map_or(0, Vec::len),
+                    entry["frozen"]
+                ),
+            ),
+            other => ("-", other.replace('_', " ")),
+        }
+    };
+    format!("{at}  {service:<12} {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_filters_and_describes() {
+        let dir = std::env::temp_dir().join(format!("sg-audit-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let old = humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(7200))
+            .to_string();
+        fs::write(
+            &path,
+            format!(
+                "{{\"at\":\"{old}\",\"finding\":\"operator_stop\",\"service\":\"pg\",\"loginuid\":1000,\"signal_name\":\"SIGTERM\",\"sender\":{{\"comm\":\"kill\",\"pid\":7}},\"via\":null}}\n\
+                 {{\"at\":\"{now}\",\"alert\":{{\"service\":\"pg\",\"kind\":\"respawn_after_operator_stop\",\"summary\":\"pg respawned by monit\"}}}}\n\
+                 {{\"at\":\"{now}\",\"event\":\"thawed\",\"service\":\"redis\",\"pid\":9}}\n\
+                 {{\"at\":\"{now}\",\"event\":\"thaw"
+            ),
+        )
+        .unwrap();
+        let all = read(&path, None, None).unwrap();
+        assert_eq!((all.entries.len(), all.unreadable), (3, 1));
+        let recent = read(&path, Some(Duration::from_secs(3600)), Some("pg")).unwrap();
+        assert_eq!(recent.entries.len(), 1);
+        assert_eq!(
+            describe(&recent.entries[0]),
+            format!("{now}  pg           ALERT respawn_after_operator_stop: pg respawned by monit")
+        );
+        let stop = describe(&all.entries[0]);
+        assert!(
+            stop.ends_with("pg           stopped by uid 1000 (SIGTERM from kill pid 7)")
+                || stop.contains("stopped by")
+                    && stop.contains("(uid 1000) (SIGTERM from kill pid 7)"),
+            "{stop}"
+        );
+        assert_eq!(read(&path, None, Some("redis")).unwrap().entries.len(), 1);
+        assert!(
+            read(&dir.join("none"), None, None)
+                .unwrap()
+                .entries
+                .is_empty()
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
