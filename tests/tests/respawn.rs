@@ -14,7 +14,21 @@ use stopguard_tests::{
     state_of, stopguard_bin,
 };
 
-/// A sandbox: a data file, the daemon's copy, a runit service dir.
+/// The supervisors the respawn tests run, each as its own service runner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Supervisor {
+    /// runit's runsv on a service dir.
+    Runit,
+    /// s6-supervise on the same kind of dir.
+    S6,
+    /// daemontools' supervise on the same kind of dir.
+    Daemontools,
+    /// supervisord with one [program].
+    Supervisord,
+}
+
+/// A sandbox: a data file, the daemon's copy, a service dir for runsv,
+/// s6-supervise and supervise.
 struct Sandbox {
     dir: PathBuf,
     supervisor: Option<Child>,
@@ -62,8 +76,14 @@ impl Sandbox {
     }
 
     fn start_agent(&mut self, policy: &str) {
+        self.start_agent_with(policy, "", "");
+    }
+
+    /// The agent on this sandbox's config, with extra lines for its
+    /// `[agent]` table and its `[[service]]`.
+    fn start_agent_with(&mut self, policy: &str, agent: &str, service: &str) {
         let config = format!(
-            "[agent]\nhost = \"test-host\"\naudit_log = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[[service]]\nname = \"sgdaemon\"\nexe = [\"{}/bin/sgdaemon\"]\non_unexpected_respawn = \"{policy}\"\n",
+            "[agent]\nhost = \"test-host\"\naudit_log = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{agent}\n\n[[service]]\nname = \"sgdaemon\"\nexe = [\"{}/bin/sgdaemon\"]\non_unexpected_respawn = \"{policy}\"\n{service}\n",
             self.dir.join("audit.jsonl").display(),
             self.dir.join("sock").display(),
             self.dir.join("state").display(),
@@ -87,13 +107,42 @@ impl Sandbox {
     }
 
     fn start_runsv(&mut self) -> u32 {
-        let runsv = Command::new("runsv")
-            .arg(self.dir.join("sv"))
+        self.start_supervisor(Supervisor::Runit)
+    }
+
+    fn start_supervisor(&mut self, kind: Supervisor) -> u32 {
+        let sv = self.dir.join("sv");
+        let mut command = match kind {
+            Supervisor::Runit => Command::new("runsv"),
+            Supervisor::S6 => Command::new("s6-supervise"),
+            Supervisor::Daemontools => Command::new("supervise"),
+            Supervisor::Supervisord => {
+                let d = self.dir.display();
+                let conf = self.dir.join("supervisord.conf");
+                fs::write(
+                    &conf,
+                    format!(
+                        "[supervisord]\nnodaemon=true\nuser=root\nlogfile={d}/supervisord.log\n\
+                         pidfile={d}/supervisord.pid\n\n\
+                         [program:sgdaemon]\ncommand={d}/bin/sgdaemon {d}/data\n\
+                         autorestart=true\nstartsecs=0\nstartretries=100\n"
+                    ),
+                )
+                .unwrap();
+                let mut command = Command::new("supervisord");
+                command.arg("-c").arg(conf);
+                command
+            }
+        };
+        if kind != Supervisor::Supervisord {
+            command.arg(&sv);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
-        self.supervisor = Some(runsv);
+            .unwrap_or_else(|e| panic!("starting {kind:?}: {e}"));
+        self.supervisor = Some(child);
         self.wait_for_daemon(None)
     }
 
@@ -181,14 +230,15 @@ fn operator_kill(pid: u32) {
     ));
 }
 
-#[test]
-fn runsv_respawn_after_an_operator_stop_is_frozen_and_named() {
-    let Some(_probes) = root_test("runsv_respawn_after_an_operator_stop_is_frozen_and_named")
-    else {
+/// An operator stops the daemon; `kind` restarts it; the agent names
+/// `kind` (by the comm it runs as) and freezes the respawn before its first
+/// instruction.
+fn respawn_is_frozen_and_named(test: &str, kind: Supervisor, comm: &str) {
+    let Some(_probes) = root_test(test) else {
         return;
     };
-    let mut sandbox = Sandbox::new("freeze");
-    let first = sandbox.start_runsv();
+    let mut sandbox = Sandbox::new(test);
+    let first = sandbox.start_supervisor(kind);
     sandbox.start_agent("freeze");
     operator_kill(first);
     let alert = sandbox
@@ -197,14 +247,14 @@ fn runsv_respawn_after_an_operator_stop_is_frozen_and_named() {
     assert_eq!(alert["kind"], "respawn_after_operator_stop", "{alert:#}");
     assert_eq!(alert["host"], "test-host");
     assert_eq!(alert["service"], "sgdaemon");
-    assert_eq!(alert["respawned_by"]["supervisor"], "runsv", "{alert:#}");
+    assert_eq!(alert["respawned_by"]["supervisor"], comm, "{alert:#}");
     assert_eq!(alert["stopped_by"]["loginuid"], 1000, "{alert:#}");
     assert_eq!(alert["stopped_by"]["comm"], "kill", "{alert:#}");
     assert_eq!(alert["stopped_by"]["signal"], "SIGTERM", "{alert:#}");
     assert_eq!(alert["window"], Value::Null);
     let summary = alert["summary"].as_str().unwrap();
     assert!(
-        summary.starts_with("sgdaemon respawned by runsv "),
+        summary.starts_with(&format!("sgdaemon respawned by {comm} ")),
         "{summary}"
     );
     assert!(summary.contains("uid 1000"), "{summary}");
@@ -237,6 +287,50 @@ fn runsv_respawn_after_an_operator_stop_is_frozen_and_named() {
             .any(|a| a["alert"]["process"]["pid"] == respawned),
         "{audit:#?}"
     );
+    let dir = sandbox.dir.clone();
+    drop(sandbox);
+    assert_clean(&dir, &[respawned]);
+}
+
+/// Nothing a sandbox started outlives it: no process running from its
+/// directory, no cgroup left for the processes it froze.
+fn assert_clean(dir: &std::path::Path, frozen: &[u32]) {
+    let dir = dir.to_string_lossy();
+    let left: Vec<String> = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
+        .filter_map(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&*dir).then(|| format!("{pid} {cmdline}"))
+        })
+        .collect();
+    assert!(left.is_empty(), "left running: {left:#?}");
+    for pid in frozen {
+        let cgroup = format!("/sys/fs/cgroup/unified/stopguard/frozen-{pid}");
+        assert!(!std::path::Path::new(&cgroup).exists(), "{cgroup} left");
+    }
+}
+
+#[test]
+fn runsv_respawn_after_an_operator_stop_is_frozen_and_named() {
+    respawn_is_frozen_and_named("runsv", Supervisor::Runit, "runsv");
+}
+
+#[test]
+fn s6_supervise_respawn_after_an_operator_stop_is_frozen_and_named() {
+    respawn_is_frozen_and_named("s6", Supervisor::S6, "s6-supervise");
+}
+
+#[test]
+fn daemontools_supervise_respawn_after_an_operator_stop_is_frozen_and_named() {
+    respawn_is_frozen_and_named("daemontools", Supervisor::Daemontools, "supervise");
+}
+
+#[test]
+fn supervisord_respawn_after_an_operator_stop_is_frozen_and_named() {
+    respawn_is_frozen_and_named("supervisord", Supervisor::Supervisord, "supervisord");
 }
 
 #[test]
