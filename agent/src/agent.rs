@@ -656,11 +656,16 @@ impl Agent {
             .find(|(name, _)| *name == service)
             .and_then(|(_, pid)| monitor.table().live(pid))
             .map(|p| (p.pid, p.key.start_ticks));
+        let window = WindowInfo::new(&window, &self.clock);
+        if let Some((pid, _)) = main.filter(|(pid, _)| self.held.contains_key(pid)) {
+            return Answer::Now(json!({
+                "ok": true, "service": service, "window": window, "held_frozen": pid,
+            }));
+        }
         let command = self
             .services
             .get(&service)
             .and_then(|s| s.stop_command.clone());
-        let window = WindowInfo::new(&window, &self.clock);
         Answer::Later(Box::pin(stop_service(
             service,
             command,

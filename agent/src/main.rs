@@ -308,7 +308,25 @@ fn client(socket: Option<PathBuf>, request: &Request, json: bool) -> Result<()> 
         Request::WindowOpen { .. } => {
             println!("{}", answer["window"]["id"].as_str().unwrap_or("?"))
         }
-        Request::WindowClose { .. } => println!("{answer}"),
+        Request::WindowClose { .. } => {
+            let window = &answer["window"];
+            println!(
+                "window {} on {} closed",
+                window["id"].as_str().unwrap_or("?"),
+                window["service"].as_str().unwrap_or("?")
+            );
+            for (key, done) in [("thawed", "thawed"), ("killed", "killed")] {
+                if let Some(pids) = answer[key].as_array().filter(|p| !p.is_empty()) {
+                    println!("{done}: {}", join(pids));
+                }
+            }
+            if let Some(pids) = answer["still_frozen"].as_array().filter(|p| !p.is_empty()) {
+                println!(
+                    "still frozen: {} (stopguard thaw PID lets one run)",
+                    join(pids)
+                );
+            }
+        }
         Request::WindowList => {
             for w in answer["windows"].as_array().into_iter().flatten() {
                 println!(
@@ -338,6 +356,10 @@ fn client(socket: Option<PathBuf>, request: &Request, json: bool) -> Result<()> 
                     .unwrap_or_default()
             );
             match answer["pid"].as_u64() {
+                _ if answer["held_frozen"].is_u64() => println!(
+                    "{service} is not running: pid {} is held frozen (stopguard thaw {service} lets it run)",
+                    answer["held_frozen"]
+                ),
                 Some(pid) => println!(
                     "stopped {service} (pid {pid}, {}) in {} s",
                     answer["command"]
@@ -376,4 +398,9 @@ fn client(socket: Option<PathBuf>, request: &Request, json: bool) -> Result<()> 
         }
     }
     Ok(())
+}
+
+fn join(values: &[serde_json::Value]) -> String {
+    let texts: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    texts.join(", ")
 }

@@ -586,3 +586,210 @@ fn a_kill_9_of_the_agent_loses_no_window_and_no_frozen_process() {
     sandbox.ok(&["window", "close", "sgdaemon", "--thaw"]);
     assert_eq!(sandbox.wait_for_daemon(Some(first)), respawned);
 }
+
+/// How the agent names a uid: "name (uid N)", or "uid N" when the host
+/// has no such user.
+fn person(uid: u32) -> String {
+    match bash(&format!("getent passwd {uid} | cut -d: -f1 || true")).trim() {
+        "" => format!("uid {uid}"),
+        name => format!("{name} (uid {uid})"),
+    }
+}
+
+/// Runs `stopguard ARGS` against `sandbox`'s agent from an operator's shell
+/// (loginuid 1000); returns its stdout.
+fn as_operator(sandbox: &Sandbox, args: &str) -> String {
+    bash(&format!(
+        "echo 1000 > /proc/self/loginuid && {} --socket {} {args}",
+        stopguard_bin().display(),
+        sandbox.dir.join("sock").display()
+    ))
+}
+
+#[test]
+fn stopguard_stop_opens_a_window_stops_the_service_and_the_respawn_is_frozen() {
+    let test = "stopguard_stop_opens_a_window_stops_the_service_and_the_respawn_is_frozen";
+    let Some(_probes) = root_test(test) else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("stop");
+    let first = sandbox.start_runsv();
+    // Outside a window the policy would only alert: `stop` opens one.
+    sandbox.start_agent("alert");
+    let out = as_operator(&sandbox, "stop sgdaemon --reason 'disk swap'");
+    assert!(
+        out.starts_with("window w1 open on sgdaemon ('disk swap')\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("stopped sgdaemon (pid {first}, SIGTERM) in ")),
+        "{out}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{first}")).exists(),
+        "`stop` returned before pid {first} exited"
+    );
+
+    let alert = sandbox
+        .next_alert(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no alert; audit: {:#?}", sandbox.audit()));
+    assert_eq!(alert["kind"], "respawn_in_window", "{alert:#}");
+    assert_eq!(alert["window"]["reason"], "disk swap", "{alert:#}");
+    assert_eq!(alert["window"]["opened_by"], person(1000), "{alert:#}");
+    assert_eq!(alert["stopped_by"]["comm"], "stopguard", "{alert:#}");
+    assert_eq!(alert["stopped_by"]["loginuid"], 1000, "{alert:#}");
+    assert_eq!(
+        alert["stopped_by"]["via"], "stopguard stop sgdaemon",
+        "{alert:#}"
+    );
+    let respawned = alert["process"]["pid"].as_u64().unwrap() as u32;
+    assert!(in_frozen_cgroup(respawned));
+
+    // The timeline, for a person and for a script.
+    let timeline = sandbox.ok(&["audit", "--service", "sgdaemon", "--since", "10m"]);
+    assert!(
+        timeline.contains(&format!(
+            "stopped by {} (SIGTERM from stopguard pid {}, via `stopguard stop sgdaemon`)",
+            person(1000),
+            alert["stopped_by"]["pid"]
+        )),
+        "{timeline}"
+    );
+    assert!(
+        timeline.contains("sgdaemon     ALERT respawn_in_window: sgdaemon respawned by runsv"),
+        "{timeline}"
+    );
+    let entries: Vec<Value> = sandbox
+        .ok(&["audit", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries, sandbox.audit());
+
+    let out = sandbox.ok(&["window", "close", "sgdaemon", "--thaw"]);
+    assert_eq!(
+        out,
+        format!("window w1 on sgdaemon closed\nthawed: {respawned}\n")
+    );
+    assert_eq!(sandbox.wait_for_daemon(Some(first)), respawned);
+    let dir = sandbox.dir.clone();
+    drop(sandbox);
+    assert_clean(&dir, &[respawned]);
+}
+
+#[test]
+fn a_configured_stop_command_runs_with_the_operators_login() {
+    let Some(_probes) = root_test("a_configured_stop_command_runs_with_the_operators_login") else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("stopcmd");
+    let first = sandbox.start_runsv();
+    let exe = sandbox.dir.join("bin/sgdaemon");
+    sandbox.start_agent_with(
+        "alert",
+        "",
+        &format!(
+            "stop_command = [\"pkill\", \"-TERM\", \"-f\", \"{}\"]",
+            exe.display()
+        ),
+    );
+    let out = as_operator(&sandbox, "stop sgdaemon --for 10m");
+    assert!(
+        out.contains(&format!(
+            "stopped sgdaemon (pid {first}, `pkill -TERM -f {}`) in ",
+            exe.display()
+        )),
+        "{out}"
+    );
+    let alert = sandbox
+        .next_alert(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no alert; audit: {:#?}", sandbox.audit()));
+    assert_eq!(alert["kind"], "respawn_in_window", "{alert:#}");
+    assert_eq!(alert["stopped_by"]["comm"], "pkill", "{alert:#}");
+    assert_eq!(alert["stopped_by"]["loginuid"], 1000, "{alert:#}");
+    assert!(alert["window"]["expires_at"].is_string(), "{alert:#}");
+
+    // Stopping again: the same window; the respawn is held, not signalled.
+    let respawned = alert["process"]["pid"].as_u64().unwrap();
+    let out = sandbox.ok(&["stop", "sgdaemon"]);
+    assert!(out.starts_with("window w1 open on sgdaemon"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "sgdaemon is not running: pid {respawned} is held frozen"
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_operators_own_restart_inside_a_window_is_not_frozen() {
+    let Some(_probes) = root_test("the_operators_own_restart_inside_a_window_is_not_frozen") else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("own");
+    let start = format!(
+        "echo 1000 > /proc/self/loginuid && setsid -f {d}/bin/sgdaemon {d}/data </dev/null >/dev/null 2>&1",
+        d = sandbox.dir.display()
+    );
+    bash(&start);
+    let first = sandbox.wait_for_daemon(None);
+    sandbox.start_agent("freeze");
+    sandbox.ok(&["window", "open", "sgdaemon", "--reason", "config change"]);
+    operator_kill(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{first}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The guard stops it at exec; the agent sees the operator and lets go.
+    bash(&start);
+    let second = sandbox.wait_for_daemon(Some(first));
+    assert_ne!(state_of(second), 'T');
+    assert!(sandbox.next_alert(Duration::from_secs(1)).is_none());
+    let audit = sandbox.audit();
+    let start = audit
+        .iter()
+        .find(|a| a["finding"] == "operator_start")
+        .unwrap_or_else(|| panic!("no operator_start in {audit:#?}"));
+    assert_eq!(start["started"]["pid"], second);
+    assert_eq!(start["loginuid"], 1000);
+    assert!(
+        audit
+            .iter()
+            .any(|a| a["event"] == "guard_released" && a["pid"] == second),
+        "{audit:#?}"
+    );
+}
+
+#[test]
+fn lost_records_inside_a_window_raise_an_events_lost_alert() {
+    let Some(_probes) = root_test("lost_records_inside_a_window_raise_an_events_lost_alert") else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("lost");
+    let running = sandbox.start_runsv();
+    sandbox.start_agent_with("alert", "ring_bytes = 4096", "");
+    sandbox.ok(&["window", "open", "sgdaemon", "--reason", "reindex"]);
+    // A burst far faster than the agent reads a 4 KiB ring.
+    bash("perl -e 'kill q(CONT), $$ for 1..200000'");
+    let alert = sandbox
+        .next_alert(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no alert; audit: {:#?}", sandbox.audit()));
+    assert_eq!(alert["kind"], "events_lost", "{alert:#}");
+    assert_eq!(alert["severity"], "warning", "{alert:#}");
+    assert_eq!(alert["service"], "sgdaemon", "{alert:#}");
+    assert_eq!(alert["window"]["id"], "w1", "{alert:#}");
+    assert_eq!(
+        alert["process"],
+        Value::Null,
+        "the same daemon runs: {alert:#}"
+    );
+    let summary = alert["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("kernel records lost while sgdaemon was in window w1 'reindex'"),
+        "{summary}"
+    );
+    let status = sandbox.json(&["status"]);
+    assert!(status["lost"].as_u64().unwrap() > 0, "{status:#}");
+    assert_eq!(status["services"][0]["pid"], running, "{status:#}");
+}

@@ -14,8 +14,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the end-to-end tests run for real: bash, coreutils and
 /// procps for the workloads, perl for the signal storm, util-linux for
-/// setpriv, a C compiler for the multi-threaded fixture, runit and monit
-/// as real supervisors, PostgreSQL as the real database.
+/// setpriv, a C compiler for the multi-threaded fixture, runit, monit,
+/// supervisord, s6 and daemontools as real supervisors, PostgreSQL as the
+/// real database.
 const TEST_PACKAGES: &[&str] = &[
     "bash",
     "coreutils",
@@ -26,6 +27,9 @@ const TEST_PACKAGES: &[&str] = &[
     "libc6-dev",
     "runit",
     "monit",
+    "supervisor",
+    "s6",
+    "daemontools",
     "postgresql",
 ];
 
