@@ -11,6 +11,7 @@ use std::{
 
 use stopguard_tests::{
     Agent, bash, in_frozen_cgroup, remove_frozen_cgroups, root_test, start_monit, state_of,
+    stopguard_bin,
 };
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -20,6 +21,8 @@ struct Cluster {
     port: u16,
     monit: Option<Child>,
     agent: Option<Agent>,
+    /// Held until everything is cleaned up.
+    probes: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl Cluster {
@@ -38,6 +41,7 @@ impl Cluster {
             port,
             monit: None,
             agent: None,
+            probes: None,
         }
     }
 
@@ -132,34 +136,42 @@ impl Drop for Cluster {
     }
 }
 
-#[test]
-fn pg_ctl_stop_then_monit_respawn_is_frozen_before_it_serves() {
-    let Some(_probes) = root_test("pg_ctl_stop_then_monit_respawn_is_frozen_before_it_serves")
-    else {
-        return;
-    };
+/// The incident, with or without a window opened first by the operator:
+/// returns the cluster (agent running, the respawn frozen) and the alert.
+fn incident(test: &str, window: bool) -> Option<(Cluster, serde_json::Value)> {
+    let probes = root_test(test)?;
     assert!(
         Path::new(BIN).exists(),
         "PostgreSQL 15 is not installed: run `cargo xtask test`"
     );
     let mut cluster = Cluster::new();
+    cluster.probes = Some(probes);
     cluster.start_monit();
     let first = cluster.wait_serving(Duration::from_secs(30));
     cluster
         .query("create table t (x int); insert into t values (1)")
         .unwrap();
+    let d = cluster.dir.display();
     cluster.agent = Some(Agent::start(
         &cluster.dir.join("stopguard.toml"),
         &format!(
-            "[agent]\nhost = \"db-test\"\naudit_log = \"{}/audit.jsonl\"\n\n[[service]]\nname = \"postgres\"\n\
-             exe = [\"{BIN}/postgres\"]\non_unexpected_respawn = \"freeze\"\n",
-            cluster.dir.display()
+            "[agent]\nhost = \"db-test\"\naudit_log = \"{d}/audit.jsonl\"\nsocket = \"{d}/sock\"\n\
+             state_dir = \"{d}/state\"\n\n[[service]]\nname = \"postgres\"\n\
+             exe = [\"{BIN}/postgres\"]\non_unexpected_respawn = \"freeze\"\n"
         ),
     ));
 
     // The operator, logged in as uid 1000, stops the database for maintenance.
+    let open = if window {
+        format!(
+            "{} --socket {d}/sock window open postgres --reason 'schema change' >/dev/null && ",
+            stopguard_bin().display()
+        )
+    } else {
+        String::new()
+    };
     bash(&format!(
-        "echo 1000 > /proc/self/loginuid && \
+        "echo 1000 > /proc/self/loginuid && {open}\
          setpriv --reuid=postgres --regid=postgres --init-groups {} -m fast >/dev/null",
         cluster.pg_ctl("stop")
     ));
@@ -174,11 +186,20 @@ fn pg_ctl_stop_then_monit_respawn_is_frozen_before_it_serves() {
                 fs::read_to_string(cluster.dir.join("audit.jsonl")).unwrap_or_default()
             )
         });
-    assert_eq!(alert["kind"], "respawn_after_operator_stop", "{alert:#}");
+    let kind = if window {
+        "respawn_in_window"
+    } else {
+        "respawn_after_operator_stop"
+    };
+    assert_eq!(alert["kind"], kind, "{alert:#}");
     assert_eq!(alert["service"], "postgres");
     assert_eq!(alert["respawned_by"]["supervisor"], "monit", "{alert:#}");
     assert_eq!(alert["stopped_by"]["loginuid"], 1000, "{alert:#}");
     assert_eq!(alert["stopped_by"]["comm"], "pg_ctl", "{alert:#}");
+    assert!(
+        alert["detected_after_ms"].as_f64().unwrap() < 1000.0,
+        "{alert:#}"
+    );
     let chain: Vec<&str> = alert["respawned_by"]["chain"]
         .as_array()
         .unwrap()
@@ -219,4 +240,55 @@ fn pg_ctl_stop_then_monit_respawn_is_frozen_before_it_serves() {
         before,
         "the data directory changed while frozen"
     );
+    Some((cluster, alert))
+}
+
+#[test]
+fn pg_ctl_stop_then_monit_respawn_is_frozen_before_it_serves() {
+    incident(
+        "pg_ctl_stop_then_monit_respawn_is_frozen_before_it_serves",
+        false,
+    );
+}
+
+#[test]
+fn inside_a_window_the_respawn_is_frozen_until_the_window_closes_with_thaw() {
+    let Some((cluster, alert)) = incident(
+        "inside_a_window_the_respawn_is_frozen_until_the_window_closes_with_thaw",
+        true,
+    ) else {
+        return;
+    };
+    assert_eq!(alert["window"]["id"], "w1", "{alert:#}");
+    assert_eq!(alert["window"]["reason"], "schema change", "{alert:#}");
+    assert!(
+        alert["window"]["opened_by"]
+            .as_str()
+            .unwrap()
+            .contains("uid 1000"),
+        "{alert:#}"
+    );
+    assert!(
+        alert["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("window w1 'schema change'"),
+        "{alert:#}"
+    );
+    let respawned = alert["process"]["pid"].as_u64().unwrap();
+    let out = bash(&format!(
+        "{} --socket {}/sock window close postgres --thaw",
+        stopguard_bin().display(),
+        cluster.dir.display()
+    ));
+    assert_eq!(
+        out,
+        format!("window w1 on postgres closed\nthawed: {respawned}\n")
+    );
+    // The thawed postmaster finishes starting and serves the data.
+    assert_eq!(
+        cluster.wait_serving(Duration::from_secs(30)),
+        respawned as u32
+    );
+    assert_eq!(cluster.query("select x from t").as_deref(), Some("1"));
 }
