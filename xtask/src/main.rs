@@ -38,6 +38,12 @@ enum Task {
     },
     /// Measure the agent's overhead on a fork+exec storm.
     Bench(bench::Args),
+    /// Replay the incident in a sandbox: PostgreSQL under monit, an operator
+    /// stop, monit's restart frozen by stopguard; then clean up.
+    ///
+    /// Needs root (it loads eBPF programs and runs a database); installs monit
+    /// and PostgreSQL when missing.
+    Demo,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +69,7 @@ fn run(cli: Cli) -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test { args } => test(&args),
+        Task::Demo => demo(),
         Task::Bench(args) => {
             build_ebpf()?;
             let agent = build_agent()?;
@@ -166,6 +173,28 @@ fn test(args: &[String]) -> Result<()> {
     println!("all tests: {passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
         bail!("tests failed ({status})");
+    }
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the demo loads eBPF programs and runs a database: run it as root (sudo -E cargo xtask demo)"
+        );
+    }
+    toolchain::ensure_test_packages()?;
+    build_ebpf()?;
+    let agent = build_agent()?;
+    step("the incident, replayed");
+    let script = workspace_root().join("xtask/demo/incident.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(&agent)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        bail!("the demo failed ({status})");
     }
     Ok(())
 }
