@@ -69,6 +69,7 @@ struct State {
 }
 
 struct Agent {
+    freezer: actions::Freezer,
     state_path: PathBuf,
     audit_path: PathBuf,
     guarded: std::collections::BTreeSet<String>,
@@ -86,6 +87,7 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut agent = Agent {
+        freezer: config.agent.freezer,
         state_path: config.agent.state_dir.join("state.json"),
         audit_path: config.agent.audit_log.clone(),
         guarded: Default::default(),
@@ -487,7 +489,7 @@ impl Agent {
     }
 
     fn freeze(&mut self, started: &Started, keep_stopped: &mut Vec<u32>) -> String {
-        match actions::freeze(started.pid) {
+        match actions::freeze(started.pid, self.freezer) {
             Ok(frozen) => {
                 let how = if frozen.cgroup.is_some() {
                     "frozen (SIGSTOP at exec, cgroup frozen)"

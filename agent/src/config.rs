@@ -31,6 +31,8 @@ pub struct Agent {
     pub control_group: Option<String>,
     /// Kernel ring buffer size in bytes: a power of two, at least 4096.
     pub ring_bytes: u32,
+    /// The cgroup freezer that holds frozen respawns.
+    pub freezer: crate::actions::Freezer,
 }
 
 impl Default for Agent {
@@ -42,6 +44,7 @@ impl Default for Agent {
             audit_log: "/var/log/stopguard/audit.jsonl".into(),
             control_group: None,
             ring_bytes: crate::kernel::DEFAULT_RING_BYTES,
+            freezer: Default::default(),
         }
     }
 }
@@ -190,6 +193,9 @@ mod tests {
 
     #[test]
     fn ring_size_and_stop_command_are_checked() {
+        let text = "[agent]\nfreezer = \"cgroup3\"\n";
+        let err = format!("{:#}", Config::parse(text, "f.toml").unwrap_err());
+        assert!(err.contains("line 2") && err.contains("cgroup2"), "{err}");
         let text = "[agent]\nring_bytes = 5000\n";
         let err = format!("{:#}", Config::parse(text, "f.toml").unwrap_err());
         assert_eq!(

@@ -259,6 +259,15 @@ pub fn in_frozen_cgroup(pid: u32) -> bool {
             .is_ok_and(|p| p.lines().any(|l| l == pid.to_string()))
 }
 
+/// Whether `pid` sits in its own frozen cgroup v1 freezer cgroup.
+pub fn in_frozen_v1_cgroup(pid: u32) -> bool {
+    let dir =
+        std::path::Path::new("/sys/fs/cgroup/freezer/stopguard").join(format!("frozen-{pid}"));
+    std::fs::read_to_string(dir.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+        && std::fs::read_to_string(dir.join("cgroup.procs"))
+            .is_ok_and(|p| p.lines().any(|l| l == pid.to_string()))
+}
+
 /// The state letter of /proc/PID/stat ('T' when stopped).
 pub fn state_of(pid: u32) -> char {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -275,7 +284,7 @@ pub fn state_of(pid: u32) -> char {
 pub fn remove_frozen_cgroups() {
     let _ = Command::new("/bin/sh")
         .arg("-c")
-        .arg("for d in /sys/fs/cgroup/unified/stopguard/frozen-*; do [ -d \"$d\" ] && rmdir \"$d\"; done; true")
+        .arg("for d in /sys/fs/cgroup/unified/stopguard/frozen-* /sys/fs/cgroup/freezer/stopguard/frozen-*; do [ -d \"$d\" ] && rmdir \"$d\"; done; true")
         .status();
 }
 

@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::Value;
 use stopguard_tests::{
-    Agent, bash, fixture, in_frozen_cgroup, remove_frozen_cgroups, root_test, start_monit,
-    state_of, stopguard_bin,
+    Agent, bash, fixture, in_frozen_cgroup, in_frozen_v1_cgroup, remove_frozen_cgroups, root_test,
+    start_monit, state_of, stopguard_bin,
 };
 
 /// The supervisors the respawn tests run, each as its own service runner.
@@ -308,8 +308,10 @@ fn assert_clean(dir: &std::path::Path, frozen: &[u32]) {
         .collect();
     assert!(left.is_empty(), "left running: {left:#?}");
     for pid in frozen {
-        let cgroup = format!("/sys/fs/cgroup/unified/stopguard/frozen-{pid}");
-        assert!(!std::path::Path::new(&cgroup).exists(), "{cgroup} left");
+        for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/freezer"] {
+            let cgroup = format!("{root}/stopguard/frozen-{pid}");
+            assert!(!std::path::Path::new(&cgroup).exists(), "{cgroup} left");
+        }
     }
 }
 
@@ -792,4 +794,42 @@ fn lost_records_inside_a_window_raise_an_events_lost_alert() {
     let status = sandbox.json(&["status"]);
     assert!(status["lost"].as_u64().unwrap() > 0, "{status:#}");
     assert_eq!(status["services"][0]["pid"], running, "{status:#}");
+}
+
+#[test]
+fn the_cgroup_v1_freezer_holds_the_respawn_when_configured() {
+    let Some(_probes) = root_test("the_cgroup_v1_freezer_holds_the_respawn_when_configured") else {
+        return;
+    };
+    if !std::path::Path::new("/sys/fs/cgroup/freezer/cgroup.procs").exists() {
+        eprintln!("skipped: no cgroup v1 freezer hierarchy at /sys/fs/cgroup/freezer");
+        return;
+    }
+    let mut sandbox = Sandbox::new("freezer-v1");
+    let first = sandbox.start_runsv();
+    sandbox.start_agent_with("freeze", "freezer = \"cgroup1\"", "");
+    operator_kill(first);
+    let alert = sandbox
+        .next_alert(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no alert; audit: {:#?}", sandbox.audit()));
+    let respawned = alert["process"]["pid"].as_u64().unwrap() as u32;
+    assert!(in_frozen_v1_cgroup(respawned), "{alert:#}");
+    assert!(!in_frozen_cgroup(respawned));
+    let before = sandbox.data();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(sandbox.data(), before, "the data file changed while frozen");
+
+    assert_eq!(
+        sandbox.ok(&["thaw", "sgdaemon"]).trim(),
+        format!("thawed [{respawned}]")
+    );
+    assert_eq!(sandbox.wait_for_daemon(Some(first)), respawned);
+    let cgroup = fs::read_to_string(format!("/proc/{respawned}/cgroup")).unwrap();
+    assert!(
+        cgroup.lines().any(|l| l.ends_with(":freezer:/")),
+        "{cgroup}"
+    );
+    let dir = sandbox.dir.clone();
+    drop(sandbox);
+    assert_clean(&dir, &[respawned]);
 }

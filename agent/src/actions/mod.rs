@@ -13,6 +13,17 @@ use nix::{sys::signal, unistd::Pid};
 /// cgroup v2 hierarchy as mounted on hybrid hosts, then the unified root.
 const CGROUP2_ROOTS: [&str; 2] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
 
+/// Which cgroup freezer holds frozen processes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Freezer {
+    /// cgroup v2 where it is mounted, else the v1 freezer.
+    #[default]
+    Auto,
+    Cgroup2,
+    Cgroup1,
+}
+
 /// How a process was frozen, to undo it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Frozen {
@@ -20,9 +31,9 @@ pub struct Frozen {
     /// Its start time (clock ticks since boot), so a restarted agent can
     /// tell it from a later process with the same pid.
     pub start_ticks: Option<u64>,
-    /// The frozen cgroup holding it, when cgroup v2 freezing worked.
+    /// The frozen cgroup holding it (v2, or v1 freezer), when freezing worked.
     pub cgroup: Option<PathBuf>,
-    /// Its cgroup before, to move it back on thaw.
+    /// Its cgroup before (in the same hierarchy, relative to its root), to move it back on thaw.
     pub previous_cgroup: Option<PathBuf>,
 }
 
@@ -40,16 +51,57 @@ fn cgroup2_root() -> Option<&'static Path> {
         })
 }
 
-fn current_cgroup(pid: u32) -> Option<PathBuf> {
+/// The cgroup v1 freezer hierarchy's mount point, when one is mounted.
+fn freezer_v1_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        let mut fs = fs.split_whitespace();
+        let (kind, options) = (fs.next()?, fs.nth(1)?);
+        let point = mount.split_whitespace().nth(4)?;
+        (kind == "cgroup" && options.split(',').any(|o| o == "freezer"))
+            .then(|| PathBuf::from(point))
+    })
+}
+
+/// `pid`'s cgroup in the v2 hierarchy (`v1` false) or the v1 freezer one,
+/// relative to the hierarchy's root.
+fn current_cgroup(pid: u32, v1: bool) -> Option<PathBuf> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
+        .find_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            let wanted = if v1 {
+                controllers.split(',').any(|c| c == "freezer")
+            } else {
+                controllers.is_empty()
+            };
+            wanted.then_some(path)
+        })
         .map(|p| PathBuf::from(p.trim_start_matches('/')))
 }
 
-/// Stops `pid` now and, where cgroup v2 is available, moves it into a
-/// frozen cgroup of its own under `stopguard/`.
-pub fn freeze(pid: u32) -> Result<Frozen> {
+/// Moves `pid` into a new cgroup `frozen-PID` under `root/stopguard` and
+/// freezes it: v2 `cgroup.freeze`, or the v1 freezer's `freezer.state`.
+fn freeze_in(root: &Path, pid: u32, v1: bool, frozen: &mut Frozen) -> Result<()> {
+    let cgroup = root.join("stopguard").join(format!("frozen-{pid}"));
+    fs::create_dir_all(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
+    frozen.previous_cgroup = current_cgroup(pid, v1);
+    write(&cgroup.join("cgroup.procs"), &pid.to_string())?;
+    if v1 {
+        write(&cgroup.join("freezer.state"), "FROZEN")?;
+    } else {
+        write(&cgroup.join("cgroup.freeze"), "1")?;
+    }
+    frozen.cgroup = Some(cgroup);
+    Ok(())
+}
+
+/// Stops `pid` now and moves it into a frozen cgroup of its own under
+/// `stopguard/`: cgroup v2 where it is mounted, else the v1 freezer (or
+/// the one `freezer` names).
+pub fn freeze(pid: u32, freezer: Freezer) -> Result<Frozen> {
     signal::kill(Pid::from_raw(pid as i32), signal::Signal::SIGSTOP)
         .with_context(|| format!("SIGSTOP to pid {pid}"))?;
     let mut frozen = Frozen {
@@ -58,29 +110,34 @@ pub fn freeze(pid: u32) -> Result<Frozen> {
         cgroup: None,
         previous_cgroup: None,
     };
-    let Some(root) = cgroup2_root() else {
-        tracing::warn!("no cgroup v2 hierarchy: pid {pid} is held by SIGSTOP alone");
-        return Ok(frozen);
-    };
-    let cgroup = root.join("stopguard").join(format!("frozen-{pid}"));
-    let attempt = (|| -> Result<()> {
-        fs::create_dir_all(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
-        frozen.previous_cgroup = current_cgroup(pid);
-        write(&cgroup.join("cgroup.procs"), &pid.to_string())?;
-        write(&cgroup.join("cgroup.freeze"), "1")
-    })();
-    match attempt {
-        Ok(()) => frozen.cgroup = Some(cgroup),
-        Err(err) => tracing::warn!("pid {pid} is held by SIGSTOP alone: {err:#}"),
+    let v2 = cgroup2_root().filter(|_| freezer != Freezer::Cgroup1);
+    let v1 = freezer_v1_root().filter(|_| freezer != Freezer::Cgroup2);
+    let mut errors = Vec::new();
+    for (root, is_v1) in [(v2.map(Path::to_path_buf), false), (v1, true)] {
+        let Some(root) = root else { continue };
+        match freeze_in(&root, pid, is_v1, &mut frozen) {
+            Ok(()) => return Ok(frozen),
+            Err(err) => errors.push(format!("{err:#}")),
+        }
     }
+    if errors.is_empty() {
+        errors.push(format!("no usable cgroup freezer ({freezer:?})"));
+    }
+    tracing::warn!("pid {pid} is held by SIGSTOP alone: {}", errors.join("; "));
     Ok(frozen)
 }
 
 /// Lets a frozen process run again, and puts it back where it was.
 pub fn thaw(frozen: &Frozen) -> Result<()> {
     if let Some(cgroup) = &frozen.cgroup {
-        write(&cgroup.join("cgroup.freeze"), "0")?;
-        if let (Some(root), Some(previous)) = (cgroup2_root(), &frozen.previous_cgroup) {
+        if cgroup.join("freezer.state").exists() {
+            write(&cgroup.join("freezer.state"), "THAWED")?;
+        } else {
+            write(&cgroup.join("cgroup.freeze"), "0")?;
+        }
+        // The cgroup is ROOT/stopguard/frozen-PID.
+        let root = cgroup.parent().and_then(Path::parent);
+        if let (Some(root), Some(previous)) = (root, &frozen.previous_cgroup) {
             let _ = write(
                 &root.join(previous).join("cgroup.procs"),
                 &frozen.pid.to_string(),
