@@ -31,6 +31,7 @@ use crate::{
     kernel::comm_key,
     monitor::Monitor,
     process::ProcessTable,
+    sinks::{self, Delivery},
     trace::{Clock, boot_ns},
 };
 
@@ -69,6 +70,7 @@ struct State {
 }
 
 struct Agent {
+    delivery: Delivery,
     freezer: actions::Freezer,
     state_path: PathBuf,
     audit_path: PathBuf,
@@ -86,7 +88,14 @@ struct Agent {
 pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let audit = AuditLog::open(&config.agent.audit_log)?;
+    let delivery = Delivery::start(
+        sinks::load(&config.sinks)?,
+        &config.agent.state_dir.join("spool"),
+        audit.clone(),
+    )?;
     let mut agent = Agent {
+        delivery,
         freezer: config.agent.freezer,
         state_path: config.agent.state_dir.join("state.json"),
         audit_path: config.agent.audit_log.clone(),
@@ -98,7 +107,7 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
             .map(|s| (s.name.clone(), s.clone()))
             .collect(),
         detector: Detector::new(&config.services)?,
-        audit: AuditLog::open(&config.agent.audit_log)?,
+        audit,
         clock: Clock::now(),
         held: HashMap::new(),
         trains: HashMap::new(),
@@ -448,6 +457,11 @@ impl Agent {
     /// Announces an alert: the agent's log, stdout (one JSON line), the
     /// audit log.
     fn raise(&mut self, record: Alert) {
+        let value = serde_json::to_value(&record).expect("alerts serialize");
+        // In the spool, synced, before anyone hears of it.
+        if let Err(err) = self.delivery.deliver(&value) {
+            tracing::error!("spooling alert {}: {err:#}", record.id);
+        }
         tracing::error!("{}", record.summary);
         println!(
             "{}",
@@ -769,6 +783,8 @@ impl Agent {
                     "frozen": self.held.keys().collect::<Vec<_>>(),
                     "events": monitor.counts(),
                     "lost": self.lost,
+                    "spool_depth": self.delivery.spool_depth(),
+                    "sinks": self.delivery.sinks().map(|s| json!({"name": s.name, "kind": s.kind, "url": s.url})).collect::<Vec<_>>(),
                 })
             }
             Request::Stop { .. } | Request::Audit { .. } => {

@@ -15,9 +15,10 @@ use serde_json::Value;
 /// `stopguard audit` answers with at most this many entries, the newest.
 pub const MAX_ENTRIES: usize = 10_000;
 
-/// Appends JSON lines to the audit log.
+/// Appends JSON lines to the audit log; clones share the file.
+#[derive(Clone)]
 pub struct AuditLog {
-    file: fs::File,
+    file: std::sync::Arc<std::sync::Mutex<fs::File>>,
 }
 
 #[derive(Serialize)]
@@ -37,16 +38,19 @@ impl AuditLog {
             .append(true)
             .open(path)
             .with_context(|| format!("opening the audit log {}", path.display()))?;
-        Ok(AuditLog { file })
+        Ok(AuditLog {
+            file: std::sync::Arc::new(std::sync::Mutex::new(file)),
+        })
     }
 
-    pub fn write(&mut self, entry: &impl Serialize) {
+    pub fn write(&self, entry: &impl Serialize) {
         let line = AuditLine {
             at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             entry,
         };
         let text = serde_json::to_string(&line).expect("audit entries serialize");
-        if let Err(err) = writeln!(self.file, "{text}") {
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = writeln!(file, "{text}") {
             tracing::error!("writing the audit log: {err}");
         }
     }

@@ -15,6 +15,8 @@ pub struct Config {
     pub agent: Agent,
     #[serde(default, rename = "service")]
     pub services: Vec<Service>,
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<crate::sinks::SinkConfig>,
     /// Where it came from, for messages: a path or "embedded default".
     #[serde(skip)]
     pub source: String,
@@ -109,6 +111,7 @@ impl Config {
             }
         }
         config.source = source.to_string();
+        crate::sinks::check(&config.sinks).with_context(|| format!("reading {source}"))?;
         let ring = config.agent.ring_bytes;
         if ring < 4096 || !ring.is_power_of_two() {
             bail!(

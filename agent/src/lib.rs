@@ -21,4 +21,5 @@ pub mod events;
 pub mod kernel;
 pub mod monitor;
 pub mod process;
+pub mod sinks;
 pub mod trace;

@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::Value;
 use stopguard_tests::{
-    Agent, bash, fixture, in_frozen_cgroup, in_frozen_v1_cgroup, remove_frozen_cgroups, root_test,
-    start_monit, state_of, stopguard_bin,
+    Agent, Receiver, bash, fixture, in_frozen_cgroup, in_frozen_v1_cgroup, remove_frozen_cgroups,
+    root_test, start_monit, state_of, stopguard_bin, webhook_signature_valid,
 };
 
 /// The supervisors the respawn tests run, each as its own service runner.
@@ -832,4 +832,168 @@ fn the_cgroup_v1_freezer_holds_the_respawn_when_configured() {
     let dir = sandbox.dir.clone();
     drop(sandbox);
     assert_clean(&dir, &[respawned]);
+}
+
+/// `[[sink]]` tables for `receiver`, each `(kind, path, extra lines)`.
+fn sinks(receiver: &Receiver, sinks: &[(&str, &str, &str)]) -> String {
+    sinks
+        .iter()
+        .map(|(kind, path, extra)| {
+            format!(
+                "\n[[sink]]\nkind = \"{kind}\"\nurl = \"{}\"\n{extra}\n",
+                receiver.url(path)
+            )
+        })
+        .collect()
+}
+
+/// `n` operator stops of the runsv-supervised daemon, each answered by a
+/// respawn the alert policy lets run; returns the alerts.
+fn respawns(sandbox: &Sandbox, mut running: u32, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|_| {
+            operator_kill(running);
+            let alert = sandbox
+                .next_alert(Duration::from_secs(10))
+                .unwrap_or_else(|| panic!("no alert; audit: {:#?}", sandbox.audit()));
+            running = sandbox.wait_for_daemon(Some(running));
+            alert
+        })
+        .collect()
+}
+
+#[test]
+fn sinks_receive_the_alert_signed_and_shaped_and_no_secret_leaks() {
+    let test = "sinks_receive_the_alert_signed_and_shaped_and_no_secret_leaks";
+    let Some(_probes) = root_test(test) else {
+        return;
+    };
+    let receiver = Receiver::start();
+    let mut sandbox = Sandbox::new("sinks");
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let routing = "R0UTINGKEY1234567890abcdef";
+    fs::write(sandbox.dir.join("webhook.secret"), format!("{secret}\n")).unwrap();
+    fs::write(sandbox.dir.join("pd.key"), routing).unwrap();
+    let d = sandbox.dir.display().to_string();
+    let first = sandbox.start_runsv();
+    sandbox.start_agent_with(
+        "alert",
+        "",
+        &sinks(
+            &receiver,
+            &[
+                (
+                    "webhook",
+                    "/hook",
+                    &format!("secret_file = \"{d}/webhook.secret\""),
+                ),
+                ("slack", "/slack", ""),
+                ("teams", "/teams", ""),
+                ("pagerduty", "/pd", &format!("secret_file = \"{d}/pd.key\"")),
+            ],
+        ),
+    );
+    let alert = &respawns(&sandbox, first, 1)[0];
+    let got = receiver.wait_for(4, Duration::from_secs(10));
+    let by_path = |path: &str| got.iter().find(|r| r.path == path).unwrap().clone();
+
+    let hook = by_path("/hook");
+    assert_eq!(hook.json(), *alert, "the webhook body is the alert record");
+    assert_eq!(hook.headers["webhook-id"], alert["id"].as_str().unwrap());
+    assert!(webhook_signature_valid(secret, &hook), "{:?}", hook.headers);
+    let mut tampered = hook.clone();
+    tampered.body = String::from_utf8(hook.body.clone())
+        .unwrap()
+        .replace("sgdaemon", "sgdaem0n")
+        .into_bytes();
+    assert!(!webhook_signature_valid(secret, &tampered));
+
+    let slack = by_path("/slack").json();
+    let text = slack["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(alert["summary"].as_str().unwrap()),
+        "{text}"
+    );
+    assert!(text.contains("Restarted by: runsv"), "{text}");
+    assert!(slack["blocks"].as_array().unwrap().len() >= 3, "{slack:#}");
+    let teams = by_path("/teams").json();
+    assert_eq!(
+        teams["attachments"][0]["content"]["type"], "AdaptiveCard",
+        "{teams:#}"
+    );
+    let pd = by_path("/pd").json();
+    assert_eq!(pd["routing_key"], routing);
+    assert_eq!(pd["event_action"], "trigger");
+    assert_eq!(pd["dedup_key"], "test-host/sgdaemon/none");
+
+    // Secrets stay out of the audit log, the status and the spool.
+    let status = sandbox.ok(&["status", "--json"]);
+    let audit = fs::read_to_string(sandbox.dir.join("audit.jsonl")).unwrap();
+    for secret in [secret, routing] {
+        assert!(!audit.contains(secret), "secret in the audit log");
+        assert!(!status.contains(secret), "secret in the status");
+    }
+    assert!(audit.contains("\"alert_delivered\""), "{audit}");
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["spool_depth"], 0, "{status:#}");
+    assert_eq!(status["sinks"].as_array().unwrap().len(), 4, "{status:#}");
+}
+
+#[test]
+fn a_dead_receiver_gets_every_alert_once_it_is_up_even_across_a_kill_9() {
+    let test = "a_dead_receiver_gets_every_alert_once_it_is_up_even_across_a_kill_9";
+    let Some(_probes) = root_test(test) else {
+        return;
+    };
+    let mut receiver = Receiver::start();
+    receiver.down();
+    let down_at = Instant::now();
+    let mut sandbox = Sandbox::new("spool");
+    let first = sandbox.start_runsv();
+    let hook = sinks(&receiver, &[("webhook", "/hook", "")]);
+    sandbox.start_agent_with("alert", "", &hook);
+    let alerts = respawns(&sandbox, first, 3);
+    let status = sandbox.json(&["status"]);
+    assert_eq!(status["spool_depth"], 3, "{status:#}");
+
+    // The agent dies with three alerts pending; the next one delivers them.
+    sandbox.agent.as_mut().unwrap().kill9();
+    std::thread::sleep(Duration::from_secs(10));
+    sandbox.start_agent_with("alert", "", &hook);
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(down_at.elapsed()));
+    receiver.up();
+    let got = receiver.wait_for(3, Duration::from_secs(30));
+    let mut ids: Vec<&str> = got
+        .iter()
+        .map(|r| r.headers["webhook-id"].as_str())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let mut want: Vec<&str> = alerts.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    want.sort();
+    assert_eq!(ids, want, "every alert, each once");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sandbox.json(&["status"])["spool_depth"], 0);
+}
+
+#[test]
+fn a_429_with_retry_after_is_honoured() {
+    let Some(_probes) = root_test("a_429_with_retry_after_is_honoured") else {
+        return;
+    };
+    let receiver = Receiver::start();
+    receiver.answer(&[(429, Some(3))]);
+    let mut sandbox = Sandbox::new("retry-after");
+    let first = sandbox.start_runsv();
+    sandbox.start_agent_with("alert", "", &sinks(&receiver, &[("webhook", "/hook", "")]));
+    let alert = &respawns(&sandbox, first, 1)[0];
+    let got = receiver.wait_for(2, Duration::from_secs(15));
+    let waited = got[1].at - got[0].at;
+    assert!(
+        waited >= Duration::from_millis(2900),
+        "retried after {waited:?}"
+    );
+    for request in &got {
+        assert_eq!(request.headers["webhook-id"], alert["id"].as_str().unwrap());
+    }
 }

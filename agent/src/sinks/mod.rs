@@ -1,0 +1,521 @@
+//! Alert delivery. Every alert is written to a spool in `state_dir`
+//! (synced) before any attempt; one task per sink delivers in order,
+//! retries with exponential backoff and jitter, honours `Retry-After`, and
+//! marks an alert undeliverable for that sink only after `max_age` — logged
+//! and audited, never dropped silently. A sink that is down holds up only
+//! itself: detection and the other sinks go on.
+
+pub mod payload;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::audit::AuditLog;
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    Webhook,
+    Slack,
+    Teams,
+    Alertmanager,
+    Pagerduty,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    #[default]
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    fn of(alert: &Value) -> Severity {
+        match alert["severity"].as_str() {
+            Some("critical") => Severity::Critical,
+            Some("warning") => Severity::Warning,
+            _ => Severity::Info,
+        }
+    }
+}
+
+/// A `[[sink]]` table.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    pub kind: SinkKind,
+    /// Default: the kind, numbered when there are several of a kind.
+    pub name: Option<String>,
+    pub url: String,
+    /// A file holding the secret (webhook signing key, PagerDuty routing key).
+    pub secret_file: Option<PathBuf>,
+    /// Or an environment variable holding it.
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub min_severity: Severity,
+    /// How long to keep trying (default 24h).
+    pub max_age: Option<String>,
+}
+
+/// Checks `[[sink]]` tables; errors name the sink and the key.
+pub fn check(sinks: &[SinkConfig]) -> Result<()> {
+    let mut names = std::collections::HashSet::new();
+    for (i, sink) in resolve_names(sinks).iter().enumerate() {
+        let config = &sinks[i];
+        let at = format!("[[sink]] `{sink}`");
+        if !names.insert(sink.clone()) {
+            bail!("{at} is defined twice (give one a `name`)");
+        }
+        if !config.url.starts_with("http://") && !config.url.starts_with("https://") {
+            bail!(
+                "{at}: key `url`: expected an http:// or https:// URL, got `{}`",
+                config.url
+            );
+        }
+        if config.secret_file.is_some() && config.secret_env.is_some() {
+            bail!("{at}: give `secret_file` or `secret_env`, not both");
+        }
+        if config.kind == SinkKind::Pagerduty
+            && config.secret_file.is_none()
+            && config.secret_env.is_none()
+        {
+            bail!("{at}: a pagerduty sink needs its routing key in `secret_file` or `secret_env`");
+        }
+        if let Some(age) = &config.max_age {
+            humantime::parse_duration(age).map_err(|e| {
+                anyhow::anyhow!(
+                    "{at}: key `max_age`: expected a duration such as \"24h\", got `{age}` ({e})"
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn resolve_names(sinks: &[SinkConfig]) -> Vec<String> {
+    sinks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.name.clone().unwrap_or_else(|| {
+                let kind = serde_json::to_value(s.kind).expect("kinds serialize");
+                let kind = kind.as_str().unwrap_or("sink").to_string();
+                let same = sinks
+                    .iter()
+                    .filter(|o| o.kind == s.kind && o.name.is_none())
+                    .count();
+                if same > 1 {
+                    format!("{kind}-{}", i + 1)
+                } else {
+                    kind
+                }
+            })
+        })
+        .collect()
+}
+
+/// A sink ready to deliver: its secret read, its limits set.
+#[derive(Clone)]
+pub struct Sink {
+    pub name: String,
+    pub kind: SinkKind,
+    pub url: String,
+    secret: Option<String>,
+    pub min_severity: Severity,
+    pub max_age: Duration,
+    /// Slack takes about one message a second per webhook.
+    min_interval: Duration,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        write!(f, "{} ({:?} {})", self.name, self.kind, self.url)
+    }
+}
+
+/// Reads each sink's secret; errors name the sink and where it looked.
+pub fn load(sinks: &[SinkConfig]) -> Result<Vec<Sink>> {
+    resolve_names(sinks)
+        .into_iter()
+        .zip(sinks)
+        .map(|(name, config)| {
+            let secret = match (&config.secret_file, &config.secret_env) {
+                (Some(path), _) => Some(
+                    fs::read_to_string(path)
+                        .with_context(|| {
+                            format!("sink `{name}`: reading secret_file {}", path.display())
+                        })?
+                        .trim()
+                        .to_string(),
+                ),
+                (None, Some(var)) => Some(
+                    std::env::var(var)
+                        .with_context(|| format!("sink `{name}`: secret_env `{var}` is not set"))?,
+                ),
+                (None, None) => None,
+            };
+            Ok(Sink {
+                name,
+                kind: config.kind,
+                url: config.url.clone(),
+                secret,
+                min_severity: config.min_severity,
+                max_age: config
+                    .max_age
+                    .as_deref()
+                    .map(humantime::parse_duration)
+                    .transpose()?
+                    .unwrap_or(Duration::from_secs(24 * 3600)),
+                min_interval: if config.kind == SinkKind::Slack {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::ZERO
+                },
+            })
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Delivered,
+    Undeliverable,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SinkState {
+    pub status: Status,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// One spooled alert and where it has got to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Spooled {
+    pub alert: Value,
+    pub spooled_at_unix_ms: u64,
+    pub sinks: BTreeMap<String, SinkState>,
+}
+
+/// Alerts not yet delivered everywhere, one synced file each.
+pub struct Spool {
+    dir: PathBuf,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+impl Spool {
+    pub fn open(dir: &Path) -> Result<Spool> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        let safe: String = id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir.join(format!("{safe}.json"))
+    }
+
+    fn write(&self, id: &str, entry: &Spooled) -> Result<()> {
+        let path = self.path(id);
+        let tmp = path.with_extension("json.tmp");
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(&serde_json::to_vec(entry)?)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        fs::File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    fn read(&self, id: &str) -> Option<Spooled> {
+        serde_json::from_slice(&fs::read(self.path(id)).ok()?).ok()
+    }
+
+    /// Every spooled alert, oldest first.
+    pub fn pending(&self) -> Vec<Spooled> {
+        let mut all: Vec<Spooled> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| serde_json::from_slice(&fs::read(e.path()).ok()?).ok())
+            .collect();
+        all.sort_by_key(|s: &Spooled| s.spooled_at_unix_ms);
+        all
+    }
+
+    pub fn depth(&self) -> usize {
+        self.pending().len()
+    }
+
+    /// Records what happened to `id` at `sink`; the file goes once no sink
+    /// is pending.
+    fn update(&self, id: &str, sink: &str, state: SinkState) -> Result<()> {
+        let Some(mut entry) = self.read(id) else {
+            return Ok(());
+        };
+        entry.sinks.insert(sink.to_string(), state);
+        if entry.sinks.values().all(|s| s.status != Status::Pending) {
+            fs::remove_file(self.path(id))?;
+            Ok(())
+        } else {
+            self.write(id, &entry)
+        }
+    }
+}
+
+/// The delivery side of the agent: the spool and a queue per sink.
+pub struct Delivery {
+    spool: Arc<Mutex<Spool>>,
+    queues: Vec<(Sink, mpsc::UnboundedSender<String>)>,
+}
+
+/// The outcome of one attempt.
+enum Attempt {
+    Delivered(u16),
+    /// Try again; after at least this long when the receiver said so.
+    Retry(String, Option<Duration>),
+}
+
+fn send(sink: &Sink, alert: &Value) -> Attempt {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let request = payload::render(sink.kind, alert, sink.secret.as_deref(), now);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut builder = agent
+        .post(&sink.url)
+        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            concat!("stopguard/", env!("CARGO_PKG_VERSION")),
+        );
+    for (key, value) in &request.headers {
+        builder = builder.header(*key, value);
+    }
+    match builder.send(&request.body[..]) {
+        Err(err) => Attempt::Retry(format!("{err}"), None),
+        Ok(response) => {
+            let status = response.status().as_u16();
+            if (200..300).contains(&status) {
+                return Attempt::Delivered(status);
+            }
+            let after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            Attempt::Retry(format!("HTTP {status}"), after)
+        }
+    }
+}
+
+/// Backoff before retry `attempt` (1, 2, ...): 1 s doubling up to 5 min,
+/// ±20 % jitter so a fleet does not retry in step.
+fn backoff(attempt: u32) -> Duration {
+    let base =
+        Duration::from_secs(1u64 << attempt.saturating_sub(1).min(8)).min(Duration::from_secs(300));
+    base.mul_f64(rand::random_range(0.8..1.2))
+}
+
+impl Delivery {
+    /// Opens the spool and starts one delivery task per sink, handing each
+    /// what the spool still holds for it (alerts from before a restart).
+    pub fn start(sinks: Vec<Sink>, spool_dir: &Path, audit: AuditLog) -> Result<Delivery> {
+        let spool = Spool::open(spool_dir)?;
+        let pending = spool.pending();
+        let spool = Arc::new(Mutex::new(spool));
+        let mut queues = Vec::new();
+        for sink in sinks {
+            let (tx, rx) = mpsc::unbounded_channel();
+            for entry in &pending {
+                if entry
+                    .sinks
+                    .get(&sink.name)
+                    .is_some_and(|s| s.status == Status::Pending)
+                {
+                    let _ = tx.send(entry.alert["id"].as_str().unwrap_or_default().to_string());
+                }
+            }
+            tokio::spawn(run(sink.clone(), rx, spool.clone(), audit.clone()));
+            queues.push((sink, tx));
+        }
+        Ok(Delivery { spool, queues })
+    }
+
+    /// Spools `alert` (synced to disk) and queues it for every sink whose
+    /// `min_severity` it meets.
+    pub fn deliver(&self, alert: &Value) -> Result<()> {
+        let id = alert["id"].as_str().unwrap_or_default().to_string();
+        let wanted: Vec<&(Sink, _)> = self
+            .queues
+            .iter()
+            .filter(|(sink, _)| Severity::of(alert) >= sink.min_severity)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let entry = Spooled {
+            alert: alert.clone(),
+            spooled_at_unix_ms: unix_ms(SystemTime::now()),
+            sinks: wanted
+                .iter()
+                .map(|(sink, _)| {
+                    (
+                        sink.name.clone(),
+                        SinkState {
+                            status: Status::Pending,
+                            attempts: 0,
+                            last_error: None,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        self.spool.lock().expect("spool lock").write(&id, &entry)?;
+        for (_, queue) in wanted {
+            let _ = queue.send(id.clone());
+        }
+        Ok(())
+    }
+
+    /// Alerts still waiting for at least one sink.
+    pub fn spool_depth(&self) -> usize {
+        self.spool.lock().expect("spool lock").depth()
+    }
+
+    pub fn sinks(&self) -> impl Iterator<Item = &Sink> {
+        self.queues.iter().map(|(s, _)| s)
+    }
+}
+
+/// One sink's delivery loop: its alerts in order, each until delivered or
+/// too old.
+async fn run(
+    sink: Sink,
+    mut queue: mpsc::UnboundedReceiver<String>,
+    spool: Arc<Mutex<Spool>>,
+    audit: AuditLog,
+) {
+    let mut last_sent: Option<tokio::time::Instant> = None;
+    while let Some(id) = queue.recv().await {
+        let mut attempts = 0;
+        loop {
+            let Some(entry) = spool.lock().expect("spool lock").read(&id) else {
+                break;
+            };
+            if let Some(state) = entry.sinks.get(&sink.name) {
+                if state.status != Status::Pending {
+                    break;
+                }
+                attempts = attempts.max(state.attempts);
+            }
+            let age = Duration::from_millis(
+                unix_ms(SystemTime::now()).saturating_sub(entry.spooled_at_unix_ms),
+            );
+            if age > sink.max_age {
+                tracing::error!(
+                    "alert {id} undeliverable to sink {}: still failing after {}",
+                    sink.name,
+                    humantime::format_duration(sink.max_age)
+                );
+                audit.write(&json!({"event": "alert_undeliverable", "sink": sink.name, "id": id, "attempts": attempts}));
+                let state = SinkState {
+                    status: Status::Undeliverable,
+                    attempts,
+                    last_error: Some("max_age reached".into()),
+                };
+                let _ = spool
+                    .lock()
+                    .expect("spool lock")
+                    .update(&id, &sink.name, state);
+                break;
+            }
+            if let Some(last) = last_sent {
+                tokio::time::sleep_until(last + sink.min_interval).await;
+            }
+            last_sent = Some(tokio::time::Instant::now());
+            attempts += 1;
+            let started = std::time::Instant::now();
+            let (s, alert) = (sink.clone(), entry.alert.clone());
+            let outcome = tokio::task::spawn_blocking(move || send(&s, &alert))
+                .await
+                .unwrap_or_else(|e| Attempt::Retry(format!("delivery task: {e}"), None));
+            match outcome {
+                Attempt::Delivered(status) => {
+                    let ms = started.elapsed().as_secs_f64() * 1e3;
+                    tracing::info!(
+                        "alert {id} delivered to {} (HTTP {status}, {ms:.1} ms, attempt {attempts})",
+                        sink.name
+                    );
+                    audit.write(&json!({"event": "alert_delivered", "sink": sink.name, "id": id, "attempts": attempts, "status": status}));
+                    let state = SinkState {
+                        status: Status::Delivered,
+                        attempts,
+                        last_error: None,
+                    };
+                    if let Err(err) = spool
+                        .lock()
+                        .expect("spool lock")
+                        .update(&id, &sink.name, state)
+                    {
+                        tracing::error!("spool: {err:#}");
+                    }
+                    break;
+                }
+                Attempt::Retry(error, after) => {
+                    let wait = after.unwrap_or_default().max(backoff(attempts));
+                    tracing::warn!(
+                        "alert {id} to {}: {error}; attempt {attempts}, next in {:.1} s",
+                        sink.name,
+                        wait.as_secs_f64()
+                    );
+                    let state = SinkState {
+                        status: Status::Pending,
+                        attempts,
+                        last_error: Some(error),
+                    };
+                    let _ = spool
+                        .lock()
+                        .expect("spool lock")
+                        .update(&id, &sink.name, state);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
