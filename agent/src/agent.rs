@@ -35,6 +35,9 @@ use crate::{
     trace::{Clock, boot_ns},
 };
 
+/// Unresolved alerts kept for resolving later.
+const MAX_FIRING: usize = 1000;
+
 /// How often the agent logs what it has seen.
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
@@ -67,10 +70,14 @@ struct State {
     held: Vec<(String, actions::Frozen)>,
     /// Service names in the kernel guard map.
     guarded: Vec<String>,
+    /// Alerts not yet resolved (thaw, kill, window close).
+    #[serde(default)]
+    firing: Vec<Value>,
 }
 
 struct Agent {
     delivery: Delivery,
+    firing: Vec<Value>,
     freezer: actions::Freezer,
     state_path: PathBuf,
     audit_path: PathBuf,
@@ -96,6 +103,7 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     )?;
     let mut agent = Agent {
         delivery,
+        firing: Vec::new(),
         freezer: config.agent.freezer,
         state_path: config.agent.state_dir.join("state.json"),
         audit_path: config.agent.audit_log.clone(),
@@ -215,6 +223,7 @@ impl Agent {
                 .map(|h| (h.service.clone(), h.frozen.clone()))
                 .collect(),
             guarded: self.guarded.iter().cloned().collect(),
+            firing: self.firing.clone(),
         };
         let write = || -> Result<()> {
             if let Some(dir) = self.state_path.parent() {
@@ -247,6 +256,7 @@ impl Agent {
         let state: State = serde_json::from_str(&text)
             .with_context(|| format!("reading the saved state {}", self.state_path.display()))?;
         self.detector.restore(state.detector);
+        self.firing = state.firing;
         for (service, frozen) in state.held {
             if frozen.start_ticks.is_some()
                 && actions::start_ticks(frozen.pid) == frozen.start_ticks
@@ -462,12 +472,33 @@ impl Agent {
         if let Err(err) = self.delivery.deliver(&value) {
             tracing::error!("spooling alert {}: {err:#}", record.id);
         }
+        if record.kind != "events_lost" {
+            self.firing.push(value);
+            // Bounded: the oldest unresolved alerts are the least likely
+            // to be resolved by a thaw now.
+            if self.firing.len() > MAX_FIRING {
+                self.firing.remove(0);
+            }
+        }
         tracing::error!("{}", record.summary);
         println!(
             "{}",
             serde_json::to_string(&record).expect("alerts serialize")
         );
         self.audit.write(&json!({"alert": record}));
+    }
+
+    /// Resolves the firing alerts that `ended` picks out.
+    fn resolve(&mut self, ended: impl Fn(&Value) -> bool) {
+        let (done, firing): (Vec<Value>, Vec<Value>) = std::mem::take(&mut self.firing)
+            .into_iter()
+            .partition(ended);
+        self.firing = firing;
+        for alert in done {
+            if let Err(err) = self.delivery.resolve(&alert) {
+                tracing::error!("spooling the resolution of {}: {err:#}", alert["id"]);
+            }
+        }
     }
 
     /// A supervisor that sees no pidfile tries again each cycle: keep the
@@ -558,6 +589,7 @@ impl Agent {
                 "service": held.service,
                 "pid": pid,
             }));
+            self.resolve(|a| a["process"]["pid"] == *pid);
         }
         pids
     }
@@ -732,6 +764,7 @@ impl Agent {
                     return control::error(format!("no open window on or named `{target}`"));
                 };
                 self.guard(monitor, &window.service, false);
+                self.resolve(|a| a["service"] == window.service.as_str());
                 let released = if thaw || kill {
                     self.release_held(&window.service, kill)
                 } else {

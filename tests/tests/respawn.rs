@@ -10,8 +10,9 @@ use std::{
 
 use serde_json::Value;
 use stopguard_tests::{
-    Agent, Receiver, bash, fixture, in_frozen_cgroup, in_frozen_v1_cgroup, remove_frozen_cgroups,
-    root_test, start_monit, state_of, stopguard_bin, webhook_signature_valid,
+    Agent, Alertmanager, Receiver, bash, fixture, in_frozen_cgroup, in_frozen_v1_cgroup,
+    remove_frozen_cgroups, root_test, start_monit, state_of, stopguard_bin,
+    webhook_signature_valid,
 };
 
 /// The supervisors the respawn tests run, each as its own service runner.
@@ -995,5 +996,56 @@ fn a_429_with_retry_after_is_honoured() {
     );
     for request in &got {
         assert_eq!(request.headers["webhook-id"], alert["id"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn alertmanager_shows_the_respawn_until_it_is_thawed() {
+    let Some(_probes) = root_test("alertmanager_shows_the_respawn_until_it_is_thawed") else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("alertmanager");
+    let am = Alertmanager::start(&sandbox.dir);
+    let first = sandbox.start_runsv();
+    sandbox.start_agent_with(
+        "freeze",
+        "",
+        &format!(
+            "\n[[sink]]\nkind = \"alertmanager\"\nurl = \"{}\"\n",
+            am.url("/api/v2/alerts")
+        ),
+    );
+    operator_kill(first);
+    let alert = sandbox
+        .next_alert(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no alert; audit: {:#?}", sandbox.audit()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let active = loop {
+        let active = am.alerts();
+        if !active.is_empty() || Instant::now() > deadline {
+            break active;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(active.len(), 1, "{active:#?}");
+    let labels = &active[0]["labels"];
+    assert_eq!(labels["alertname"], "StopguardRespawn");
+    assert_eq!(labels["service"], "sgdaemon");
+    assert_eq!(labels["host"], "test-host");
+    assert_eq!(labels["severity"], "critical");
+    assert_eq!(labels["kind"], "respawn_after_operator_stop");
+    assert_eq!(labels["alert_id"], alert["id"]);
+    assert_eq!(active[0]["annotations"]["summary"], alert["summary"]);
+
+    // Thawing ends it: the alert resolves in Alertmanager.
+    sandbox.ok(&["thaw", "sgdaemon"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !am.alerts().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still active after the thaw: {:#?}",
+            am.alerts()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -16,7 +16,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// procps for the workloads, perl for the signal storm, util-linux for
 /// setpriv, a C compiler for the multi-threaded fixture, runit, monit,
 /// supervisord, s6 and daemontools as real supervisors, PostgreSQL as the
-/// real database.
+/// real database, Prometheus Alertmanager as a real alert engine.
 const TEST_PACKAGES: &[&str] = &[
     "bash",
     "coreutils",
@@ -31,6 +31,7 @@ const TEST_PACKAGES: &[&str] = &[
     "s6",
     "daemontools",
     "postgresql",
+    "prometheus-alertmanager",
 ];
 
 fn output(cmd: &mut Command) -> Result<String> {

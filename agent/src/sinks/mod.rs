@@ -380,11 +380,30 @@ impl Delivery {
     /// Spools `alert` (synced to disk) and queues it for every sink whose
     /// `min_severity` it meets.
     pub fn deliver(&self, alert: &Value) -> Result<()> {
+        self.spool_for(alert, |_| true)
+    }
+
+    /// Says that `alert` is over (its process thawed or killed, its window
+    /// closed) to the sinks that track alert state: Alertmanager (endsAt)
+    /// and PagerDuty (resolve).
+    pub fn resolve(&self, alert: &Value) -> Result<()> {
+        let mut resolved = alert.clone();
+        let id = alert["id"].as_str().unwrap_or_default();
+        resolved["id"] = json!(format!("{id}-resolved"));
+        resolved["resolves"] = json!(id);
+        resolved["resolved_at"] =
+            json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
+        self.spool_for(&resolved, |kind| {
+            matches!(kind, SinkKind::Alertmanager | SinkKind::Pagerduty)
+        })
+    }
+
+    fn spool_for(&self, alert: &Value, kinds: impl Fn(SinkKind) -> bool) -> Result<()> {
         let id = alert["id"].as_str().unwrap_or_default().to_string();
         let wanted: Vec<&(Sink, _)> = self
             .queues
             .iter()
-            .filter(|(sink, _)| Severity::of(alert) >= sink.min_severity)
+            .filter(|(sink, _)| kinds(sink.kind) && Severity::of(alert) >= sink.min_severity)
             .collect();
         if wanted.is_empty() {
             return Ok(());

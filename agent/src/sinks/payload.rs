@@ -160,30 +160,37 @@ pub fn render(kind: SinkKind, alert: &Value, secret: Option<&str>, now_unix: u64
                 headers: Vec::new(),
             }
         }
-        SinkKind::Alertmanager => Request {
-            body: json_body(json!([{
+        SinkKind::Alertmanager => {
+            let mut posted = json!({
                 "labels": {
                     "alertname": "StopguardRespawn",
                     "service": s(&alert["service"]),
                     "host": s(&alert["host"]),
                     "severity": s(&alert["severity"]),
                     "kind": s(&alert["kind"]),
-                    "alert_id": s(&alert["id"]),
+                    "alert_id": alert["resolves"].as_str().unwrap_or(s(&alert["id"])),
                 },
                 "annotations": {
                     "summary": summary,
                     "details": details(alert).join("\n"),
                 },
                 "startsAt": s(&alert["at"]),
-            }])),
-            headers: Vec::new(),
-        },
+            });
+            // Firing: no endsAt; resolved: endsAt is when it ended.
+            if let Some(ended) = alert["resolved_at"].as_str() {
+                posted["endsAt"] = json!(ended);
+            }
+            Request {
+                body: json_body(json!([posted])),
+                headers: Vec::new(),
+            }
+        }
         SinkKind::Pagerduty => {
             let window = alert["window"]["id"].as_str().unwrap_or("none");
             Request {
                 body: json_body(json!({
                     "routing_key": secret.unwrap_or(""),
-                    "event_action": "trigger",
+                    "event_action": if alert["resolved_at"].is_string() { "resolve" } else { "trigger" },
                     "dedup_key": format!("{}/{}/{window}", s(&alert["host"]), s(&alert["service"])),
                     "payload": {
                         "summary": summary.chars().take(1024).collect::<String>(),
