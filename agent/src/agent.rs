@@ -75,8 +75,17 @@ struct State {
     firing: Vec<Value>,
 }
 
+/// Respawn alerts of one service held back from the sinks after the first.
+struct Group {
+    until: Instant,
+    first_id: String,
+    held: Vec<Value>,
+}
+
 struct Agent {
     delivery: Delivery,
+    group_interval: Duration,
+    groups: HashMap<String, Group>,
     firing: Vec<Value>,
     freezer: actions::Freezer,
     state_path: PathBuf,
@@ -103,6 +112,8 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     )?;
     let mut agent = Agent {
         delivery,
+        group_interval: humantime::parse_duration(&config.agent.group_interval)?,
+        groups: HashMap::new(),
         firing: Vec::new(),
         freezer: config.agent.freezer,
         state_path: config.agent.state_dir.join("state.json"),
@@ -147,6 +158,7 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     }
     let mut summary = tokio::time::interval(SUMMARY_EVERY);
     summary.tick().await;
+    let mut second = tokio::time::interval(Duration::from_secs(1));
     let mut batch = Batch::default();
     loop {
         let detector = &mut agent.detector;
@@ -164,6 +176,10 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = summary.tick() => log_summary(&monitor),
+            _ = second.tick() => {
+                agent.follow_up_groups();
+                continue;
+            }
             Some(call) = calls.recv() => {
                 let changes = call.permitted && call.request.changes_state();
                 let answer = agent.call(&mut monitor, call.request.clone(), call.peer, call.permitted);
@@ -468,9 +484,33 @@ impl Agent {
     /// audit log.
     fn raise(&mut self, record: Alert) {
         let value = serde_json::to_value(&record).expect("alerts serialize");
-        // In the spool, synced, before anyone hears of it.
-        if let Err(err) = self.delivery.deliver(&value) {
-            tracing::error!("spooling alert {}: {err:#}", record.id);
+        self.follow_up_groups();
+        let grouped = match self.groups.get_mut(&record.service) {
+            Some(group) if record.kind.starts_with("respawn") => {
+                group.held.push(value.clone());
+                self.audit.write(&json!({
+                    "event": "alert_grouped", "service": record.service,
+                    "id": record.id, "group_of": group.first_id,
+                }));
+                true
+            }
+            _ => false,
+        };
+        if !grouped {
+            if record.kind.starts_with("respawn") {
+                self.groups.insert(
+                    record.service.clone(),
+                    Group {
+                        until: Instant::now() + self.group_interval,
+                        first_id: record.id.clone(),
+                        held: Vec::new(),
+                    },
+                );
+            }
+            // In the spool, synced, before anyone hears of it.
+            if let Err(err) = self.delivery.deliver(&value) {
+                tracing::error!("spooling alert {}: {err:#}", record.id);
+            }
         }
         if record.kind != "events_lost" {
             self.firing.push(value);
@@ -486,6 +526,39 @@ impl Agent {
             serde_json::to_string(&record).expect("alerts serialize")
         );
         self.audit.write(&json!({"alert": record}));
+    }
+
+    /// Ends the groups whose interval is over: those that held alerts back
+    /// send one follow-up naming how many.
+    fn follow_up_groups(&mut self) {
+        let now = Instant::now();
+        let ended: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.until <= now)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for service in ended {
+            let group = self.groups.remove(&service).expect("listed above");
+            let Some(latest) = group.held.last() else {
+                continue;
+            };
+            let mut follow_up = latest.clone();
+            let n = group.held.len();
+            follow_up["id"] = json!(format!("{}-group", group.first_id));
+            follow_up["summary"] = json!(format!(
+                "{service} respawned {n} more time{} within {} of alert {}; latest: {}",
+                if n == 1 { "" } else { "s" },
+                humantime::format_duration(self.group_interval),
+                group.first_id,
+                latest["summary"].as_str().unwrap_or("")
+            ));
+            follow_up["grouped"] = json!(group.held.iter().map(|a| &a["id"]).collect::<Vec<_>>());
+            tracing::warn!("{}", follow_up["summary"].as_str().unwrap_or(""));
+            if let Err(err) = self.delivery.deliver(&follow_up) {
+                tracing::error!("spooling the follow-up for {service}: {err:#}");
+            }
+        }
     }
 
     /// Resolves the firing alerts that `ended` picks out.

@@ -35,6 +35,9 @@ pub struct Agent {
     pub ring_bytes: u32,
     /// The cgroup freezer that holds frozen respawns.
     pub freezer: crate::actions::Freezer,
+    /// Respawn alerts of one service within this long of the first become
+    /// one follow-up to the sinks ("respawned 3 more times").
+    pub group_interval: String,
 }
 
 impl Default for Agent {
@@ -47,6 +50,7 @@ impl Default for Agent {
             control_group: None,
             ring_bytes: crate::kernel::DEFAULT_RING_BYTES,
             freezer: Default::default(),
+            group_interval: "5m".into(),
         }
     }
 }
@@ -112,6 +116,12 @@ impl Config {
         }
         config.source = source.to_string();
         crate::sinks::check(&config.sinks).with_context(|| format!("reading {source}"))?;
+        humantime::parse_duration(&config.agent.group_interval).map_err(|e| {
+            anyhow::anyhow!(
+                "reading {source}: [agent] key `group_interval`: expected a duration such as \"5m\", got `{}` ({e})",
+                config.agent.group_interval
+            )
+        })?;
         let ring = config.agent.ring_bytes;
         if ring < 4096 || !ring.is_power_of_two() {
             bail!(

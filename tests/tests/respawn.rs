@@ -952,7 +952,7 @@ fn a_dead_receiver_gets_every_alert_once_it_is_up_even_across_a_kill_9() {
     let mut sandbox = Sandbox::new("spool");
     let first = sandbox.start_runsv();
     let hook = sinks(&receiver, &[("webhook", "/hook", "")]);
-    sandbox.start_agent_with("alert", "", &hook);
+    sandbox.start_agent_with("alert", "group_interval = \"0s\"", &hook);
     let alerts = respawns(&sandbox, first, 3);
     let status = sandbox.json(&["status"]);
     assert_eq!(status["spool_depth"], 3, "{status:#}");
@@ -960,7 +960,7 @@ fn a_dead_receiver_gets_every_alert_once_it_is_up_even_across_a_kill_9() {
     // The agent dies with three alerts pending; the next one delivers them.
     sandbox.agent.as_mut().unwrap().kill9();
     std::thread::sleep(Duration::from_secs(10));
-    sandbox.start_agent_with("alert", "", &hook);
+    sandbox.start_agent_with("alert", "group_interval = \"0s\"", &hook);
     std::thread::sleep(Duration::from_secs(30).saturating_sub(down_at.elapsed()));
     receiver.up();
     let got = receiver.wait_for(3, Duration::from_secs(30));
@@ -1048,4 +1048,43 @@ fn alertmanager_shows_the_respawn_until_it_is_thawed() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn repeated_respawns_become_one_follow_up() {
+    let Some(_probes) = root_test("repeated_respawns_become_one_follow_up") else {
+        return;
+    };
+    let receiver = Receiver::start();
+    let mut sandbox = Sandbox::new("grouping");
+    let first = sandbox.start_runsv();
+    sandbox.start_agent_with(
+        "alert",
+        "group_interval = \"8s\"",
+        &sinks(&receiver, &[("webhook", "/hook", "")]),
+    );
+    let started = Instant::now();
+    let alerts = respawns(&sandbox, first, 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
+    let got = receiver.wait_for(2, Duration::from_secs(15));
+    assert_eq!(got[0].json(), alerts[0]);
+    let follow_up = got[1].json();
+    let summary = follow_up["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("sgdaemon respawned 2 more times within 8s of alert "),
+        "{summary}"
+    );
+    assert_eq!(
+        follow_up["grouped"],
+        serde_json::json!([alerts[1]["id"], alerts[2]["id"]])
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(receiver.received().len(), 2, "one alert and one follow-up");
+    // Everything still reaches the audit log.
+    let audit = sandbox.audit();
+    assert_eq!(audit.iter().filter(|a| a["alert"].is_object()).count(), 3);
 }
