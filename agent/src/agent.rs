@@ -674,7 +674,7 @@ impl Agent {
         peer: control::Peer,
         permitted: bool,
     ) -> Answer {
-        if permitted && matches!(request, Request::Stop { .. }) {
+        if permitted && matches!(request, Request::Stop { .. } | Request::AlertTest { .. }) {
             self.audit
                 .write(&json!({"event": "control", "request": request, "peer": peer}));
         }
@@ -686,6 +686,30 @@ impl Agent {
                 wait_secs,
             } if permitted => {
                 return self.stop(monitor, service, reason, for_secs, wait_secs, peer);
+            }
+            Request::AlertTest { sink } if permitted => {
+                let sinks: Vec<sinks::Sink> = self
+                    .delivery
+                    .sinks()
+                    .filter(|s| sink.as_ref().is_none_or(|n| *n == s.name))
+                    .cloned()
+                    .collect();
+                if sinks.is_empty() {
+                    let names: Vec<String> =
+                        self.delivery.sinks().map(|s| s.name.clone()).collect();
+                    return Answer::Now(control::error(match sink {
+                        Some(name) => format!("no sink `{name}` (sinks: {})", names.join(", ")),
+                        None => "no [[sink]] is configured".to_string(),
+                    }));
+                }
+                let alert = alert::test(&self.host, &self.clock, boot_ns());
+                return Answer::Later(Box::pin(async move {
+                    let mut results = Vec::new();
+                    for sink in sinks {
+                        results.push(sinks::test(sink, alert.clone()).await);
+                    }
+                    json!({"ok": true, "results": results})
+                }));
             }
             Request::Audit {
                 since_secs,
@@ -890,11 +914,12 @@ impl Agent {
                     "events": monitor.counts(),
                     "lost": self.lost,
                     "spool_depth": self.delivery.spool_depth(),
-                    "sinks": self.delivery.sinks().map(|s| json!({"name": s.name, "kind": s.kind, "url": s.url})).collect::<Vec<_>>(),
+                    "sinks": self.delivery.status(),
                 })
             }
-            Request::Stop { .. } | Request::Audit { .. } => {
-                unreachable!("answered by `call`")
+            Request::Stop { .. } | Request::Audit { .. } | Request::AlertTest { .. } => {
+                // `call` answers these; never a reason to take the agent down.
+                control::error("internal error: request not answered by `call`")
             }
         }
     }

@@ -229,3 +229,25 @@ pub fn events_lost(
         detected_after_ms: 0.0,
     }
 }
+
+/// The alert `stopguard alert test` sends: marked as a test everywhere a
+/// person looks.
+pub fn test(host: &str, clock: &Clock, now_boot_ns: u64) -> serde_json::Value {
+    let at = humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string();
+    serde_json::json!({
+        "version": SCHEMA_VERSION,
+        "id": format!("{host}-test-{now_boot_ns}"),
+        "kind": "test",
+        "severity": "info",
+        "host": host,
+        "service": "stopguard",
+        "summary": format!("TEST from stopguard on {host}: this sink receives stopguard's alerts"),
+        "action": "none",
+        "process": null,
+        "respawned_by": null,
+        "stopped_by": null,
+        "window": null,
+        "at": at,
+        "detected_after_ms": 0.0,
+    })
+}

@@ -42,6 +42,10 @@ pub enum Request {
         /// How long to wait for the main process to exit.
         wait_secs: u64,
     },
+    /// A test alert through every sink, or the one named.
+    AlertTest {
+        sink: Option<String>,
+    },
     /// The audit log, oldest first.
     Audit {
         since_secs: Option<u64>,

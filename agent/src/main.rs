@@ -107,6 +107,9 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
     },
+    /// Alert delivery: send a test alert through the sinks.
+    #[command(subcommand)]
+    Alert(AlertCommand),
     /// What happened: stops, starts, respawns, alerts, windows, oldest first.
     #[command(after_help = "Examples:\n  \
         stopguard audit --since 2h\n  \
@@ -120,6 +123,22 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         service: Option<String>,
         /// One JSON object per line, as written to the audit log.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertCommand {
+    /// Send a test alert through every sink (or one) and print each result.
+    #[command(after_help = "Examples (as root):\n  \
+        stopguard alert test\n  \
+        stopguard alert test --sink slack\n\n\
+        Exit status: 0 when every sink took it, 1 when any failed.")]
+    Test {
+        /// Only this sink (its `name`, or its kind when unnamed).
+        #[arg(long, value_name = "NAME")]
+        sink: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -250,6 +269,35 @@ fn run(cli: Cli) -> Result<()> {
             },
             false,
         ),
+        Command::Alert(AlertCommand::Test { sink, json }) => {
+            let answer = call(cli.socket, &Request::AlertTest { sink })?;
+            let results = answer["results"].as_array().cloned().unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                for r in &results {
+                    match r["ok"].as_bool() {
+                        Some(true) => println!(
+                            "{:<16} ok      HTTP {}  {} ms",
+                            r["sink"].as_str().unwrap_or("?"),
+                            r["status"],
+                            r["latency_ms"]
+                        ),
+                        _ => println!(
+                            "{:<16} FAILED  {}  {} ms",
+                            r["sink"].as_str().unwrap_or("?"),
+                            r["error"].as_str().unwrap_or("?"),
+                            r["latency_ms"]
+                        ),
+                    }
+                }
+            }
+            let failed = results.iter().filter(|r| r["ok"] != true).count();
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} sinks failed", results.len());
+            }
+            Ok(())
+        }
         Command::Audit {
             since,
             service,
@@ -378,7 +426,9 @@ fn client(socket: Option<PathBuf>, request: &Request, json: bool) -> Result<()> 
                 "a supervisor restarting it now is caught; when done: stopguard window close {service}"
             );
         }
-        Request::Audit { .. } => unreachable!("printed by the audit command"),
+        Request::Audit { .. } | Request::AlertTest { .. } => {
+            unreachable!("printed by their commands")
+        }
         Request::Status => {
             println!("host {}", answer["host"].as_str().unwrap_or("?"));
             for s in answer["services"].as_array().into_iter().flatten() {
@@ -391,10 +441,24 @@ fn client(socket: Option<PathBuf>, request: &Request, json: bool) -> Result<()> 
                 );
             }
             println!(
-                "windows open: {}; lost records: {}",
+                "windows open: {}; lost records: {}; alerts waiting in the spool: {}",
                 answer["windows"].as_array().map_or(0, Vec::len),
-                answer["lost"]
+                answer["lost"],
+                answer["spool_depth"]
             );
+            for s in answer["sinks"].as_array().into_iter().flatten() {
+                let h = &s["health"];
+                println!(
+                    "  sink {:<14} {} delivered, last success {}, last error {}",
+                    s["name"].as_str().unwrap_or("?"),
+                    h["delivered"],
+                    h["last_success"].as_str().unwrap_or("never"),
+                    h["last_error"].as_str().map_or_else(
+                        || "none".to_string(),
+                        |e| format!("{e} at {}", h["last_error_at"].as_str().unwrap_or("?"))
+                    )
+                );
+            }
         }
     }
     Ok(())

@@ -190,6 +190,7 @@ pub fn bash(script: &str) -> String {
 pub struct Agent {
     child: Child,
     alerts: mpsc::Receiver<String>,
+    log: std::sync::Arc<Mutex<String>>,
 }
 
 impl Agent {
@@ -213,7 +214,15 @@ impl Agent {
             let _ = stderr.read_to_string(&mut rest);
             panic!("the agent did not start:\n{line}{rest}");
         }
-        std::thread::spawn(move || for _ in stderr.lines() {});
+        let log = std::sync::Arc::new(Mutex::new(line));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
         let (tx, alerts) = mpsc::channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -221,7 +230,12 @@ impl Agent {
                 let _ = tx.send(line);
             }
         });
-        Agent { child, alerts }
+        Agent { child, alerts, log }
+    }
+
+    /// Everything the agent has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     /// The next alert record, or None after `timeout`.

@@ -930,10 +930,13 @@ fn sinks_receive_the_alert_signed_and_shaped_and_no_secret_leaks() {
     // Secrets stay out of the audit log, the status and the spool.
     let status = sandbox.ok(&["status", "--json"]);
     let audit = fs::read_to_string(sandbox.dir.join("audit.jsonl")).unwrap();
+    let log = sandbox.agent.as_ref().unwrap().log();
     for secret in [secret, routing] {
         assert!(!audit.contains(secret), "secret in the audit log");
         assert!(!status.contains(secret), "secret in the status");
+        assert!(!log.contains(secret), "secret in the agent's log");
     }
+    assert!(log.contains("delivered to webhook"), "{log}");
     assert!(audit.contains("\"alert_delivered\""), "{audit}");
     let status: Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["spool_depth"], 0, "{status:#}");
@@ -1087,4 +1090,48 @@ fn repeated_respawns_become_one_follow_up() {
     // Everything still reaches the audit log.
     let audit = sandbox.audit();
     assert_eq!(audit.iter().filter(|a| a["alert"].is_object()).count(), 3);
+}
+
+#[test]
+fn alert_test_reports_each_sink_and_fails_when_one_does() {
+    let Some(_probes) = root_test("alert_test_reports_each_sink_and_fails_when_one_does") else {
+        return;
+    };
+    let receiver = Receiver::start();
+    let mut dead = Receiver::start();
+    dead.down();
+    let mut sandbox = Sandbox::new("alert-test");
+    let config = sinks(&receiver, &[("webhook", "/hook", "")])
+        + &sinks(&dead, &[("slack", "/services/T000/B000/XXXX", "")]);
+    sandbox.start_agent_with("alert", "", &config);
+
+    let out = sandbox.client(&["alert", "test"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("webhook          ok      HTTP 200"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("slack            FAILED  "), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 of 2 sinks failed"),
+        "{out:?}"
+    );
+    let got = receiver.wait_for(1, Duration::from_secs(5));
+    assert_eq!(got[0].json()["kind"], "test");
+
+    let ok = sandbox.ok(&["alert", "test", "--sink", "webhook"]);
+    assert!(ok.starts_with("webhook          ok"), "{ok}");
+    let out = sandbox.client(&["alert", "test", "--sink", "pager"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "stopguard: no sink `pager` (sinks: webhook, slack)"
+    );
+    // Chat webhook URLs carry a token in their path: status shows the host.
+    let status = sandbox.json(&["status"]);
+    assert_eq!(
+        status["sinks"][1]["url"],
+        format!("http://127.0.0.1:{}/…", dead.port)
+    );
+    assert!(!status.to_string().contains("XXXX"), "{status:#}");
 }

@@ -143,7 +143,70 @@ pub struct Sink {
 impl std::fmt::Debug for Sink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the secret.
-        write!(f, "{} ({:?} {})", self.name, self.kind, self.url)
+        write!(f, "{} ({:?} {})", self.name, self.kind, self.shown_url())
+    }
+}
+
+impl Sink {
+    /// The URL without its path: chat webhook URLs carry their token there.
+    pub fn shown_url(&self) -> String {
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("", &self.url));
+        let host = rest.split(['/', '?']).next().unwrap_or("");
+        let more = if rest.len() > host.len() { "/…" } else { "" };
+        format!("{scheme}://{host}{more}")
+    }
+}
+
+/// How a sink has been doing, for `stopguard status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Health {
+    pub delivered: u64,
+    pub failed_attempts: u64,
+    pub undeliverable: u64,
+    pub last_success: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+}
+
+type Healths = Arc<Mutex<BTreeMap<String, Health>>>;
+
+fn now_text() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// The result of a test alert to one sink.
+#[derive(Debug, Serialize)]
+pub struct TestResult {
+    pub sink: String,
+    pub ok: bool,
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+}
+
+/// Sends `alert` to `sink` now, once, outside the spool: `stopguard alert test`.
+pub async fn test(sink: Sink, alert: Value) -> TestResult {
+    let started = std::time::Instant::now();
+    let name = sink.name.clone();
+    let outcome = tokio::task::spawn_blocking(move || send(&sink, &alert))
+        .await
+        .unwrap_or_else(|e| Attempt::Retry(format!("delivery task: {e}"), None));
+    let latency_ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+    match outcome {
+        Attempt::Delivered(status) => TestResult {
+            sink: name,
+            ok: true,
+            status: Some(status),
+            latency_ms,
+            error: None,
+        },
+        Attempt::Retry(error, _) => TestResult {
+            sink: name,
+            ok: false,
+            status: None,
+            latency_ms,
+            error: Some(error),
+        },
     }
 }
 
@@ -295,6 +358,7 @@ impl Spool {
 /// The delivery side of the agent: the spool and a queue per sink.
 pub struct Delivery {
     spool: Arc<Mutex<Spool>>,
+    health: Healths,
     queues: Vec<(Sink, mpsc::UnboundedSender<String>)>,
 }
 
@@ -359,6 +423,7 @@ impl Delivery {
         let spool = Spool::open(spool_dir)?;
         let pending = spool.pending();
         let spool = Arc::new(Mutex::new(spool));
+        let health: Healths = Default::default();
         let mut queues = Vec::new();
         for sink in sinks {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -371,10 +436,24 @@ impl Delivery {
                     let _ = tx.send(entry.alert["id"].as_str().unwrap_or_default().to_string());
                 }
             }
-            tokio::spawn(run(sink.clone(), rx, spool.clone(), audit.clone()));
+            health
+                .lock()
+                .expect("health lock")
+                .insert(sink.name.clone(), Health::default());
+            tokio::spawn(run(
+                sink.clone(),
+                rx,
+                spool.clone(),
+                audit.clone(),
+                health.clone(),
+            ));
             queues.push((sink, tx));
         }
-        Ok(Delivery { spool, queues })
+        Ok(Delivery {
+            spool,
+            health,
+            queues,
+        })
     }
 
     /// Spools `alert` (synced to disk) and queues it for every sink whose
@@ -440,6 +519,20 @@ impl Delivery {
     pub fn sinks(&self) -> impl Iterator<Item = &Sink> {
         self.queues.iter().map(|(s, _)| s)
     }
+
+    /// Each sink: name, kind, host, and how it has been doing.
+    pub fn status(&self) -> Vec<Value> {
+        let health = self.health.lock().expect("health lock");
+        self.sinks()
+            .map(|s| {
+                json!({
+                    "name": s.name, "kind": s.kind, "url": s.shown_url(),
+                    "min_severity": s.min_severity,
+                    "health": health.get(&s.name),
+                })
+            })
+            .collect()
+    }
 }
 
 /// One sink's delivery loop: its alerts in order, each until delivered or
@@ -449,7 +542,13 @@ async fn run(
     mut queue: mpsc::UnboundedReceiver<String>,
     spool: Arc<Mutex<Spool>>,
     audit: AuditLog,
+    health: Healths,
 ) {
+    let note = |f: &dyn Fn(&mut Health)| {
+        if let Some(h) = health.lock().expect("health lock").get_mut(&sink.name) {
+            f(h);
+        }
+    };
     let mut last_sent: Option<tokio::time::Instant> = None;
     while let Some(id) = queue.recv().await {
         let mut attempts = 0;
@@ -517,6 +616,11 @@ async fn run(
                     break;
                 }
                 Attempt::Retry(error, after) => {
+                    note(&|h| {
+                        h.failed_attempts += 1;
+                        h.last_error = Some(error.clone());
+                        h.last_error_at = Some(now_text());
+                    });
                     let wait = after.unwrap_or_default().max(backoff(attempts));
                     tracing::warn!(
                         "alert {id} to {}: {error}; attempt {attempts}, next in {:.1} s",
