@@ -29,6 +29,7 @@ use crate::{
     events::Event,
     kernel::ProbeOptions,
     kernel::comm_key,
+    metrics::Metrics,
     monitor::Monitor,
     process::ProcessTable,
     sinks::{self, Delivery},
@@ -84,6 +85,9 @@ struct Group {
 
 struct Agent {
     delivery: Delivery,
+    metrics: Metrics,
+    /// Event counts already added to the metrics.
+    counted: crate::monitor::Counts,
     group_interval: Duration,
     groups: HashMap<String, Group>,
     firing: Vec<Value>,
@@ -105,13 +109,20 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let audit = AuditLog::open(&config.agent.audit_log)?;
+    let metrics = Metrics::new();
     let delivery = Delivery::start(
         sinks::load(&config.sinks)?,
         &config.agent.state_dir.join("spool"),
         audit.clone(),
+        metrics.clone(),
     )?;
+    if let Some(addr) = config.agent.metrics_listen {
+        metrics.clone().serve(addr).await?;
+    }
     let mut agent = Agent {
         delivery,
+        metrics,
+        counted: Default::default(),
         group_interval: humantime::parse_duration(&config.agent.group_interval)?,
         groups: HashMap::new(),
         firing: Vec::new(),
@@ -200,6 +211,7 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
             }
             result = monitor.next(on_event) => result?,
         }
+        agent.update_metrics(&monitor);
         let work = std::mem::take(&mut batch);
         let changes = !work.findings.is_empty();
         agent.act(&mut monitor, work)?;
@@ -484,6 +496,10 @@ impl Agent {
     /// audit log.
     fn raise(&mut self, record: Alert) {
         let value = serde_json::to_value(&record).expect("alerts serialize");
+        self.metrics
+            .alerts
+            .get_or_create(&vec![("kind", record.kind.to_string())])
+            .inc();
         self.follow_up_groups();
         let grouped = match self.groups.get_mut(&record.service) {
             Some(group) if record.kind.starts_with("respawn") => {
@@ -526,6 +542,29 @@ impl Agent {
             serde_json::to_string(&record).expect("alerts serialize")
         );
         self.audit.write(&json!({"alert": record}));
+    }
+
+    /// Brings the counters and gauges up to date with the monitor and state.
+    fn update_metrics(&mut self, monitor: &Monitor) {
+        let now = monitor.counts();
+        let before = std::mem::replace(&mut self.counted, now);
+        for (kind, n, was) in [
+            ("exec", now.exec, before.exec),
+            ("exit", now.exit, before.exit),
+            ("fork", now.fork, before.fork),
+            ("signal", now.signal, before.signal),
+        ] {
+            self.metrics
+                .events
+                .get_or_create(&vec![("kind", kind.to_string())])
+                .inc_by(n - was);
+        }
+        self.metrics.lost.inc_by(now.lost - before.lost);
+        self.metrics.processes.set(monitor.table().len() as i64);
+        self.metrics
+            .windows_open
+            .set(self.detector.windows().len() as i64);
+        self.metrics.frozen.set(self.held.len() as i64);
     }
 
     /// Ends the groups whose interval is over: those that held alerts back

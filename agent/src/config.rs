@@ -38,6 +38,8 @@ pub struct Agent {
     /// Respawn alerts of one service within this long of the first become
     /// one follow-up to the sinks ("respawned 3 more times").
     pub group_interval: String,
+    /// Where to serve Prometheus metrics (e.g. "127.0.0.1:9464"); off when unset.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Agent {
@@ -51,6 +53,7 @@ impl Default for Agent {
             ring_bytes: crate::kernel::DEFAULT_RING_BYTES,
             freezer: Default::default(),
             group_interval: "5m".into(),
+            metrics_listen: None,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod control;
 pub mod detect;
 pub mod events;
 pub mod kernel;
+pub mod metrics;
 pub mod monitor;
 pub mod process;
 pub mod sinks;

@@ -877,9 +877,14 @@ fn sinks_receive_the_alert_signed_and_shaped_and_no_secret_leaks() {
     fs::write(sandbox.dir.join("pd.key"), routing).unwrap();
     let d = sandbox.dir.display().to_string();
     let first = sandbox.start_runsv();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     sandbox.start_agent_with(
         "alert",
-        "",
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
         &sinks(
             &receiver,
             &[
@@ -941,6 +946,30 @@ fn sinks_receive_the_alert_signed_and_shaped_and_no_secret_leaks() {
     let status: Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["spool_depth"], 0, "{status:#}");
     assert_eq!(status["sinks"].as_array().unwrap().len(), 4, "{status:#}");
+    assert_eq!(status["sinks"][0]["health"]["delivered"], 1, "{status:#}");
+
+    // What Prometheus scrapes.
+    let mut response = ureq::get(&format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .call()
+        .unwrap();
+    let text = response.body_mut().read_to_string().unwrap();
+    for line in [
+        "stopguard_alerts_total{kind=\"respawn_after_operator_stop\"} 1",
+        "stopguard_deliveries_total{sink=\"webhook\",outcome=\"delivered\"} 1",
+        "stopguard_deliveries_total{sink=\"pagerduty\",outcome=\"delivered\"} 1",
+        "stopguard_delivery_latency_seconds_count{sink=\"slack\"} 1",
+        "stopguard_spool_depth 0",
+        "stopguard_windows_open 0",
+        "stopguard_lost_records_total 0",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    let execs: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("stopguard_events_total{kind=\"exec\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exec count:\n{text}"));
+    assert!(execs >= 1, "{text}");
 }
 
 #[test]

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::audit::AuditLog;
+use crate::{audit::AuditLog, metrics::Metrics};
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -357,6 +357,7 @@ impl Spool {
 
 /// The delivery side of the agent: the spool and a queue per sink.
 pub struct Delivery {
+    metrics: Metrics,
     spool: Arc<Mutex<Spool>>,
     health: Healths,
     queues: Vec<(Sink, mpsc::UnboundedSender<String>)>,
@@ -419,9 +420,15 @@ fn backoff(attempt: u32) -> Duration {
 impl Delivery {
     /// Opens the spool and starts one delivery task per sink, handing each
     /// what the spool still holds for it (alerts from before a restart).
-    pub fn start(sinks: Vec<Sink>, spool_dir: &Path, audit: AuditLog) -> Result<Delivery> {
+    pub fn start(
+        sinks: Vec<Sink>,
+        spool_dir: &Path,
+        audit: AuditLog,
+        metrics: Metrics,
+    ) -> Result<Delivery> {
         let spool = Spool::open(spool_dir)?;
         let pending = spool.pending();
+        metrics.spool_depth.set(pending.len() as i64);
         let spool = Arc::new(Mutex::new(spool));
         let health: Healths = Default::default();
         let mut queues = Vec::new();
@@ -440,16 +447,17 @@ impl Delivery {
                 .lock()
                 .expect("health lock")
                 .insert(sink.name.clone(), Health::default());
-            tokio::spawn(run(
-                sink.clone(),
-                rx,
-                spool.clone(),
-                audit.clone(),
-                health.clone(),
-            ));
+            let shared = Shared {
+                spool: spool.clone(),
+                audit: audit.clone(),
+                health: health.clone(),
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(run(sink.clone(), rx, shared));
             queues.push((sink, tx));
         }
         Ok(Delivery {
+            metrics,
             spool,
             health,
             queues,
@@ -504,7 +512,10 @@ impl Delivery {
                 })
                 .collect(),
         };
-        self.spool.lock().expect("spool lock").write(&id, &entry)?;
+        let spool = self.spool.lock().expect("spool lock");
+        spool.write(&id, &entry)?;
+        self.metrics.spool_depth.set(spool.depth() as i64);
+        drop(spool);
         for (_, queue) in wanted {
             let _ = queue.send(id.clone());
         }
@@ -535,15 +546,39 @@ impl Delivery {
     }
 }
 
-/// One sink's delivery loop: its alerts in order, each until delivered or
-/// too old.
-async fn run(
-    sink: Sink,
-    mut queue: mpsc::UnboundedReceiver<String>,
+/// What a sink's delivery loop shares with the agent.
+struct Shared {
     spool: Arc<Mutex<Spool>>,
     audit: AuditLog,
     health: Healths,
-) {
+    metrics: Metrics,
+}
+
+/// One sink's delivery loop: its alerts in order, each until delivered or
+/// too old.
+async fn run(sink: Sink, mut queue: mpsc::UnboundedReceiver<String>, shared: Shared) {
+    let Shared {
+        spool,
+        audit,
+        health,
+        metrics,
+    } = shared;
+    let outcome = |what: &str| {
+        metrics
+            .deliveries
+            .get_or_create(&vec![
+                ("sink", sink.name.clone()),
+                ("outcome", what.to_string()),
+            ])
+            .inc();
+    };
+    let update = |id: &str, state: SinkState| {
+        let spool = spool.lock().expect("spool lock");
+        if let Err(err) = spool.update(id, &sink.name, state) {
+            tracing::error!("spool: {err:#}");
+        }
+        metrics.spool_depth.set(spool.depth() as i64);
+    };
     let note = |f: &dyn Fn(&mut Health)| {
         if let Some(h) = health.lock().expect("health lock").get_mut(&sink.name) {
             f(h);
@@ -572,15 +607,14 @@ async fn run(
                     humantime::format_duration(sink.max_age)
                 );
                 audit.write(&json!({"event": "alert_undeliverable", "sink": sink.name, "id": id, "attempts": attempts}));
+                note(&|h| h.undeliverable += 1);
+                outcome("undeliverable");
                 let state = SinkState {
                     status: Status::Undeliverable,
                     attempts,
                     last_error: Some("max_age reached".into()),
                 };
-                let _ = spool
-                    .lock()
-                    .expect("spool lock")
-                    .update(&id, &sink.name, state);
+                update(&id, state);
                 break;
             }
             if let Some(last) = last_sent {
@@ -590,10 +624,10 @@ async fn run(
             attempts += 1;
             let started = std::time::Instant::now();
             let (s, alert) = (sink.clone(), entry.alert.clone());
-            let outcome = tokio::task::spawn_blocking(move || send(&s, &alert))
+            let result = tokio::task::spawn_blocking(move || send(&s, &alert))
                 .await
                 .unwrap_or_else(|e| Attempt::Retry(format!("delivery task: {e}"), None));
-            match outcome {
+            match result {
                 Attempt::Delivered(status) => {
                     let ms = started.elapsed().as_secs_f64() * 1e3;
                     tracing::info!(
@@ -601,18 +635,23 @@ async fn run(
                         sink.name
                     );
                     audit.write(&json!({"event": "alert_delivered", "sink": sink.name, "id": id, "attempts": attempts, "status": status}));
+                    note(&|h| {
+                        h.delivered += 1;
+                        h.last_success = Some(now_text());
+                    });
+                    outcome("delivered");
+                    let spooled_for =
+                        unix_ms(SystemTime::now()).saturating_sub(entry.spooled_at_unix_ms);
+                    metrics
+                        .delivery_latency
+                        .get_or_create(&vec![("sink", sink.name.clone())])
+                        .observe(spooled_for as f64 / 1e3);
                     let state = SinkState {
                         status: Status::Delivered,
                         attempts,
                         last_error: None,
                     };
-                    if let Err(err) = spool
-                        .lock()
-                        .expect("spool lock")
-                        .update(&id, &sink.name, state)
-                    {
-                        tracing::error!("spool: {err:#}");
-                    }
+                    update(&id, state);
                     break;
                 }
                 Attempt::Retry(error, after) => {
@@ -621,6 +660,7 @@ async fn run(
                         h.last_error = Some(error.clone());
                         h.last_error_at = Some(now_text());
                     });
+                    outcome("failed");
                     let wait = after.unwrap_or_default().max(backoff(attempts));
                     tracing::warn!(
                         "alert {id} to {}: {error}; attempt {attempts}, next in {:.1} s",
@@ -632,10 +672,7 @@ async fn run(
                         attempts,
                         last_error: Some(error),
                     };
-                    let _ = spool
-                        .lock()
-                        .expect("spool lock")
-                        .update(&id, &sink.name, state);
+                    update(&id, state);
                     tokio::time::sleep(wait).await;
                 }
             }
