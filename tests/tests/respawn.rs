@@ -1164,3 +1164,43 @@ fn alert_test_reports_each_sink_and_fails_when_one_does() {
     );
     assert!(!status.to_string().contains("XXXX"), "{status:#}");
 }
+
+#[test]
+fn an_alert_too_old_to_deliver_is_marked_undeliverable_and_audited() {
+    let test = "an_alert_too_old_to_deliver_is_marked_undeliverable_and_audited";
+    let Some(_probes) = root_test(test) else {
+        return;
+    };
+    let mut receiver = Receiver::start();
+    receiver.down();
+    let mut sandbox = Sandbox::new("undeliverable");
+    let first = sandbox.start_runsv();
+    sandbox.start_agent_with(
+        "alert",
+        "",
+        &sinks(&receiver, &[("webhook", "/hook", "max_age = \"3s\"")]),
+    );
+    let alert = &respawns(&sandbox, first, 1)[0];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let entry = loop {
+        let found = sandbox
+            .audit()
+            .into_iter()
+            .find(|a| a["event"] == "alert_undeliverable");
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "{:#?}", sandbox.audit());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(entry["id"], alert["id"]);
+    assert_eq!(entry["sink"], "webhook");
+    assert!(entry["attempts"].as_u64().unwrap() >= 2, "{entry}");
+    let status = sandbox.json(&["status"]);
+    assert_eq!(status["spool_depth"], 0, "{status:#}");
+    assert_eq!(status["sinks"][0]["health"]["undeliverable"], 1, "{status:#}");
+    assert!(
+        status["sinks"][0]["health"]["last_error"].is_string(),
+        "{status:#}"
+    );
+}
