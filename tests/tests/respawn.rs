@@ -1198,7 +1198,10 @@ fn an_alert_too_old_to_deliver_is_marked_undeliverable_and_audited() {
     assert!(entry["attempts"].as_u64().unwrap() >= 2, "{entry}");
     let status = sandbox.json(&["status"]);
     assert_eq!(status["spool_depth"], 0, "{status:#}");
-    assert_eq!(status["sinks"][0]["health"]["undeliverable"], 1, "{status:#}");
+    assert_eq!(
+        status["sinks"][0]["health"]["undeliverable"], 1,
+        "{status:#}"
+    );
     assert!(
         status["sinks"][0]["health"]["last_error"].is_string(),
         "{status:#}"

@@ -25,6 +25,9 @@ pub struct Args {
     /// Operator stops answered by a runsv respawn, to time exec -> alert (0: skip).
     #[arg(long, default_value_t = 50)]
     respawns: u32,
+    /// Spooled alerts the agent delivers to a loopback webhook, to time the spool (0: skip).
+    #[arg(long, default_value_t = 500)]
+    spool: u32,
 }
 
 struct AgentRun {
@@ -112,23 +115,138 @@ pub fn run(agent: &Path, args: &Args) -> Result<()> {
     }
     if args.respawns > 0 {
         crate::toolchain::ensure_test_packages()?;
-        let mut latencies = respawn_latencies(agent, args.respawns)?;
-        latencies.sort_by(f64::total_cmp);
-        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        let (mut latencies, mut webhook) = respawn_latencies(agent, args.respawns)?;
+        let quantiles = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+            (at(0.5), at(0.99), v[v.len() - 1])
+        };
+        let (median, p99, max) = quantiles(&mut latencies);
         println!(
-            "  respawn exec -> alert   median {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} respawns by runsv)",
-            at(0.5),
-            at(0.99),
-            latencies[latencies.len() - 1],
+            "  respawn exec -> alert   median {median:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({} respawns by runsv)",
             latencies.len()
+        );
+        let (median, p99, max) = quantiles(&mut webhook);
+        println!(
+            "  respawn exec -> webhook median {median:.2} ms, p99 {p99:.2} ms, max {max:.2} ms (request arriving at a loopback receiver)"
+        );
+    }
+    if args.spool > 0 {
+        let (seconds, count) = spool_throughput(agent, args.spool)?;
+        println!(
+            "  spool -> webhook        {:.0} alerts/s ({count} spooled alerts after the first in {seconds:.2} s, one fsync'd spool update each)",
+            count as f64 / seconds
         );
     }
     Ok(())
 }
 
+/// CLOCK_BOOTTIME in ns: the kernel's clock for exec times.
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A loopback HTTP receiver answering 200 to everything; each request's
+/// `webhook-id` and arrival time (CLOCK_BOOTTIME) go to the channel.
+fn receiver() -> Result<(u16, std::sync::mpsc::Receiver<(String, u64)>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(&stream);
+            let (mut id, mut length, mut line) = (String::new(), 0usize, String::new());
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if lower.starts_with("webhook-id:") {
+                    id = line["webhook-id:".len()..].trim().to_string();
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let arrived = boot_ns();
+            let _ = std::io::Write::write_all(
+                &mut &stream,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+            if tx.send((id, arrived)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((port, rx))
+}
+
+/// Spools `count` alerts for a webhook sink, starts the agent, and times
+/// until the receiver has them all.
+fn spool_throughput(agent: &Path, count: u32) -> Result<(f64, u32)> {
+    let dir = std::env::temp_dir().join(format!("stopguard-bench-spool-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("state/spool"))?;
+    let (port, arrivals) = receiver()?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    for i in 0..count {
+        let entry = serde_json::json!({
+            "alert": {"version": 1, "id": format!("bench-{i:05}"), "kind": "respawn_after_operator_stop",
+                      "severity": "critical", "host": "bench", "service": "sgdaemon",
+                      "summary": "bench alert", "action": "alerted", "at": "2026-01-01T00:00:00Z"},
+            "spooled_at_unix_ms": now_ms + i as u64,
+            "sinks": {"webhook": {"status": "pending", "attempts": 0, "last_error": null}},
+        });
+        fs::write(
+            dir.join(format!("state/spool/bench-{i:05}.json")),
+            serde_json::to_vec(&entry)?,
+        )?;
+    }
+    let config = dir.join("stopguard.toml");
+    fs::write(
+        &config,
+        format!(
+            "[agent]\naudit_log = \"{d}/audit.jsonl\"\nstate_dir = \"{d}/state\"\nsocket = \"{d}/sock\"\n\
+             [[sink]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\n",
+            d = dir.display()
+        ),
+    )?;
+    let mut child = Command::new(agent)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // Timed from the first arrival, so the agent's start is not counted.
+    let result = (|| -> Result<(f64, u32)> {
+        let (mut first, mut last) = (None, 0);
+        for _ in 0..count {
+            let (_, at) = arrivals
+                .recv_timeout(Duration::from_secs(30))
+                .context("spooled alerts stopped arriving")?;
+            first.get_or_insert(at);
+            last = at;
+        }
+        Ok(((last - first.unwrap_or(last)) as f64 / 1e9, count - 1))
+    })();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait()?;
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
 /// runsv supervises a fixture daemon; an operator (loginuid 1000) stops it
-/// `count` times; each respawn's alert says how long after the exec it came.
-fn respawn_latencies(agent: &Path, count: u32) -> Result<Vec<f64>> {
+/// `count` times; each respawn's alert says how long after the exec it
+/// came, and a loopback receiver when its webhook request arrived.
+fn respawn_latencies(agent: &Path, count: u32) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (port, arrivals) = receiver()?;
     let dir = std::env::temp_dir().join(format!("stopguard-bench-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.join("sv"))?;
@@ -151,9 +269,11 @@ fn respawn_latencies(agent: &Path, count: u32) -> Result<Vec<f64>> {
     fs::write(
         &config,
         format!(
-            "[agent]\naudit_log = \"{}/audit.jsonl\"\n[[service]]\nname = \"sgdaemon\"\nexe = [\"{}\"]\non_unexpected_respawn = \"alert\"\n",
-            dir.display(),
-            daemon.display()
+            "[agent]\naudit_log = \"{d}/audit.jsonl\"\nstate_dir = \"{d}/state\"\nsocket = \"{d}/sock\"\n\
+             group_interval = \"0s\"\n[[service]]\nname = \"sgdaemon\"\nexe = [\"{}\"]\n\
+             on_unexpected_respawn = \"alert\"\n[[sink]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\n",
+            daemon.display(),
+            d = dir.display(),
         ),
     )?;
     let mut runsv = Command::new("runsv")
@@ -162,7 +282,7 @@ fn respawn_latencies(agent: &Path, count: u32) -> Result<Vec<f64>> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting runsv")?;
-    let result = (|| -> Result<Vec<f64>> {
+    let result = (|| -> Result<(Vec<f64>, Vec<f64>)> {
         let mut pid = wait_for_start(&data, None)?;
         let mut child = Command::new(agent)
             .args(["run", "--config"])
@@ -176,6 +296,7 @@ fn respawn_latencies(agent: &Path, count: u32) -> Result<Vec<f64>> {
         std::thread::spawn(move || for _ in stderr.lines() {});
         let mut alerts = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut latencies = Vec::new();
+        let mut webhook = Vec::new();
         eprint!("    respawns: ");
         for i in 0..count {
             sh(&format!(
@@ -188,6 +309,16 @@ fn respawn_latencies(agent: &Path, count: u32) -> Result<Vec<f64>> {
                     .as_f64()
                     .context("no detected_after_ms")?,
             );
+            // The id ends with the exec's kernel time (CLOCK_BOOTTIME ns).
+            let id = alert["id"].as_str().context("no id")?.to_string();
+            let exec_ns: u64 = id.rsplit('-').next().unwrap_or("").parse()?;
+            let (got, arrived) = arrivals
+                .recv_timeout(Duration::from_secs(10))
+                .context("the webhook request did not arrive")?;
+            if got != id {
+                bail!("webhook {got} arrived for alert {id}");
+            }
+            webhook.push(arrived.saturating_sub(exec_ns) as f64 / 1e6);
             pid = wait_for_start(&data, Some(pid))?;
             if (i + 1) % 10 == 0 {
                 eprint!("{} ", i + 1);
@@ -196,7 +327,7 @@ fn respawn_latencies(agent: &Path, count: u32) -> Result<Vec<f64>> {
         eprintln!();
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         child.wait()?;
-        Ok(latencies)
+        Ok((latencies, webhook))
     })();
     let _ = runsv.kill();
     let _ = runsv.wait();
