@@ -230,6 +230,28 @@ mod tests {
     }
 
     #[test]
+    fn sinks_are_checked() {
+        let err = |text: &str| format!("{:#}", Config::parse(text, "f.toml").unwrap_err());
+        assert_eq!(
+            err("[[sink]]\nkind = \"webhook\"\nurl = \"hooks.example.com\"\n"),
+            "reading f.toml: [[sink]] `webhook`: key `url`: expected an http:// or https:// URL, got `hooks.example.com`"
+        );
+        assert_eq!(
+            err(
+                "[[sink]]\nkind = \"pagerduty\"\nurl = \"https://events.pagerduty.com/v2/enqueue\"\n"
+            ),
+            "reading f.toml: [[sink]] `pagerduty`: a pagerduty sink needs its routing key in `secret_file` or `secret_env`"
+        );
+        assert!(err("[[sink]]\nkind = \"email\"\nurl = \"https://x\"\n").contains("line 2"));
+        let text = "[[sink]]\nkind = \"slack\"\nurl = \"https://a\"\n[[sink]]\nkind = \"slack\"\nurl = \"https://b\"\n";
+        let config = Config::parse(text, "f.toml").unwrap();
+        assert_eq!(
+            crate::sinks::resolve_names(&config.sinks),
+            ["slack-1", "slack-2"]
+        );
+    }
+
+    #[test]
     fn duplicate_service_is_refused() {
         let text = "[[service]]\nname = \"pg\"\nexe = [\"/a\"]\n[[service]]\nname = \"pg\"\nexe = [\"/b\"]\n";
         let err = format!("{:#}", Config::parse(text, "f.toml").unwrap_err());

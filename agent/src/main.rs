@@ -251,6 +251,13 @@ fn run(cli: Cli) -> Result<()> {
                     s.on_unexpected_respawn
                 );
             }
+            let names = stopguard::sinks::resolve_names(&config.sinks);
+            for (name, sink) in names.iter().zip(&config.sinks) {
+                println!(
+                    "  sink {name:<12} {:?}, min_severity {:?}",
+                    sink.kind, sink.min_severity
+                );
+            }
             Ok(())
         }
         Command::Thaw { target } => client(cli.socket, &Request::Thaw { target }, false),

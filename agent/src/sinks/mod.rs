@@ -105,7 +105,8 @@ pub fn check(sinks: &[SinkConfig]) -> Result<()> {
     Ok(())
 }
 
-fn resolve_names(sinks: &[SinkConfig]) -> Vec<String> {
+/// Each sink's name: its `name`, else its kind (numbered when several).
+pub fn resolve_names(sinks: &[SinkConfig]) -> Vec<String> {
     sinks
         .iter()
         .enumerate()
