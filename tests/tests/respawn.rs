@@ -1173,14 +1173,19 @@ fn an_alert_too_old_to_deliver_is_marked_undeliverable_and_audited() {
     };
     let mut receiver = Receiver::start();
     receiver.down();
+    let alive = Receiver::start();
     let mut sandbox = Sandbox::new("undeliverable");
     let first = sandbox.start_runsv();
     sandbox.start_agent_with(
         "alert",
         "",
-        &sinks(&receiver, &[("webhook", "/hook", "max_age = \"3s\"")]),
+        &(sinks(&receiver, &[("webhook", "/hook", "max_age = \"3s\"")])
+            + &sinks(&alive, &[("webhook", "/alive", "name = \"alive\"")])),
     );
     let alert = &respawns(&sandbox, first, 1)[0];
+    // The dead sink holds up only itself.
+    let got = alive.wait_for(1, Duration::from_secs(1));
+    assert_eq!(got[0].json()["id"], alert["id"]);
     let deadline = Instant::now() + Duration::from_secs(15);
     let entry = loop {
         let found = sandbox

@@ -283,5 +283,24 @@ mod tests {
                 .unwrap();
         assert_eq!(am[0]["labels"]["service"], "postgres");
         assert_eq!(am[0]["labels"]["kind"], "respawn_in_window");
+        assert!(am[0].get("endsAt").is_none(), "firing: no endsAt");
+    }
+
+    #[test]
+    fn resolutions_end_the_same_alert() {
+        let mut resolved = alert();
+        resolved["id"] = json!("db-3-postgres-4121-5766-resolved");
+        resolved["resolves"] = json!("db-3-postgres-4121-5766");
+        resolved["resolved_at"] = json!("2026-11-28T19:20:00.000Z");
+        let am: Value =
+            serde_json::from_slice(&render(SinkKind::Alertmanager, &resolved, None, 0).body)
+                .unwrap();
+        assert_eq!(am[0]["endsAt"], "2026-11-28T19:20:00.000Z");
+        assert_eq!(am[0]["labels"]["alert_id"], "db-3-postgres-4121-5766");
+        let pd: Value =
+            serde_json::from_slice(&render(SinkKind::Pagerduty, &resolved, Some("K"), 0).body)
+                .unwrap();
+        assert_eq!(pd["event_action"], "resolve");
+        assert_eq!(pd["dedup_key"], "db-3/postgres/w1");
     }
 }
