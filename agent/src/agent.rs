@@ -717,51 +717,23 @@ impl Agent {
             self.audit
                 .write(&json!({"event": "control", "request": request, "peer": peer}));
         }
-        Answer::Now(match request {
+        match request {
             Request::Stop {
                 service,
                 reason,
                 for_secs,
                 wait_secs,
-            } if permitted => {
-                return self.stop(monitor, service, reason, for_secs, wait_secs, peer);
-            }
-            Request::AlertTest { sink } if permitted => {
-                let sinks: Vec<sinks::Sink> = self
-                    .delivery
-                    .sinks()
-                    .filter(|s| sink.as_ref().is_none_or(|n| *n == s.name))
-                    .cloned()
-                    .collect();
-                if sinks.is_empty() {
-                    let names: Vec<String> =
-                        self.delivery.sinks().map(|s| s.name.clone()).collect();
-                    return Answer::Now(control::error(match sink {
-                        Some(name) => format!("no sink `{name}` (sinks: {})", names.join(", ")),
-                        None => "no [[sink]] is configured".to_string(),
-                    }));
-                }
-                let alert = alert::test(&self.host, &self.clock, boot_ns());
-                return Answer::Later(Box::pin(async move {
-                    let mut results = Vec::new();
-                    for sink in sinks {
-                        results.push(sinks::test(sink, alert.clone()).await);
-                    }
-                    json!({"ok": true, "results": results})
-                }));
-            }
+            } if permitted => self.stop(monitor, service, reason, for_secs, wait_secs, peer),
+            Request::AlertTest { sink } if permitted => self.alert_test(sink),
             Request::Audit {
                 since_secs,
                 service,
             } => {
                 let path = self.audit_path.clone();
-                return Answer::Later(Box::pin(async move {
+                Answer::Later(Box::pin(async move {
+                    let since = since_secs.map(Duration::from_secs);
                     let read = tokio::task::spawn_blocking(move || {
-                        audit::read(
-                            &path,
-                            since_secs.map(Duration::from_secs),
-                            service.as_deref(),
-                        )
+                        audit::read(&path, since, service.as_deref())
                     })
                     .await;
                     match read {
@@ -769,10 +741,36 @@ impl Agent {
                         Ok(Err(err)) => control::error(format!("{err:#}")),
                         Err(err) => control::error(format!("reading the audit log: {err}")),
                     }
-                }));
+                }))
             }
-            request => self.answer(monitor, request, peer, permitted),
-        })
+            request => Answer::Now(self.answer(monitor, request, peer, permitted)),
+        }
+    }
+
+    /// `stopguard alert test`: a test alert straight to each sink (or the
+    /// one named), outside the spool; the answer lists each result.
+    fn alert_test(&self, sink: Option<String>) -> Answer {
+        let chosen: Vec<sinks::Sink> = self
+            .delivery
+            .sinks()
+            .filter(|s| sink.as_ref().is_none_or(|n| *n == s.name))
+            .cloned()
+            .collect();
+        if chosen.is_empty() {
+            let names: Vec<String> = self.delivery.sinks().map(|s| s.name.clone()).collect();
+            return Answer::Now(control::error(match sink {
+                Some(name) => format!("no sink `{name}` (sinks: {})", names.join(", ")),
+                None => "no [[sink]] is configured".to_string(),
+            }));
+        }
+        let alert = alert::test(&self.host, &self.clock, boot_ns());
+        Answer::Later(Box::pin(async move {
+            let mut results = Vec::new();
+            for sink in chosen {
+                results.push(sinks::test(sink, alert.clone()).await);
+            }
+            json!({"ok": true, "results": results})
+        }))
     }
 
     /// Opens a window on `service` for `peer`, arming the guard when the

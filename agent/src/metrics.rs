@@ -49,9 +49,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("stopguard");
-        let metrics = Metrics {
-            registry: Arc::new(Registry::default()),
+        let mut metrics = Metrics {
+            registry: Arc::new(Registry::with_prefix("stopguard")),
             events: Family::default(),
             lost: Counter::default(),
             processes: Gauge::default(),
@@ -62,6 +61,7 @@ impl Metrics {
             spool_depth: Gauge::default(),
             delivery_latency: Family::new_with_constructor(latency_histogram),
         };
+        let registry = Arc::get_mut(&mut metrics.registry).expect("not shared yet");
         registry.register("events", "Kernel events by kind", metrics.events.clone());
         registry.register(
             "lost_records",
@@ -99,10 +99,7 @@ impl Metrics {
             "From spooling an alert to a sink accepting it",
             metrics.delivery_latency.clone(),
         );
-        Metrics {
-            registry: Arc::new(registry),
-            ..metrics
-        }
+        metrics
     }
 
     pub fn text(&self) -> String {

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <command>`. Each one installs what it needs
 //! first, so a fresh machine needs nothing beyond the Rust toolchain.
 mod bench;
+mod demo;
 mod toolchain;
 
 use std::{
@@ -69,7 +70,7 @@ fn run(cli: Cli) -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test { args } => test(&args),
-        Task::Demo => demo(),
+        Task::Demo => demo::run(),
         Task::Bench(args) => {
             build_ebpf()?;
             let agent = build_agent()?;
@@ -173,28 +174,6 @@ fn test(args: &[String]) -> Result<()> {
     println!("all tests: {passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
         bail!("tests failed ({status})");
-    }
-    Ok(())
-}
-
-fn demo() -> Result<()> {
-    if !is_root() {
-        bail!(
-            "the demo loads eBPF programs and runs a database: run it as root (sudo -E cargo xtask demo)"
-        );
-    }
-    toolchain::ensure_test_packages()?;
-    build_ebpf()?;
-    let agent = build_agent()?;
-    step("the incident, replayed");
-    let script = workspace_root().join("xtask/demo/incident.sh");
-    let status = Command::new("bash")
-        .arg(&script)
-        .arg(&agent)
-        .status()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !status.success() {
-        bail!("the demo failed ({status})");
     }
     Ok(())
 }

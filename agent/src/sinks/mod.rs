@@ -336,8 +336,14 @@ impl Spool {
         all
     }
 
+    /// How many alerts are spooled: a directory listing, nothing parsed.
     pub fn depth(&self) -> usize {
-        self.pending().len()
+        fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .count()
     }
 
     /// Records what happened to `id` at `sink`; the file goes once no sink
