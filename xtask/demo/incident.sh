@@ -2,7 +2,7 @@
 # The incident, replayed in a sandbox: PostgreSQL under monit, an operator
 # stops it for maintenance, monit restarts it, stopguard freezes it.
 # Run by `cargo xtask demo` as root: incident.sh /path/to/stopguard
-set -euo pipefail
+set -Eeuo pipefail
 
 sg=$1
 dir=/tmp/stopguard-demo
@@ -32,10 +32,10 @@ as_operator() { bash -c "echo 1000 > /proc/self/loginuid && $1"; }
 psql_() { timeout 3 setpriv --reuid=postgres --regid=postgres --init-groups \
     "$pgbin/psql" -h "$dir" -p "$port" -d postgres -tAc "$1" 2>&1; }
 wait_until() { # wait_until SECONDS WHAT COMMAND...
-    local deadline=$((SECONDS + $1)) what=$2
+    local seconds=$1 what=$2 deadline=$((SECONDS + $1))
     shift 2
     until "$@" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || fail "$what did not happen within $((deadline - SECONDS + $1 - $1)) s"
+        [ "$SECONDS" -lt "$deadline" ] || fail "$what did not happen within $seconds s"
         sleep 0.2
     done
 }
@@ -53,7 +53,7 @@ ours() {
 tree() {
     local child
     echo "$1"
-    for child in $(pgrep -P "$1"); do tree "$child"; done
+    for child in $(pgrep -P "$1" || true); do tree "$child"; done
 }
 gone() { local p; for p in "$@"; do [ ! -d "/proc/$p" ] && continue; return 1; done; }
 wait_gone() { # wait_gone SECONDS PID...
@@ -83,10 +83,11 @@ cleanup() {
         echo 0 >"$cg/cgroup.freeze" 2>/dev/null || echo THAWED >"$cg/freezer.state" 2>/dev/null
     done
     # monit first, so nothing starts postgres again; with it whatever it was
-    # starting (pg_ctl, a postmaster frozen at exec).
+    # starting (pg_ctl, a postmaster frozen at exec), but not a postmaster
+    # that runs: pg_ctl stops that one with its backends, below.
     monit=${monit_pid:-$(ours "$dir/monit.pid")}
     if [ -n "$monit" ]; then
-        starters=$(tree "$monit")
+        starters=$(tree "$monit" | grep -vxF "$(ours "$dir/data/postmaster.pid")")
         kill -KILL $starters 2>/dev/null
         wait_gone 10 $starters
     fi
@@ -116,16 +117,16 @@ trap 'exit 130' INT TERM
 
 if [ -e "$dir" ]; then
     echo "  removing $dir from an earlier run"
-    cleanup
+    (cleanup) # in a subshell: it turns off set -e
 fi
 mkdir -p "$dir" && chown postgres:postgres "$dir"
 ls -d $frozen_glob >"$dir/cgroups.before" 2>/dev/null || true
-for other in $(pgrep -x stopguard); do
+for other in $(pgrep -x stopguard || true); do
     echo "  note: another stopguard agent runs here (pid $other); it sees this demo too"
 done
 
 operator=$(getent passwd 1000 | cut -d: -f1) || true
-operator="the operator (login uid 1000${operator:+, $operator on this machine})"
+operator="The operator (login uid 1000${operator:+, $operator on this machine})"
 
 say "1. A throwaway PostgreSQL under monit"
 echo "  initdb $dir/data, port $port; monit checks it every second and starts it when it is down"
@@ -142,6 +143,7 @@ MONIT
 chmod 0600 "$dir/monitrc" # monit refuses a control file others can read
 monit -I -c "$dir/monitrc" >/dev/null 2>&1 &
 monit_pid=$!
+disown # cleanup kills it; no job report from bash
 wait_until 60 "PostgreSQL starting under monit" psql_ "select 1"
 psql_ "create table orders (id int); insert into orders values (1), (2), (3)" >/dev/null
 echo "  postgres is serving (postmaster pid $(head -n 1 "$dir/data/postmaster.pid")), monit pid $monit_pid"
@@ -165,6 +167,7 @@ shown "export STOPGUARD_SOCKET=$STOPGUARD_SOCKET"
 shown "stopguard run --config $dir/stopguard.toml"
 "$sg" run --config "$dir/stopguard.toml" >"$dir/alerts.jsonl" 2>"$dir/agent.log" &
 agent_pid=$!
+disown
 echo "$agent_pid" >"$dir/agent.pid"
 wait_until 30 "the agent starting" grep -q "stopguard running" "$dir/agent.log"
 echo "  $(grep -o 'stopguard running[^;]*' "$dir/agent.log" | head -n 1)"
@@ -174,10 +177,9 @@ shown "stopguard window open postgres --reason 'schema change' --for 30m"
 as_operator "'$sg' window open postgres --reason 'schema change' --for 30m" | indent
 shown "pg_ctl -D $dir/data -m fast stop"
 as_operator "setpriv --reuid=postgres --regid=postgres --init-groups $pg_ctl -m fast stop" | indent
-stopped_at=$SECONDS
 
 say "4. monit, still running, starts it again within seconds: stopguard catches it"
-wait_until 30 "an alert for monit's restart" grep -q '"kind":"respawn' "$dir/alerts.jsonl"
+wait_until 30 "stopguard alerting on monit's restart" grep -q '"kind":"respawn' "$dir/alerts.jsonl"
 alert=$(grep -m 1 '"kind":"respawn' "$dir/alerts.jsonl")
 frozen=$(grep -o '"process":{"pid":[0-9]*' <<<"$alert" | grep -o '[0-9]*$')
 summary=$(sed -n 's/.*"summary":"\([^"]*\)".*/\1/p' <<<"$alert")
@@ -196,13 +198,13 @@ fi
 say "5. The new postmaster (pid $frozen) has not run one instruction of its own"
 shown "grep State /proc/$frozen/status"
 grep State "/proc/$frozen/status" | indent
-shown "cat /proc/$frozen/cgroup"
-grep -E '^0::|freezer' "/proc/$frozen/cgroup" | indent
+shown "grep stopguard /proc/$frozen/cgroup"
+grep stopguard "/proc/$frozen/cgroup" | indent
 shown "psql -h $dir -p $port -c 'select 1'"
 if out=$(psql_ "select 1"); then
     fail "the frozen postgres answered: $out"
 fi
-echo "  ${out%%$'\n'*}" # psql's error, or nothing when it timed out
+echo "  $(head -n 1 <<<"${out:-no answer within 3 s}")"
 echo "  it is not serving"
 snapshot() { find "$dir/data" -printf '%p %s %T@\n' | sort; }
 before=$(snapshot)

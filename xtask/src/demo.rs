@@ -60,7 +60,7 @@ fn while_ignoring_ctrl_c(cmd: &mut Command) -> std::io::Result<ExitStatus> {
     extern "C" fn ignore(_: libc::c_int) {}
     // A handler, not SIG_IGN: exec resets handlers to the default, so the
     // script still gets SIGINT (a signal ignored at exec would stay ignored).
-    let previous = unsafe { libc::signal(libc::SIGINT, ignore as libc::sighandler_t) };
+    let previous = unsafe { libc::signal(libc::SIGINT, ignore as *const () as libc::sighandler_t) };
     let status = cmd.status();
     unsafe { libc::signal(libc::SIGINT, previous) };
     status
