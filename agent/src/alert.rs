@@ -70,7 +70,10 @@ pub struct ProcessInfo {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RespawnedBy {
+    /// The nearest supervisor in the chain, and its pid.
     pub supervisor: Option<String>,
+    pub supervisor_pid: Option<u32>,
+    /// The process that started it (its parent at the exec).
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub chain: Vec<Link>,
@@ -172,7 +175,8 @@ pub fn respawn(
         }),
         respawned_by: Some(RespawnedBy {
             supervisor: started.supervisor.as_ref().map(|s| s.comm.clone()),
-            pid: started.supervisor.as_ref().map(|s| s.pid),
+            supervisor_pid: started.supervisor.as_ref().map(|s| s.pid),
+            pid: started.chain.first().map(|l| l.pid),
             comm: started.chain.first().map(|l| l.comm.clone()),
             chain: started.chain.clone(),
         }),

@@ -251,6 +251,18 @@ fn respawn_is_frozen_and_named(test: &str, kind: Supervisor, comm: &str) {
     assert_eq!(alert["respawned_by"]["supervisor"], comm, "{alert:#}");
     assert_eq!(alert["stopped_by"]["loginuid"], 1000, "{alert:#}");
     assert_eq!(alert["stopped_by"]["comm"], "kill", "{alert:#}");
+    let by = &alert["respawned_by"];
+    assert_eq!(by["pid"], by["chain"][0]["pid"], "{alert:#}");
+    assert_eq!(by["comm"], by["chain"][0]["comm"], "{alert:#}");
+    let supervisor_pid = by["supervisor_pid"].as_u64().unwrap();
+    assert!(
+        by["chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["pid"] == supervisor_pid && l["comm"] == comm),
+        "{alert:#}"
+    );
     assert_eq!(alert["stopped_by"]["signal"], "SIGTERM", "{alert:#}");
     assert_eq!(alert["window"], Value::Null);
     let summary = alert["summary"].as_str().unwrap();

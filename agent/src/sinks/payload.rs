@@ -62,7 +62,7 @@ fn details(alert: &Value) -> Vec<String> {
         lines.push(format!(
             "Restarted by: {} (pid {}), chain {}",
             by["supervisor"].as_str().unwrap_or("unknown"),
-            by["pid"],
+            by["supervisor_pid"],
             chain.join(" <- ")
         ));
     }
@@ -218,7 +218,7 @@ mod tests {
             "summary": "postgres respawned by monit 1.8 s after alice (uid 1000) stopped it",
             "action": "frozen (SIGSTOP at exec, cgroup frozen); thaw with: stopguard thaw 4121",
             "process": {"pid": 4121, "exe": "/usr/lib/postgresql/15/bin/postgres", "cmdline": []},
-            "respawned_by": {"supervisor": "monit", "pid": 880, "comm": "sh", "chain": [{"pid": 4119, "comm": "sh"}, {"pid": 880, "comm": "monit"}]},
+            "respawned_by": {"supervisor": "monit", "supervisor_pid": 880, "pid": 4119, "comm": "sh", "chain": [{"pid": 4119, "comm": "sh"}, {"pid": 880, "comm": "monit"}]},
             "stopped_by": {"pid": 4090, "comm": "pg_ctl", "uid": 1000, "loginuid": 1000, "user": "alice", "signal": "SIGINT", "via": null},
             "window": {"id": "w1", "reason": "schema change", "opened_by": "alice (uid 1000)"},
             "at": "2026-11-28T19:13:50.532Z",
