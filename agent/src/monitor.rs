@@ -113,6 +113,16 @@ impl Monitor {
         }
         let mut batch = std::mem::take(&mut self.batch);
         for event in batch.drain(..) {
+            // Threads of one process exiting at once can each see the last
+            // live count in the kernel: one exit per process reaches users.
+            if let Event::Exit(exit) = &event
+                && self
+                    .table
+                    .get(&exit.key)
+                    .is_some_and(|p| p.exited.is_some())
+            {
+                continue;
+            }
             self.counts.add(&event);
             self.table.apply(&event);
             if let Event::Lost(_) = event {
