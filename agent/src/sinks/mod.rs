@@ -139,6 +139,8 @@ pub struct Sink {
     pub max_age: Duration,
     /// Slack takes about one message a second per webhook.
     min_interval: Duration,
+    /// One HTTP client per sink: its connections are kept between alerts.
+    http: ureq::Agent,
 }
 
 impl std::fmt::Debug for Sink {
@@ -244,6 +246,11 @@ pub fn load(sinks: &[SinkConfig]) -> Result<Vec<Sink>> {
                     .map(humantime::parse_duration)
                     .transpose()?
                     .unwrap_or(Duration::from_secs(24 * 3600)),
+                http: ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .http_status_as_error(false)
+                    .build()
+                    .into(),
                 min_interval: if config.kind == SinkKind::Slack {
                     Duration::from_secs(1)
                 } else {
@@ -383,12 +390,8 @@ fn send(sink: &Sink, alert: &Value) -> Attempt {
         .unwrap_or_default()
         .as_secs();
     let request = payload::render(sink.kind, alert, sink.secret.as_deref(), now);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut builder = agent
+    let mut builder = sink
+        .http
         .post(&sink.url)
         .header("content-type", "application/json")
         .header(
