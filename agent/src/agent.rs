@@ -23,6 +23,7 @@ use crate::{
     actions,
     alert::{self, Alert, WindowInfo},
     audit::{self, AuditLog},
+    clock::{Clock, boot_ns},
     config::{Config, InWindow, Service, UnexpectedRespawn},
     control::{self, Answer, Request},
     detect::{ControlCommand, Detector, Finding, Intent, Started, Window},
@@ -33,7 +34,6 @@ use crate::{
     monitor::Monitor,
     process::ProcessTable,
     sinks::{self, Delivery},
-    trace::{Clock, boot_ns},
 };
 
 /// Unresolved alerts kept for resolving later.

@@ -6,9 +6,10 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::{
+    clock::Clock,
     detect::{AtRisk, OperatorStop, Started, Window},
+    identity::{person, user_name},
     process::Link,
-    trace::Clock,
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -101,25 +102,6 @@ impl StoppedBy {
             signal: stop.signal_name.clone(),
             via: stop.via.as_ref().map(|c| c.args.join(" ")),
         }
-    }
-}
-
-/// The login name of a uid, when the host knows one.
-pub fn user_name(uid: u32) -> Option<String> {
-    nix::unistd::User::from_uid(uid.into())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-}
-
-/// Who, in words: "alice (uid 1000)" or "uid 1000".
-fn person(loginuid: Option<u32>) -> String {
-    match loginuid {
-        Some(uid) => match user_name(uid) {
-            Some(name) => format!("{name} (uid {uid})"),
-            None => format!("uid {uid}"),
-        },
-        None => "someone".into(),
     }
 }
 

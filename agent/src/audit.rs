@@ -116,13 +116,7 @@ fn mentions_service(value: &Value, service: &str) -> bool {
 }
 
 fn who(loginuid: &Value) -> String {
-    match loginuid.as_u64() {
-        Some(uid) => match crate::alert::user_name(uid as u32) {
-            Some(name) => format!("{name} (uid {uid})"),
-            None => format!("uid {uid}"),
-        },
-        None => "someone".into(),
-    }
+    crate::identity::person(loginuid.as_u64().map(|uid| uid as u32))
 }
 
 fn s(value: &Value) -> &str {
