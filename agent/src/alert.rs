@@ -35,7 +35,7 @@ pub struct Alert {
     pub detected_after_ms: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct WindowInfo {
     pub id: String,
     pub service: String,

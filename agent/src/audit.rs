@@ -58,7 +58,7 @@ impl AuditLog {
 
 /// What `read` found: the entries asked for (newest `MAX_ENTRIES`), and
 /// how many older ones matched but were left out.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Timeline {
     pub entries: Vec<Value>,
     pub left_out: usize,

@@ -30,4 +30,3 @@ impl Clock {
         self.boot + Duration::from_nanos(boot_ns)
     }
 }
-

@@ -4,7 +4,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use stopguard::{
     config::Config,
-    control::{self, Request},
+    control::{
+        AlertTested, AuditRead, Request, Status, Stopped, Thawed, WindowClosed, WindowList,
+        WindowOpened, client,
+    },
     kernel::{DEFAULT_RING_BYTES, ProbeOptions},
     trace::TraceOptions,
 };
@@ -217,28 +220,30 @@ fn run(cli: Cli) -> Result<()> {
             let config = Config::load(config.as_deref())?;
             runtime.block_on(stopguard::agent::run(config, cli.socket))
         }
-        Command::Window(command) => {
-            let (request, json) = match command {
-                WindowCommand::Open {
+        Command::Window(command) => match command {
+            WindowCommand::Open {
+                service,
+                reason,
+                duration,
+            } => show::<WindowOpened>(
+                cli.socket,
+                &Request::WindowOpen {
                     service,
                     reason,
-                    duration,
-                } => (
-                    Request::WindowOpen {
-                        service,
-                        reason,
-                        for_secs: duration.map(|d| d.as_secs().max(1)),
-                    },
-                    false,
-                ),
-                WindowCommand::Close { target, thaw, kill } => {
-                    (Request::WindowClose { target, thaw, kill }, false)
-                }
-                WindowCommand::List { json } => (Request::WindowList, json),
-            };
-            client(cli.socket, &request, json)
-        }
-        Command::Status { json } => client(cli.socket, &Request::Status, json),
+                    for_secs: duration.map(|d| d.as_secs().max(1)),
+                },
+                false,
+            ),
+            WindowCommand::Close { target, thaw, kill } => show::<WindowClosed>(
+                cli.socket,
+                &Request::WindowClose { target, thaw, kill },
+                false,
+            ),
+            WindowCommand::List { json } => {
+                show::<WindowList>(cli.socket, &Request::WindowList, json)
+            }
+        },
+        Command::Status { json } => show::<Status>(cli.socket, &Request::Status, json),
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file))?;
             println!("{}: valid; host {}", file.display(), config.agent.host);
@@ -260,13 +265,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Thaw { target } => client(cli.socket, &Request::Thaw { target }, false),
+        Command::Thaw { target } => show::<Thawed>(cli.socket, &Request::Thaw { target }, false),
         Command::Stop {
             service,
             reason,
             duration,
             wait,
-        } => client(
+        } => show::<Stopped>(
             cli.socket,
             &Request::Stop {
                 service,
@@ -278,30 +283,16 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Command::Alert(AlertCommand::Test { sink, json }) => {
             let answer = call(cli.socket, &Request::AlertTest { sink })?;
-            let results = answer["results"].as_array().cloned().unwrap_or_default();
             if json {
                 println!("{}", serde_json::to_string_pretty(&answer)?);
-            } else {
-                for r in &results {
-                    match r["ok"].as_bool() {
-                        Some(true) => println!(
-                            "{:<16} ok      HTTP {}  {} ms",
-                            r["sink"].as_str().unwrap_or("?"),
-                            r["status"],
-                            r["latency_ms"]
-                        ),
-                        _ => println!(
-                            "{:<16} FAILED  {}  {} ms",
-                            r["sink"].as_str().unwrap_or("?"),
-                            r["error"].as_str().unwrap_or("?"),
-                            r["latency_ms"]
-                        ),
-                    }
-                }
             }
-            let failed = results.iter().filter(|r| r["ok"] != true).count();
+            let tested: AlertTested = client::read(answer)?;
+            if !json {
+                print_lines(&tested);
+            }
+            let failed = tested.results.iter().filter(|r| !r.ok).count();
             if failed > 0 {
-                anyhow::bail!("{failed} of {} sinks failed", results.len());
+                anyhow::bail!("{failed} of {} sinks failed", tested.results.len());
             }
             Ok(())
         }
@@ -314,16 +305,15 @@ fn run(cli: Cli) -> Result<()> {
                 since_secs: since.map(|d| d.as_secs()),
                 service,
             };
-            let answer = call(cli.socket, &request)?;
-            let timeline = &answer["timeline"];
-            if timeline["left_out"].as_u64().unwrap_or(0) > 0 {
+            let AuditRead { timeline } = client::read(call(cli.socket, &request)?)?;
+            if timeline.left_out > 0 {
                 eprintln!(
                     "stopguard: {} older entries left out (the newest {} shown); narrow with --since",
-                    timeline["left_out"],
+                    timeline.left_out,
                     stopguard::audit::MAX_ENTRIES
                 );
             }
-            for entry in timeline["entries"].as_array().into_iter().flatten() {
+            for entry in &timeline.entries {
                 if json {
                     println!("{entry}");
                 } else {
@@ -341,137 +331,28 @@ fn call(socket: Option<PathBuf>, request: &Request) -> Result<serde_json::Value>
         Some(path) => path,
         None => Config::load(None)?.agent.socket,
     };
-    let answer = control::call(&socket, request)?;
-    if answer["ok"] != true {
-        anyhow::bail!(
-            "{}",
-            answer["error"].as_str().unwrap_or("the agent refused")
-        );
-    }
-    Ok(answer)
+    client::call(&socket, request)
 }
 
 /// Sends one request to the agent and prints its answer: JSON with
-/// `--json`, otherwise a line or a few for a person.
-fn client(socket: Option<PathBuf>, request: &Request, json: bool) -> Result<()> {
+/// `--json`, otherwise in words for a person.
+fn show<T>(socket: Option<PathBuf>, request: &Request, json: bool) -> Result<()>
+where
+    T: serde::de::DeserializeOwned + std::fmt::Display,
+{
     let answer = call(socket, request)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
-        return Ok(());
-    }
-    match request {
-        Request::WindowOpen { .. } => {
-            println!("{}", answer["window"]["id"].as_str().unwrap_or("?"))
-        }
-        Request::WindowClose { .. } => {
-            let window = &answer["window"];
-            println!(
-                "window {} on {} closed",
-                window["id"].as_str().unwrap_or("?"),
-                window["service"].as_str().unwrap_or("?")
-            );
-            for (key, done) in [("thawed", "thawed"), ("killed", "killed")] {
-                if let Some(pids) = answer[key].as_array().filter(|p| !p.is_empty()) {
-                    println!("{done}: {}", join(pids));
-                }
-            }
-            if let Some(pids) = answer["still_frozen"].as_array().filter(|p| !p.is_empty()) {
-                println!(
-                    "still frozen: {} (stopguard thaw PID lets one run)",
-                    join(pids)
-                );
-            }
-        }
-        Request::WindowList => {
-            for w in answer["windows"].as_array().into_iter().flatten() {
-                println!(
-                    "{}  {}  '{}'  opened by {} at {}{}",
-                    w["id"].as_str().unwrap_or("?"),
-                    w["service"].as_str().unwrap_or(""),
-                    w["reason"].as_str().unwrap_or(""),
-                    w["opened_by"].as_str().unwrap_or("?"),
-                    w["opened_at"].as_str().unwrap_or("?"),
-                    w["expires_at"]
-                        .as_str()
-                        .map(|e| format!(", expires {e}"))
-                        .unwrap_or_default()
-                );
-            }
-        }
-        Request::Thaw { .. } => println!("thawed {}", answer["thawed"]),
-        Request::Stop { service, .. } => {
-            let window = &answer["window"];
-            println!(
-                "window {} open on {service} ('{}'{})",
-                window["id"].as_str().unwrap_or("?"),
-                window["reason"].as_str().unwrap_or(""),
-                window["expires_at"]
-                    .as_str()
-                    .map(|e| format!(", closes by itself at {e}"))
-                    .unwrap_or_default()
-            );
-            match answer["pid"].as_u64() {
-                _ if answer["held_frozen"].is_u64() => println!(
-                    "{service} is not running: pid {} is held frozen (stopguard thaw {service} lets it run)",
-                    answer["held_frozen"]
-                ),
-                Some(pid) => println!(
-                    "stopped {service} (pid {pid}, {}) in {} s",
-                    answer["command"]
-                        .as_str()
-                        .map_or_else(|| "SIGTERM".to_string(), |c| format!("`{c}`")),
-                    answer["seconds"]
-                ),
-                None if answer["command"].is_string() => println!(
-                    "ran `{}` in {} s ({service} was not running as far as stopguard knows)",
-                    answer["command"].as_str().unwrap_or("?"),
-                    answer["seconds"]
-                ),
-                None => println!("{service} was not running"),
-            }
-            println!(
-                "a supervisor restarting it now is caught; when done: stopguard window close {service}"
-            );
-        }
-        Request::Audit { .. } | Request::AlertTest { .. } => {
-            unreachable!("printed by their commands")
-        }
-        Request::Status => {
-            println!("host {}", answer["host"].as_str().unwrap_or("?"));
-            for s in answer["services"].as_array().into_iter().flatten() {
-                println!(
-                    "  {:<12} {:<20} pid {}  frozen {}",
-                    s["name"].as_str().unwrap_or("?"),
-                    s["state"].as_str().unwrap_or("?"),
-                    s["pid"],
-                    s["frozen"]
-                );
-            }
-            println!(
-                "windows open: {}; lost records: {}; alerts waiting in the spool: {}",
-                answer["windows"].as_array().map_or(0, Vec::len),
-                answer["lost"],
-                answer["spool_depth"]
-            );
-            for s in answer["sinks"].as_array().into_iter().flatten() {
-                let h = &s["health"];
-                println!(
-                    "  sink {:<14} {} delivered, last success {}, last error {}",
-                    s["name"].as_str().unwrap_or("?"),
-                    h["delivered"],
-                    h["last_success"].as_str().unwrap_or("never"),
-                    h["last_error"].as_str().map_or_else(
-                        || "none".to_string(),
-                        |e| format!("{e} at {}", h["last_error_at"].as_str().unwrap_or("?"))
-                    )
-                );
-            }
-        }
+    } else {
+        print_lines(&client::read::<T>(answer)?);
     }
     Ok(())
 }
 
-fn join(values: &[serde_json::Value]) -> String {
-    let texts: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-    texts.join(", ")
+/// Prints an answer in words; nothing at all when it has none (no windows).
+fn print_lines(answer: &impl std::fmt::Display) {
+    let text = answer.to_string();
+    if !text.is_empty() {
+        println!("{text}");
+    }
 }

@@ -14,7 +14,7 @@ use crate::{
 /// How often the kernel's lost-record counters are read.
 const LOSS_CHECK: Duration = Duration::from_millis(100);
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub exec: u64,
     pub exit: u64,

@@ -2,7 +2,7 @@
 
 use std::{
     io::{self, Write},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use anyhow::{Context, Result};

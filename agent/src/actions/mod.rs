@@ -150,7 +150,7 @@ pub fn thaw(frozen: &Frozen) -> Result<()> {
 }
 
 /// Lets a process the kernel stopped at exec run again.
-pub fn release(pid: u32) -> Result<()> {
+pub fn resume(pid: u32) -> Result<()> {
     signal::kill(Pid::from_raw(pid as i32), signal::Signal::SIGCONT)
         .with_context(|| format!("SIGCONT to pid {pid}"))
 }

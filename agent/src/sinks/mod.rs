@@ -160,8 +160,18 @@ impl Sink {
     }
 }
 
+/// A sink in `stopguard status`: the URL without its path.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SinkStatus {
+    pub name: String,
+    pub kind: SinkKind,
+    pub url: String,
+    pub min_severity: Severity,
+    pub health: Health,
+}
+
 /// How a sink has been doing, for `stopguard status`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Health {
     pub delivered: u64,
     pub failed_attempts: u64,
@@ -178,7 +188,7 @@ fn now_text() -> String {
 }
 
 /// The result of a test alert to one sink.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct TestResult {
     pub sink: String,
     pub ok: bool,
@@ -542,15 +552,15 @@ impl Delivery {
     }
 
     /// Each sink: name, kind, host, and how it has been doing.
-    pub fn status(&self) -> Vec<Value> {
+    pub fn status(&self) -> Vec<SinkStatus> {
         let health = self.health.lock().expect("health lock");
         self.sinks()
-            .map(|s| {
-                json!({
-                    "name": s.name, "kind": s.kind, "url": s.shown_url(),
-                    "min_severity": s.min_severity,
-                    "health": health.get(&s.name),
-                })
+            .map(|s| SinkStatus {
+                name: s.name.clone(),
+                kind: s.kind,
+                url: s.shown_url(),
+                min_severity: s.min_severity,
+                health: health.get(&s.name).cloned().unwrap_or_default(),
             })
             .collect()
     }

@@ -1,76 +1,17 @@
-//! The control plane: `stopguard <command>` talks to the running agent over
-//! a Unix socket, one JSON request and one JSON response per connection.
-//! Who may change state is decided from the peer's credentials.
+//! The agent's side of the control socket: binds it, reads one request per
+//! connection, decides from the peer's credentials whether it may change
+//! state, hands it to the agent's loop and writes the answer back.
 
 use std::{path::Path, time::Duration};
 
-use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+use super::{MAX_REQUEST, Peer, Request};
+use anyhow::{Context, Result};
+use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
-
-/// Larger requests are refused: no command needs more.
-pub const MAX_REQUEST: u64 = 64 * 1024;
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    WindowOpen {
-        service: String,
-        reason: String,
-        /// Seconds until it closes by itself.
-        for_secs: Option<u64>,
-    },
-    WindowClose {
-        target: String,
-        thaw: bool,
-        kill: bool,
-    },
-    WindowList,
-    Status,
-    Thaw {
-        target: String,
-    },
-    /// Open a window (unless one is open) and stop the service.
-    Stop {
-        service: String,
-        reason: String,
-        for_secs: Option<u64>,
-        /// How long to wait for the main process to exit.
-        wait_secs: u64,
-    },
-    /// A test alert through every sink, or the one named.
-    AlertTest {
-        sink: Option<String>,
-    },
-    /// The audit log, oldest first.
-    Audit {
-        since_secs: Option<u64>,
-        service: Option<String>,
-    },
-}
-
-impl Request {
-    /// Whether the request changes state (and so needs root or the group).
-    pub fn changes_state(&self) -> bool {
-        !matches!(
-            self,
-            Request::WindowList | Request::Status | Request::Audit { .. }
-        )
-    }
-}
-
-/// The peer of a control connection, from SO_PEERCRED.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Peer {
-    pub pid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub loginuid: Option<u32>,
-}
 
 /// An answer now, or one that needs waiting for (a stop) without holding
 /// up the agent's loop.
@@ -88,8 +29,18 @@ pub struct Call {
     pub reply: oneshot::Sender<serde_json::Value>,
 }
 
+/// A refusal: `{"ok": false, "error": ...}`.
 pub fn error(message: impl Into<String>) -> serde_json::Value {
     serde_json::json!({"ok": false, "error": message.into()})
+}
+
+/// A success: the answer's fields with `"ok": true`.
+pub fn ok(answer: impl Serialize) -> serde_json::Value {
+    let mut value = serde_json::to_value(answer).expect("answers serialize");
+    if let Some(map) = value.as_object_mut() {
+        map.insert("ok".into(), true.into());
+    }
+    value
 }
 
 /// Binds the socket (mode 0660, group `group` when given) and serves it,
@@ -195,27 +146,4 @@ async fn handle(
     };
     write.write_all(format!("{answer}\n").as_bytes()).await?;
     Ok(())
-}
-
-/// Sends `request` to the agent at `socket` and returns its answer.
-pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
-    use std::io::{BufRead, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connecting to the agent at {} (is `stopguard run` running? --socket or STOPGUARD_SOCKET picks another)",
-            socket.display()
-        )
-    })?;
-    let wait = match request {
-        Request::Stop { wait_secs, .. } => *wait_secs + 30,
-        _ => 30,
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(wait)))?;
-    writeln!(stream, "{}", serde_json::to_string(request)?)?;
-    let mut line = String::new();
-    std::io::BufReader::new(stream).read_line(&mut line)?;
-    if line.is_empty() {
-        bail!("the agent closed the connection without an answer");
-    }
-    Ok(serde_json::from_str(&line)?)
 }

@@ -1,0 +1,170 @@
+//! Alerting: an alert is announced (the agent's log, one JSON line on
+//! stdout, the audit log), spooled for the sinks, grouped with the respawns
+//! of the same service that follow it, and resolved when its process is
+//! thawed or killed or its window closes.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::{alert::Alert, audit::AuditLog, metrics::Metrics, sinks::Delivery};
+
+/// Unresolved alerts kept for resolving later.
+const MAX_FIRING: usize = 1000;
+
+/// Respawn alerts of one service held back from the sinks after the first.
+struct Group {
+    until: Instant,
+    first_id: String,
+    held: Vec<Value>,
+}
+
+pub struct Alerting {
+    delivery: Delivery,
+    metrics: Metrics,
+    audit: AuditLog,
+    group_interval: Duration,
+    groups: HashMap<String, Group>,
+    /// Alerts not yet resolved (thaw, kill, window close).
+    firing: Vec<Value>,
+}
+
+impl Alerting {
+    pub fn new(
+        delivery: Delivery,
+        metrics: Metrics,
+        audit: AuditLog,
+        group_interval: Duration,
+    ) -> Alerting {
+        Alerting {
+            delivery,
+            metrics,
+            audit,
+            group_interval,
+            groups: HashMap::new(),
+            firing: Vec::new(),
+        }
+    }
+
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+
+    pub fn firing(&self) -> &[Value] {
+        &self.firing
+    }
+
+    pub fn restore_firing(&mut self, firing: Vec<Value>) {
+        self.firing = firing;
+    }
+
+    /// Announces an alert: the agent's log, stdout (one JSON line), the
+    /// audit log; and the sinks, through the spool, unless it is grouped.
+    pub fn raise(&mut self, record: Alert) {
+        let value = serde_json::to_value(&record).expect("alerts serialize");
+        self.metrics
+            .alerts
+            .get_or_create(&vec![("kind", record.kind.to_string())])
+            .inc();
+        self.follow_up_groups();
+        let grouped = match self.groups.get_mut(&record.service) {
+            Some(group) if record.kind.starts_with("respawn") => {
+                group.held.push(value.clone());
+                self.audit.write(&json!({
+                    "event": "alert_grouped", "service": record.service,
+                    "id": record.id, "group_of": group.first_id,
+                }));
+                true
+            }
+            _ => false,
+        };
+        if !grouped {
+            if record.kind.starts_with("respawn") {
+                self.groups.insert(
+                    record.service.clone(),
+                    Group {
+                        until: Instant::now() + self.group_interval,
+                        first_id: record.id.clone(),
+                        held: Vec::new(),
+                    },
+                );
+            }
+            // In the spool, synced, before anyone hears of it.
+            if let Err(err) = self.delivery.deliver(&value) {
+                tracing::error!("spooling alert {}: {err:#}", record.id);
+            }
+        }
+        if record.kind != "events_lost" {
+            self.firing.push(value);
+            // Bounded: the oldest unresolved alerts are the least likely
+            // to be resolved by a thaw now.
+            if self.firing.len() > MAX_FIRING {
+                self.firing.remove(0);
+            }
+        }
+        tracing::error!("{}", record.summary);
+        println!(
+            "{}",
+            serde_json::to_string(&record).expect("alerts serialize")
+        );
+        self.audit.write(&json!({"alert": record}));
+    }
+
+    /// Ends the groups whose interval is over: those that held alerts back
+    /// send one follow-up naming how many.
+    pub fn follow_up_groups(&mut self) {
+        let now = Instant::now();
+        let ended: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.until <= now)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for service in ended {
+            let group = self.groups.remove(&service).expect("listed above");
+            let Some(latest) = group.held.last() else {
+                continue;
+            };
+            let mut follow_up = latest.clone();
+            let n = group.held.len();
+            follow_up["id"] = json!(format!("{}-group", group.first_id));
+            follow_up["summary"] = json!(format!(
+                "{service} respawned {n} more time{} within {} of alert {}; latest: {}",
+                if n == 1 { "" } else { "s" },
+                humantime::format_duration(self.group_interval),
+                group.first_id,
+                latest["summary"].as_str().unwrap_or("")
+            ));
+            follow_up["grouped"] = json!(group.held.iter().map(|a| &a["id"]).collect::<Vec<_>>());
+            tracing::warn!("{}", follow_up["summary"].as_str().unwrap_or(""));
+            if let Err(err) = self.delivery.deliver(&follow_up) {
+                tracing::error!("spooling the follow-up for {service}: {err:#}");
+            }
+        }
+    }
+
+    /// Resolves the firing alerts about the process `pid`.
+    pub fn resolve_process(&mut self, pid: u32) {
+        self.resolve(|a| a["process"]["pid"] == pid);
+    }
+
+    /// Resolves the firing alerts about `service`.
+    pub fn resolve_service(&mut self, service: &str) {
+        self.resolve(|a| a["service"] == service);
+    }
+
+    fn resolve(&mut self, ended: impl Fn(&Value) -> bool) {
+        let (done, firing): (Vec<Value>, Vec<Value>) = std::mem::take(&mut self.firing)
+            .into_iter()
+            .partition(ended);
+        self.firing = firing;
+        for alert in done {
+            if let Err(err) = self.delivery.resolve(&alert) {
+                tracing::error!("spooling the resolution of {}: {err:#}", alert["id"]);
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Custody: the one place where a freeze is done. It arms the kernel guard
+//! (a guarded name is stopped at exec, before its first instruction), holds
+//! the respawns it keeps frozen, ends the retries of a supervisor that tries
+//! again, lets go of what the guard stopped but detection did not keep, and
+//! thaws or kills what it holds when told to.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::Path,
+};
+
+use serde_json::json;
+
+use crate::{
+    actions::{self, Freezer, Frozen},
+    audit::AuditLog,
+    detect::Started,
+    kernel::{Probes, comm_key},
+};
+
+/// A process held frozen, and the service it belongs to.
+struct Held {
+    service: String,
+    frozen: Frozen,
+}
+
+/// Respawns of one service after the first was frozen.
+struct Train {
+    frozen_pid: u32,
+    retries: u32,
+}
+
+pub struct Custody {
+    freezer: Freezer,
+    audit: AuditLog,
+    /// Services whose name is in the kernel guard map.
+    guarded: BTreeSet<String>,
+    held: HashMap<u32, Held>,
+    trains: HashMap<String, Train>,
+}
+
+/// What custody keeps across restarts.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    /// Frozen processes and the service each belongs to.
+    pub held: Vec<(String, Frozen)>,
+    /// Service names in the kernel guard map.
+    pub guarded: Vec<String>,
+}
+
+impl Custody {
+    pub fn new(freezer: Freezer, audit: AuditLog) -> Custody {
+        Custody {
+            freezer,
+            audit,
+            guarded: BTreeSet::new(),
+            held: HashMap::new(),
+            trains: HashMap::new(),
+        }
+    }
+
+    pub fn snapshot(&self) -> Saved {
+        Saved {
+            held: self
+                .held
+                .values()
+                .map(|h| (h.service.clone(), h.frozen.clone()))
+                .collect(),
+            guarded: self.guarded.iter().cloned().collect(),
+        }
+    }
+
+    /// Takes back what a previous run held: the frozen processes still
+    /// alive and still the same process. Returns the services it guarded,
+    /// for the caller to arm again.
+    pub fn restore(&mut self, saved: Saved) -> Vec<String> {
+        for (service, frozen) in saved.held {
+            if frozen.start_ticks.is_some()
+                && actions::start_ticks(frozen.pid) == frozen.start_ticks
+            {
+                self.trains.insert(
+                    service.clone(),
+                    Train {
+                        frozen_pid: frozen.pid,
+                        retries: 0,
+                    },
+                );
+                self.held.insert(frozen.pid, Held { service, frozen });
+            }
+        }
+        saved.guarded
+    }
+
+    pub fn guarded(&self) -> &BTreeSet<String> {
+        &self.guarded
+    }
+
+    /// Arms (`on`) or disarms the kernel guard of `service` under `name`,
+    /// the comm its exec will have.
+    pub fn guard(&mut self, probes: &mut Probes, service: &str, name: &str, on: bool) {
+        if on {
+            self.guarded.insert(service.to_string());
+        } else {
+            self.guarded.remove(service);
+        }
+        let result = probes.guard().and_then(|mut map| {
+            if on {
+                map.insert(comm_key(name), 1, 0)?;
+            } else {
+                let _ = map.remove(&comm_key(name));
+            }
+            Ok(())
+        });
+        if let Err(err) = result {
+            tracing::error!("guard map ({name}): {err:#}");
+        }
+    }
+
+    pub fn is_held(&self, pid: u32) -> bool {
+        self.held.contains_key(&pid)
+    }
+
+    /// Every pid held frozen.
+    pub fn held_pids(&self) -> Vec<u32> {
+        self.held.keys().copied().collect()
+    }
+
+    /// The pids held frozen for `service`.
+    pub fn held_of(&self, service: &str) -> Vec<u32> {
+        self.held
+            .iter()
+            .filter(|(_, h)| h.service == service)
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
+    /// A supervisor that sees no pidfile tries again each cycle: keep the
+    /// first respawn frozen and end the retries. True when this was one.
+    pub fn end_retry(&mut self, started: &Started) -> bool {
+        let Some(train) = self.trains.get_mut(&started.service) else {
+            return false;
+        };
+        if !self.held.contains_key(&train.frozen_pid)
+            || !Path::new(&format!("/proc/{}", train.frozen_pid)).exists()
+        {
+            return false;
+        }
+        train.retries += 1;
+        let killed = actions::kill(started.pid);
+        tracing::warn!(
+            "{} respawned again by {} (tried {} more times); pid {} killed, pid {} stays frozen",
+            started.service,
+            started.supervisor.as_ref().map_or("?", |s| s.comm.as_str()),
+            train.retries,
+            started.pid,
+            train.frozen_pid
+        );
+        self.audit.write(&json!({
+            "event": "respawn_retry_killed",
+            "service": started.service,
+            "pid": started.pid,
+            "retries": train.retries,
+            "frozen_pid": train.frozen_pid,
+            "error": killed.err().map(|e| format!("{e:#}")),
+        }));
+        true
+    }
+
+    /// Holds a respawn the guard stopped at exec: its own frozen cgroup,
+    /// kept until thawed or killed. Returns the action, in words.
+    pub fn freeze(&mut self, started: &Started) -> String {
+        match actions::freeze(started.pid, self.freezer) {
+            Ok(frozen) => {
+                let how = if frozen.cgroup.is_some() {
+                    "frozen (SIGSTOP at exec, cgroup frozen)"
+                } else {
+                    "frozen (SIGSTOP at exec)"
+                };
+                self.trains.insert(
+                    started.service.clone(),
+                    Train {
+                        frozen_pid: started.pid,
+                        retries: 0,
+                    },
+                );
+                self.held.insert(
+                    started.pid,
+                    Held {
+                        service: started.service.clone(),
+                        frozen,
+                    },
+                );
+                format!("{how}; thaw with: stopguard thaw {}", started.pid)
+            }
+            Err(err) => format!("freeze failed: {err:#}"),
+        }
+    }
+
+    /// Lets go of what the kernel guard stopped at exec and custody does
+    /// not hold: not every exec of a guarded name is a respawn.
+    pub fn resume_unheld(&self, guard_stopped: &[u32]) {
+        for &pid in guard_stopped {
+            if self.held.contains_key(&pid) {
+                continue;
+            }
+            match actions::resume(pid) {
+                Ok(()) => self
+                    .audit
+                    .write(&json!({"event": "guard_released", "pid": pid})),
+                Err(err) => tracing::warn!("releasing pid {pid}: {err:#}"),
+            }
+        }
+    }
+
+    /// Ends custody of what is held for `target` (a service, or one pid):
+    /// thawed, or killed with `kill`. Returns the pids.
+    pub fn let_go(&mut self, target: &str, kill: bool) -> Vec<u32> {
+        let pids: Vec<u32> = self
+            .held
+            .iter()
+            .filter(|(pid, h)| h.service == target || pid.to_string() == target)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in &pids {
+            let held = self.held.remove(pid).expect("listed above");
+            self.trains.remove(&held.service);
+            let result = if kill {
+                actions::kill(*pid).and_then(|()| actions::thaw(&held.frozen))
+            } else {
+                actions::thaw(&held.frozen)
+            };
+            if let Err(err) = result {
+                tracing::warn!("releasing pid {pid}: {err:#}");
+            }
+            self.audit.write(&json!({
+                "event": if kill { "killed" } else { "thawed" },
+                "service": held.service,
+                "pid": pid,
+            }));
+        }
+        pids
+    }
+}

@@ -1,0 +1,434 @@
+//! `stopguard run`: the long-running agent. Kernel events keep the process
+//! table current; detection turns them into findings; the policy decides
+//! what each finding asks for; custody freezes, alerting tells people.
+//!
+//! - `policy`: finding + the service's config → decision (pure).
+//! - `custody`: the kernel guard, frozen respawns, retry trains.
+//! - `alerting`: raise, group, resolve alerts.
+//! - `requests`: what the control socket asks of the agent.
+//! - `state`: what survives a restart.
+
+mod alerting;
+mod custody;
+mod policy;
+mod requests;
+mod state;
+mod stop;
+
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use serde_json::json;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use self::{alerting::Alerting, custody::Custody, policy::Decision, state::State};
+use crate::{
+    actions,
+    alert::{self, Alert},
+    audit::AuditLog,
+    clock::{Clock, boot_ns},
+    config::{Config, Service},
+    control::{self, server::Answer},
+    detect::{Detector, Finding},
+    events::Event,
+    kernel::ProbeOptions,
+    metrics::Metrics,
+    monitor::{Counts, Monitor},
+    process::ProcessTable,
+    sinks::{self, Delivery},
+};
+
+/// How often the agent logs what it has seen.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// What one batch of events asked of the agent.
+#[derive(Default)]
+struct Batch {
+    findings: Vec<Finding>,
+    /// Processes the kernel stopped at exec because their name is guarded.
+    guard_stopped: Vec<u32>,
+    lost: Option<u64>,
+}
+
+struct Agent {
+    host: String,
+    clock: Clock,
+    services: HashMap<String, Service>,
+    detector: Detector,
+    custody: Custody,
+    alerting: Alerting,
+    audit: AuditLog,
+    audit_path: PathBuf,
+    state_path: PathBuf,
+    metrics: Metrics,
+    /// Event counts already added to the metrics.
+    counted: Counts,
+    lost: u64,
+}
+
+pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let audit = AuditLog::open(&config.agent.audit_log)?;
+    let metrics = Metrics::new();
+    let delivery = Delivery::start(
+        sinks::load(&config.sinks)?,
+        &config.agent.state_dir.join("spool"),
+        audit.clone(),
+        metrics.clone(),
+    )?;
+    if let Some(addr) = config.agent.metrics_listen {
+        metrics.clone().serve(addr).await?;
+    }
+    let group_interval = humantime::parse_duration(&config.agent.group_interval)?;
+    let mut agent = Agent {
+        host: config.agent.host.clone(),
+        clock: Clock::now(),
+        services: config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect(),
+        detector: Detector::new(&config.services)?,
+        custody: Custody::new(config.agent.freezer, audit.clone()),
+        alerting: Alerting::new(delivery, metrics.clone(), audit.clone(), group_interval),
+        audit,
+        audit_path: config.agent.audit_log.clone(),
+        state_path: config.agent.state_dir.join("state.json"),
+        metrics,
+        counted: Counts::default(),
+        lost: 0,
+    };
+    let socket = socket.unwrap_or_else(|| config.agent.socket.clone());
+    agent.detector.set_agent_pid(std::process::id());
+    let mut monitor = Monitor::start(&ProbeOptions {
+        ring_bytes: config.agent.ring_bytes,
+        ..ProbeOptions::default()
+    })?;
+    let (call_tx, mut calls) = mpsc::channel(16);
+    control::server::serve(&socket, config.agent.control_group.as_deref(), call_tx)?;
+    agent.detector.adopt(monitor.table());
+    let restored = agent.restore(&mut monitor)?;
+    let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    tracing::info!(
+        host = %config.agent.host,
+        config = %config.source,
+        socket = %socket.display(),
+        "stopguard running: 4 probes attached, {} processes known, watching {} services ({}); running now: {:?}",
+        monitor.table().len_live(),
+        services.len(),
+        services.join(", "),
+        agent.detector.running()
+    );
+    if let Some(restored) = restored {
+        tracing::info!("{restored}");
+    }
+    let mut summary = tokio::time::interval(SUMMARY_EVERY);
+    summary.tick().await;
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    let mut batch = Batch::default();
+    loop {
+        let detector = &mut agent.detector;
+        let on_event = |event: &Event, table: &ProcessTable| {
+            batch.findings.extend(detector.observe(event, table));
+            match event {
+                Event::Exec(exec) if exec.guard_stopped => {
+                    batch.guard_stopped.push(exec.process.pid)
+                }
+                Event::Lost(lost) => batch.lost = Some(lost.count),
+                _ => {}
+            }
+        };
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = summary.tick() => log_summary(&monitor),
+            _ = second.tick() => {
+                agent.alerting.follow_up_groups();
+                continue;
+            }
+            Some(call) = calls.recv() => {
+                let changes = call.permitted && call.request.changes_state();
+                let answer = agent.call(&mut monitor, call.request.clone(), call.peer, call.permitted);
+                if changes {
+                    agent.save();
+                }
+                match answer {
+                    Answer::Now(answer) => {
+                        let _ = call.reply.send(answer);
+                    }
+                    Answer::Later(answer) => {
+                        tokio::spawn(async move {
+                            let _ = call.reply.send(answer.await);
+                        });
+                    }
+                }
+                continue;
+            }
+            result = monitor.next(on_event) => result?,
+        }
+        agent.update_metrics(&monitor);
+        let work = std::mem::take(&mut batch);
+        let changes = !work.findings.is_empty();
+        agent.act(&mut monitor, work);
+        if changes {
+            agent.save();
+        }
+    }
+    let mut tail = Vec::new();
+    monitor.flush(|e, t| tail.extend(agent.detector.observe(e, t)))?;
+    for finding in tail {
+        agent.audit.write(&finding);
+    }
+    let _ = std::fs::remove_file(&socket);
+    log_summary(&monitor);
+    tracing::info!("stopguard stopped");
+    Ok(())
+}
+
+fn log_summary(monitor: &Monitor) {
+    tracing::info!(
+        "{}; {} processes tracked ({} alive)",
+        monitor.counts(),
+        monitor.table().len(),
+        monitor.table().len_live()
+    );
+}
+
+impl Agent {
+    fn save(&self) {
+        let state = State {
+            detector: self.detector.snapshot(),
+            custody: self.custody.snapshot(),
+            firing: self.alerting.firing().to_vec(),
+        };
+        if let Err(err) = state.save(&self.state_path) {
+            tracing::error!("saving state to {}: {err:#}", self.state_path.display());
+        }
+    }
+
+    /// Takes back the state of a previous run: windows, operator stops,
+    /// frozen processes (those still alive and still the same process), and
+    /// the guard map. Returns what was restored, in words.
+    fn restore(&mut self, monitor: &mut Monitor) -> Result<Option<String>> {
+        let Some(state) = State::load(&self.state_path)? else {
+            return Ok(None);
+        };
+        self.detector.restore(state.detector);
+        self.alerting.restore_firing(state.firing);
+        for service in self.custody.restore(state.custody) {
+            self.guard(monitor, &service, true);
+        }
+        self.audit.write(&json!({
+            "event": "state_restored",
+            "windows": self.detector.windows(),
+            "frozen": self.custody.held_pids(),
+        }));
+        Ok(Some(format!(
+            "state restored from {}: {} windows, {} frozen, guarding {:?}",
+            self.state_path.display(),
+            self.detector.windows().len(),
+            self.custody.held_pids().len(),
+            self.custody.guarded()
+        )))
+    }
+
+    /// The name the kernel guard matches for a service: its running main
+    /// process's comm, else its first exe glob's file name.
+    fn guard_name(&self, service: &str, table: &ProcessTable) -> Option<String> {
+        let running = self
+            .main_pid(service)
+            .and_then(|pid| table.live(pid))
+            .map(|p| p.comm.clone());
+        running.or_else(|| {
+            let exe = self.services.get(service)?.exe.first()?;
+            let name = exe.rsplit('/').next()?;
+            (!name.contains(['*', '?', '['])).then(|| name.to_string())
+        })
+    }
+
+    /// The main process of `service` as detection knows it.
+    fn main_pid(&self, service: &str) -> Option<u32> {
+        self.detector
+            .running()
+            .into_iter()
+            .find(|(name, _)| *name == service)
+            .map(|(_, pid)| pid)
+    }
+
+    fn guard(&mut self, monitor: &mut Monitor, service: &str, on: bool) {
+        let Some(name) = self.guard_name(service, monitor.table()) else {
+            tracing::warn!("{service}: no name to guard (exe globs end in a wildcard)");
+            return;
+        };
+        self.custody.guard(monitor.probes(), service, &name, on);
+    }
+
+    fn window_open(&self, service: &str) -> bool {
+        self.detector.windows().iter().any(|w| w.service == service)
+    }
+
+    fn act(&mut self, monitor: &mut Monitor, work: Batch) {
+        if let Some(count) = work.lost {
+            self.lost += count;
+            tracing::warn!(
+                "{count} kernel records lost (ring buffer full): state unknown, process table resynchronised from /proc"
+            );
+            self.audit
+                .write(&json!({"event": "events_lost", "count": count}));
+        }
+        for expired in self.detector.expire_windows(boot_ns()) {
+            tracing::info!("window {} on {} expired", expired.id, expired.service);
+            self.audit
+                .write(&json!({"event": "window_expired", "window": expired}));
+            self.guard(monitor, &expired.service, false);
+        }
+        for finding in work.findings {
+            self.audit.write(&finding);
+            self.respond(monitor, &finding);
+        }
+        // Whatever the guard stopped that custody did not keep: let it go.
+        self.custody.resume_unheld(&work.guard_stopped);
+    }
+
+    /// Carries out what the policy decides for one finding.
+    fn respond(&mut self, monitor: &mut Monitor, finding: &Finding) {
+        log_finding(finding);
+        if let Finding::EventsLost { count, at_risk } = finding {
+            for risk in at_risk {
+                let process = risk.started_unseen.and_then(|pid| {
+                    let p = monitor.table().live(pid)?;
+                    Some(alert::ProcessInfo {
+                        pid,
+                        exe: p.exe.clone().unwrap_or_default(),
+                        cmdline: p.cmdline.clone(),
+                    })
+                });
+                let record =
+                    alert::events_lost(&self.host, *count, risk, process, &self.clock, boot_ns());
+                self.alerting.raise(record);
+            }
+            return;
+        }
+        let Some(name) = finding_service(finding) else {
+            return;
+        };
+        let Some(service) = self.services.get(name) else {
+            return;
+        };
+        let decision = policy::decide(finding, service, self.window_open(name));
+        let name = name.to_string();
+        let action = match decision {
+            Decision::Guard => return self.guard(monitor, &name, true),
+            Decision::Unguard => return self.guard(monitor, &name, false),
+            Decision::Nothing => return,
+            Decision::Alert => "alerted".to_string(),
+            Decision::Freeze | Decision::Kill => {
+                let Finding::Respawn { started, .. } = finding else {
+                    return;
+                };
+                if decision == Decision::Kill {
+                    match actions::kill(started.pid) {
+                        Ok(()) => "killed".to_string(),
+                        Err(err) => format!("kill failed: {err:#}"),
+                    }
+                } else if self.custody.end_retry(started) {
+                    return;
+                } else {
+                    let action = self.custody.freeze(started);
+                    // On disk before anyone hears of it: an agent killed
+                    // right after the alert must still know what it holds.
+                    self.save();
+                    action
+                }
+            }
+        };
+        if let Finding::Respawn {
+            started,
+            stopped_by,
+            window,
+        } = finding
+        {
+            let record: Alert = alert::respawn(
+                &self.host,
+                started,
+                stopped_by,
+                window.as_ref(),
+                &action,
+                &self.clock,
+                boot_ns(),
+            );
+            self.alerting.raise(record);
+        }
+    }
+
+    /// Brings the counters and gauges up to date with the monitor and state.
+    fn update_metrics(&mut self, monitor: &Monitor) {
+        let now = monitor.counts();
+        let before = std::mem::replace(&mut self.counted, now);
+        for (kind, n, was) in [
+            ("exec", now.exec, before.exec),
+            ("exit", now.exit, before.exit),
+            ("fork", now.fork, before.fork),
+            ("signal", now.signal, before.signal),
+        ] {
+            self.metrics
+                .events
+                .get_or_create(&vec![("kind", kind.to_string())])
+                .inc_by(n - was);
+        }
+        self.metrics.lost.inc_by(now.lost - before.lost);
+        self.metrics.processes.set(monitor.table().len() as i64);
+        self.metrics
+            .windows_open
+            .set(self.detector.windows().len() as i64);
+        self.metrics
+            .frozen
+            .set(self.custody.held_pids().len() as i64);
+    }
+}
+
+/// The service a finding is about, for the ones the policy decides.
+fn finding_service(finding: &Finding) -> Option<&str> {
+    match finding {
+        Finding::OperatorStop(stop) => Some(&stop.service),
+        Finding::Respawn { started, .. } => Some(&started.service),
+        Finding::OperatorStart { started, .. } => Some(&started.service),
+        Finding::CrashRestart { .. }
+        | Finding::Start { .. }
+        | Finding::EventsLost { .. }
+        | Finding::Exited { .. } => None,
+    }
+}
+
+/// The agent's log line for a finding a person wants to see there.
+fn log_finding(finding: &Finding) {
+    match finding {
+        Finding::OperatorStop(stop) => tracing::warn!(
+            "{} stopped by {} ({} from {} pid {})",
+            stop.service,
+            stop.loginuid.map_or("?".into(), |u| format!("uid {u}")),
+            stop.signal_name,
+            stop.sender.comm,
+            stop.sender.pid
+        ),
+        Finding::OperatorStart { started, loginuid } => tracing::info!(
+            "{} started by uid {loginuid} (pid {})",
+            started.service,
+            started.pid
+        ),
+        Finding::CrashRestart { started } => tracing::info!(
+            "{} restarted by {} after a crash (pid {})",
+            started.service,
+            started.supervisor.as_ref().map_or("?", |s| s.comm.as_str()),
+            started.pid
+        ),
+        Finding::Respawn { .. }
+        | Finding::EventsLost { .. }
+        | Finding::Start { .. }
+        | Finding::Exited { .. } => {}
+    }
+}

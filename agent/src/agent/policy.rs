@@ -1,0 +1,213 @@
+//! What the agent does about a finding, given the service's configuration:
+//! the one place where a respawn becomes a freeze, a kill or an alert. Pure:
+//! no I/O, so every combination is tested without root.
+
+use crate::{
+    config::{InWindow, Service, UnexpectedRespawn},
+    detect::Finding,
+};
+
+/// The agent's response to one finding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Arm the kernel guard: the service's next exec stops before its first
+    /// instruction, so a respawn can be frozen.
+    Guard,
+    /// Disarm the guard: the operator has the service back.
+    Unguard,
+    /// Hold the respawn frozen and alert.
+    Freeze,
+    /// End the respawn and alert.
+    Kill,
+    /// Let it run and alert.
+    Alert,
+    /// Record it (the audit log has every finding) and do nothing more.
+    Nothing,
+}
+
+/// The decision for `finding` about `service`; `window_open` says whether a
+/// maintenance window is open on it now.
+pub fn decide(finding: &Finding, service: &Service, window_open: bool) -> Decision {
+    match finding {
+        Finding::OperatorStop(_) => match service.on_unexpected_respawn {
+            UnexpectedRespawn::Freeze => Decision::Guard,
+            UnexpectedRespawn::Alert | UnexpectedRespawn::Ignore => Decision::Nothing,
+        },
+        Finding::Respawn {
+            window: Some(_), ..
+        } => match service.on_respawn {
+            InWindow::Freeze => Decision::Freeze,
+            InWindow::Kill => Decision::Kill,
+            InWindow::Alert => Decision::Alert,
+        },
+        Finding::Respawn { window: None, .. } => match service.on_unexpected_respawn {
+            UnexpectedRespawn::Freeze => Decision::Freeze,
+            UnexpectedRespawn::Alert => Decision::Alert,
+            UnexpectedRespawn::Ignore => Decision::Nothing,
+        },
+        Finding::OperatorStart { .. } if !window_open => Decision::Unguard,
+        Finding::EventsLost { .. } => Decision::Alert,
+        Finding::OperatorStart { .. }
+        | Finding::CrashRestart { .. }
+        | Finding::Start { .. }
+        | Finding::Exited { .. } => Decision::Nothing,
+    }
+}
+
+/// Whether opening a window on `service` arms the guard.
+pub fn guards_in_window(service: &Service) -> bool {
+    service.on_respawn == InWindow::Freeze
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::Config,
+        detect::{Actor, OperatorStop, Started, Window},
+    };
+
+    fn service(on_respawn: InWindow, on_unexpected_respawn: UnexpectedRespawn) -> Service {
+        let mut service = Config::parse(
+            "[[service]]\nname = \"db\"\nexe = [\"/usr/bin/db\"]\n",
+            "test",
+        )
+        .unwrap()
+        .services
+        .remove(0);
+        service.on_respawn = on_respawn;
+        service.on_unexpected_respawn = on_unexpected_respawn;
+        service
+    }
+
+    fn started() -> Started {
+        Started {
+            service: "db".into(),
+            pid: 42,
+            exe: "/usr/bin/db".into(),
+            args: vec!["db".into()],
+            chain: Vec::new(),
+            supervisor: None,
+            time_ns: 2,
+        }
+    }
+
+    fn stop() -> OperatorStop {
+        OperatorStop {
+            service: "db".into(),
+            pid: 41,
+            signal: 15,
+            signal_name: "SIGTERM".into(),
+            sender: Actor {
+                pid: 7,
+                comm: "kill".into(),
+                uid: 0,
+                loginuid: Some(1000),
+            },
+            loginuid: Some(1000),
+            via: None,
+            time_ns: 1,
+        }
+    }
+
+    fn respawn(in_window: bool) -> Finding {
+        Finding::Respawn {
+            started: Box::new(started()),
+            stopped_by: Box::new(stop()),
+            window: in_window.then(|| Window {
+                id: "w1".into(),
+                service: "db".into(),
+                reason: "test".into(),
+                opened_by_uid: 0,
+                opened_by_loginuid: Some(1000),
+                opened_at_ns: 0,
+                expires_at_ns: None,
+            }),
+        }
+    }
+
+    const IN_WINDOW: [InWindow; 3] = [InWindow::Freeze, InWindow::Alert, InWindow::Kill];
+    const UNEXPECTED: [UnexpectedRespawn; 3] = [
+        UnexpectedRespawn::Alert,
+        UnexpectedRespawn::Freeze,
+        UnexpectedRespawn::Ignore,
+    ];
+
+    #[test]
+    fn policy_inside_a_window_follows_on_respawn_whatever_on_unexpected_respawn_says() {
+        for on_respawn in IN_WINDOW {
+            for unexpected in UNEXPECTED {
+                let expected = match on_respawn {
+                    InWindow::Freeze => Decision::Freeze,
+                    InWindow::Alert => Decision::Alert,
+                    InWindow::Kill => Decision::Kill,
+                };
+                let got = decide(&respawn(true), &service(on_respawn, unexpected), true);
+                assert_eq!(
+                    got, expected,
+                    "in a window, {on_respawn:?} / {unexpected:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn policy_outside_a_window_follows_on_unexpected_respawn_whatever_on_respawn_says() {
+        for on_respawn in IN_WINDOW {
+            for unexpected in UNEXPECTED {
+                let expected = match unexpected {
+                    UnexpectedRespawn::Freeze => Decision::Freeze,
+                    UnexpectedRespawn::Alert => Decision::Alert,
+                    UnexpectedRespawn::Ignore => Decision::Nothing,
+                };
+                let got = decide(&respawn(false), &service(on_respawn, unexpected), false);
+                assert_eq!(got, expected, "no window, {on_respawn:?} / {unexpected:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn policy_arms_the_guard_at_an_operator_stop_only_when_an_unexpected_respawn_freezes() {
+        for on_respawn in IN_WINDOW {
+            for unexpected in UNEXPECTED {
+                let got = decide(
+                    &Finding::OperatorStop(stop()),
+                    &service(on_respawn, unexpected),
+                    false,
+                );
+                let expected = if unexpected == UnexpectedRespawn::Freeze {
+                    Decision::Guard
+                } else {
+                    Decision::Nothing
+                };
+                assert_eq!(got, expected, "{on_respawn:?} / {unexpected:?}");
+            }
+        }
+        assert!(guards_in_window(&service(
+            InWindow::Freeze,
+            UnexpectedRespawn::Alert
+        )));
+        assert!(!guards_in_window(&service(
+            InWindow::Alert,
+            UnexpectedRespawn::Freeze
+        )));
+    }
+
+    #[test]
+    fn policy_disarms_the_guard_when_the_operator_starts_it_outside_a_window() {
+        let start = Finding::OperatorStart {
+            started: started(),
+            loginuid: 1000,
+        };
+        let freezing = service(InWindow::Freeze, UnexpectedRespawn::Freeze);
+        assert_eq!(decide(&start, &freezing, false), Decision::Unguard);
+        assert_eq!(decide(&start, &freezing, true), Decision::Nothing);
+        let crash = Finding::CrashRestart { started: started() };
+        assert_eq!(decide(&crash, &freezing, false), Decision::Nothing);
+        let lost = Finding::EventsLost {
+            count: 3,
+            at_risk: Vec::new(),
+        };
+        assert_eq!(decide(&lost, &freezing, true), Decision::Alert);
+    }
+}

@@ -1,0 +1,243 @@
+//! What the control socket asks of the agent: windows, thaw, status, stop,
+//! a test alert, the audit timeline. One dispatch (`call`); answers that
+//! need waiting for run beside the event loop, never in it.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::Agent;
+use crate::{
+    alert::{self, WindowInfo},
+    audit,
+    clock::boot_ns,
+    control::{
+        AlertTested, AuditRead, Peer, Request, ServiceState, ServiceStatus, Status, Thawed,
+        WindowClosed, WindowList, WindowOpened,
+        server::{Answer, error, ok},
+    },
+    detect::Window,
+    monitor::Monitor,
+    sinks,
+};
+
+impl Agent {
+    /// Answers one request; refused ones (not `permitted`) are audited.
+    pub(super) fn call(
+        &mut self,
+        monitor: &mut Monitor,
+        request: Request,
+        peer: Peer,
+        permitted: bool,
+    ) -> Answer {
+        if !permitted {
+            tracing::warn!(
+                uid = peer.uid,
+                pid = peer.pid,
+                "refused {request:?}: permission denied"
+            );
+            self.audit.write(&json!({
+                "event": "permission_denied",
+                "request": request,
+                "peer": peer,
+            }));
+            return Answer::Now(error(
+                "permission denied: changing state needs root or the control group",
+            ));
+        }
+        if request.changes_state() {
+            self.audit
+                .write(&json!({"event": "control", "request": request, "peer": peer}));
+        }
+        match request {
+            Request::Stop {
+                service,
+                reason,
+                for_secs,
+                wait_secs,
+            } => self.stop(monitor, service, reason, for_secs, wait_secs, peer),
+            Request::AlertTest { sink } => self.alert_test(sink),
+            Request::Audit {
+                since_secs,
+                service,
+            } => self.audit_read(since_secs, service),
+            Request::WindowOpen {
+                service,
+                reason,
+                for_secs,
+            } => Answer::Now(
+                match self.open_window(monitor, &service, &reason, for_secs, peer) {
+                    Ok(window) => ok(WindowOpened {
+                        window: WindowInfo::new(&window, &self.clock),
+                    }),
+                    Err(err) => error(err),
+                },
+            ),
+            Request::WindowClose { target, thaw, kill } => {
+                Answer::Now(self.close_window(monitor, &target, thaw, kill))
+            }
+            Request::WindowList => Answer::Now(ok(WindowList {
+                windows: self.window_infos(),
+            })),
+            Request::Thaw { target } => Answer::Now(self.thaw(monitor, &target)),
+            Request::Status => Answer::Now(ok(self.status(monitor))),
+        }
+    }
+
+    fn window_infos(&self) -> Vec<WindowInfo> {
+        self.detector
+            .windows()
+            .iter()
+            .map(|w| WindowInfo::new(w, &self.clock))
+            .collect()
+    }
+
+    /// Opens a window on `service` for `peer`, arming the guard when the
+    /// service's policy freezes.
+    pub(super) fn open_window(
+        &mut self,
+        monitor: &mut Monitor,
+        service: &str,
+        reason: &str,
+        for_secs: Option<u64>,
+        peer: Peer,
+    ) -> Result<Window, String> {
+        let window = self.detector.open_window(
+            service,
+            reason,
+            (peer.uid, peer.loginuid),
+            boot_ns(),
+            for_secs.map(|s| s * 1_000_000_000),
+        )?;
+        if self
+            .services
+            .get(service)
+            .is_some_and(super::policy::guards_in_window)
+        {
+            self.guard(monitor, service, true);
+        }
+        tracing::info!("window {} opened on {service}: {reason}", window.id);
+        Ok(window)
+    }
+
+    fn close_window(
+        &mut self,
+        monitor: &mut Monitor,
+        target: &str,
+        thaw: bool,
+        kill: bool,
+    ) -> Value {
+        let Some(window) = self.detector.close_window(target) else {
+            return error(format!("no open window on or named `{target}`"));
+        };
+        self.guard(monitor, &window.service, false);
+        self.alerting.resolve_service(&window.service);
+        let released = if thaw || kill {
+            self.let_go(&window.service, kill)
+        } else {
+            Vec::new()
+        };
+        tracing::info!("window {} on {} closed", window.id, window.service);
+        ok(WindowClosed {
+            window: WindowInfo::new(&window, &self.clock),
+            thawed: (!kill).then(|| released.clone()),
+            killed: kill.then_some(released),
+            still_frozen: self.custody.held_of(&window.service),
+        })
+    }
+
+    /// Thaws (or kills) what custody holds for `target`, and resolves the
+    /// alerts about each.
+    fn let_go(&mut self, target: &str, kill: bool) -> Vec<u32> {
+        let pids = self.custody.let_go(target, kill);
+        for pid in &pids {
+            self.alerting.resolve_process(*pid);
+        }
+        pids
+    }
+
+    fn thaw(&mut self, monitor: &mut Monitor, target: &str) -> Value {
+        let thawed = self.let_go(target, false);
+        if thawed.is_empty() {
+            return error(format!("nothing frozen for `{target}`"));
+        }
+        if let Some(service) = self.services.keys().find(|s| *s == target).cloned() {
+            self.guard(monitor, &service, false);
+        }
+        ok(Thawed { thawed })
+    }
+
+    fn status(&self, monitor: &Monitor) -> Status {
+        let services = self
+            .services
+            .keys()
+            .map(|name| {
+                let stop = self.detector.stop_of(name);
+                let pid = self.main_pid(name);
+                ServiceStatus {
+                    name: name.clone(),
+                    pid,
+                    state: match (pid, stop) {
+                        (Some(_), _) => ServiceState::Running,
+                        (None, Some(_)) => ServiceState::StoppedByOperator,
+                        (None, None) => ServiceState::NotRunning,
+                    },
+                    stopped_by: stop.cloned(),
+                    frozen: self.custody.held_of(name),
+                }
+            })
+            .collect();
+        Status {
+            host: self.host.clone(),
+            services,
+            windows: self.window_infos(),
+            frozen: self.custody.held_pids(),
+            events: monitor.counts(),
+            lost: self.lost,
+            spool_depth: self.alerting.delivery().spool_depth(),
+            sinks: self.alerting.delivery().status(),
+        }
+    }
+
+    /// `stopguard alert test`: a test alert straight to each sink (or the
+    /// one named), outside the spool; the answer lists each result.
+    fn alert_test(&self, sink: Option<String>) -> Answer {
+        let delivery = self.alerting.delivery();
+        let chosen: Vec<sinks::Sink> = delivery
+            .sinks()
+            .filter(|s| sink.as_ref().is_none_or(|n| *n == s.name))
+            .cloned()
+            .collect();
+        if chosen.is_empty() {
+            let names: Vec<String> = delivery.sinks().map(|s| s.name.clone()).collect();
+            return Answer::Now(error(match sink {
+                Some(name) => format!("no sink `{name}` (sinks: {})", names.join(", ")),
+                None => "no [[sink]] is configured".to_string(),
+            }));
+        }
+        let alert = alert::test(&self.host, &self.clock, boot_ns());
+        Answer::Later(Box::pin(async move {
+            let mut results = Vec::new();
+            for sink in chosen {
+                results.push(sinks::test(sink, alert.clone()).await);
+            }
+            ok(AlertTested { results })
+        }))
+    }
+
+    /// `stopguard audit`: the log read off the loop.
+    fn audit_read(&self, since_secs: Option<u64>, service: Option<String>) -> Answer {
+        let path = self.audit_path.clone();
+        Answer::Later(Box::pin(async move {
+            let since = since_secs.map(Duration::from_secs);
+            let read =
+                tokio::task::spawn_blocking(move || audit::read(&path, since, service.as_deref()))
+                    .await;
+            match read {
+                Ok(Ok(timeline)) => ok(AuditRead { timeline }),
+                Ok(Err(err)) => error(format!("{err:#}")),
+                Err(err) => error(format!("reading the audit log: {err}")),
+            }
+        }))
+    }
+}

@@ -1,0 +1,227 @@
+//! The command line's side of the control socket: sends one request, reads
+//! the answer, and says it in words for a person.
+
+use std::{fmt, path::Path, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use serde::de::DeserializeOwned;
+
+use super::{
+    AlertTested, Request, ServiceState, Status, Stopped, Thawed, WindowClosed, WindowList,
+    WindowOpened,
+};
+
+/// Sends `request` to the agent at `socket` and returns its answer as sent:
+/// `{"ok": true, ...}`, or the agent's refusal as the error.
+pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to the agent at {} (is `stopguard run` running? --socket or STOPGUARD_SOCKET picks another)",
+            socket.display()
+        )
+    })?;
+    let wait = match request {
+        Request::Stop { wait_secs, .. } => *wait_secs + 30,
+        _ => 30,
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(wait)))?;
+    writeln!(stream, "{}", serde_json::to_string(request)?)?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line)?;
+    if line.is_empty() {
+        bail!("the agent closed the connection without an answer");
+    }
+    let answer: serde_json::Value = serde_json::from_str(&line)?;
+    if answer["ok"] != true {
+        bail!(
+            "{}",
+            answer["error"].as_str().unwrap_or("the agent refused")
+        );
+    }
+    Ok(answer)
+}
+
+/// The answer read as the type the request is answered with.
+pub fn read<T: DeserializeOwned>(answer: serde_json::Value) -> Result<T> {
+    serde_json::from_value(answer).context("the agent's answer is not what this version expects")
+}
+
+/// A value as the JSON answer spells it (`[1,2]`, `0.5`, `1.0`, `null`).
+fn json(value: impl serde::Serialize) -> String {
+    serde_json::to_string(&value).unwrap_or_default()
+}
+
+fn pids(pids: &[u32]) -> String {
+    let texts: Vec<String> = pids.iter().map(u32::to_string).collect();
+    texts.join(", ")
+}
+
+impl fmt::Display for WindowOpened {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.window.id)
+    }
+}
+
+impl fmt::Display for WindowClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "window {} on {} closed",
+            self.window.id, self.window.service
+        )?;
+        for (done, list) in [("thawed", &self.thawed), ("killed", &self.killed)] {
+            if let Some(list) = list.as_ref().filter(|l| !l.is_empty()) {
+                write!(f, "\n{done}: {}", pids(list))?;
+            }
+        }
+        if !self.still_frozen.is_empty() {
+            write!(
+                f,
+                "\nstill frozen: {} (stopguard thaw PID lets one run)",
+                pids(&self.still_frozen)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for WindowList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self
+            .windows
+            .iter()
+            .map(|w| {
+                format!(
+                    "{}  {}  '{}'  opened by {} at {}{}",
+                    w.id,
+                    w.service,
+                    w.reason,
+                    w.opened_by,
+                    w.opened_at,
+                    w.expires_at
+                        .as_ref()
+                        .map(|e| format!(", expires {e}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        write!(f, "{}", lines.join("\n"))
+    }
+}
+
+impl fmt::Display for Thawed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "thawed {}", json(&self.thawed))
+    }
+}
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let service = &self.service;
+        writeln!(
+            f,
+            "window {} open on {service} ('{}'{})",
+            self.window.id,
+            self.window.reason,
+            self.window
+                .expires_at
+                .as_ref()
+                .map(|e| format!(", closes by itself at {e}"))
+                .unwrap_or_default()
+        )?;
+        let seconds = json(self.seconds);
+        match (self.held_frozen, self.pid, &self.command) {
+            (Some(held), _, _) => writeln!(
+                f,
+                "{service} is not running: pid {held} is held frozen (stopguard thaw {service} lets it run)"
+            )?,
+            (None, Some(pid), command) => writeln!(
+                f,
+                "stopped {service} (pid {pid}, {}) in {seconds} s",
+                command
+                    .as_ref()
+                    .map_or_else(|| "SIGTERM".to_string(), |c| format!("`{c}`")),
+            )?,
+            (None, None, Some(command)) => writeln!(
+                f,
+                "ran `{command}` in {seconds} s ({service} was not running as far as stopguard knows)"
+            )?,
+            (None, None, None) => writeln!(f, "{service} was not running")?,
+        }
+        write!(
+            f,
+            "a supervisor restarting it now is caught; when done: stopguard window close {service}"
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "host {}", self.host)?;
+        for s in &self.services {
+            let state = match s.state {
+                ServiceState::Running => "running",
+                ServiceState::StoppedByOperator => "stopped_by_operator",
+                ServiceState::NotRunning => "not_running",
+            };
+            writeln!(
+                f,
+                "  {:<12} {:<20} pid {}  frozen {}",
+                s.name,
+                state,
+                json(s.pid),
+                json(&s.frozen)
+            )?;
+        }
+        write!(
+            f,
+            "windows open: {}; lost records: {}; alerts waiting in the spool: {}",
+            self.windows.len(),
+            self.lost,
+            self.spool_depth
+        )?;
+        for s in &self.sinks {
+            let h = &s.health;
+            write!(
+                f,
+                "\n  sink {:<14} {} delivered, last success {}, last error {}",
+                s.name,
+                h.delivered,
+                h.last_success.as_deref().unwrap_or("never"),
+                h.last_error.as_ref().map_or_else(
+                    || "none".to_string(),
+                    |e| format!("{e} at {}", h.last_error_at.as_deref().unwrap_or("?"))
+                )
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for AlertTested {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self
+            .results
+            .iter()
+            .map(|r| {
+                if r.ok {
+                    format!(
+                        "{:<16} ok      HTTP {}  {} ms",
+                        r.sink,
+                        json(r.status),
+                        json(r.latency_ms)
+                    )
+                } else {
+                    format!(
+                        "{:<16} FAILED  {}  {} ms",
+                        r.sink,
+                        r.error.as_deref().unwrap_or("?"),
+                        json(r.latency_ms)
+                    )
+                }
+            })
+            .collect();
+        write!(f, "{}", lines.join("\n"))
+    }
+}

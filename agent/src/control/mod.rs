@@ -1,0 +1,172 @@
+//! The control plane: `stopguard <command>` talks to the running agent over
+//! a Unix socket, one JSON request and one JSON answer per connection. The
+//! request and every answer are types here, shared by both ends: the agent
+//! (`server`) writes them, the command line (`client`) reads and prints them.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    alert::WindowInfo, audit::Timeline, detect::OperatorStop, monitor::Counts, sinks::TestResult,
+};
+
+/// Larger requests are refused: no command needs more.
+pub const MAX_REQUEST: u64 = 64 * 1024;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    WindowOpen {
+        service: String,
+        reason: String,
+        /// Seconds until it closes by itself.
+        for_secs: Option<u64>,
+    },
+    WindowClose {
+        target: String,
+        thaw: bool,
+        kill: bool,
+    },
+    WindowList,
+    Status,
+    Thaw {
+        target: String,
+    },
+    /// Open a window (unless one is open) and stop the service.
+    Stop {
+        service: String,
+        reason: String,
+        for_secs: Option<u64>,
+        /// How long to wait for the main process to exit.
+        wait_secs: u64,
+    },
+    /// A test alert through every sink, or the one named.
+    AlertTest {
+        sink: Option<String>,
+    },
+    /// The audit log, oldest first.
+    Audit {
+        since_secs: Option<u64>,
+        service: Option<String>,
+    },
+}
+
+impl Request {
+    /// Whether the request changes state (and so needs root or the group).
+    pub fn changes_state(&self) -> bool {
+        !matches!(
+            self,
+            Request::WindowList | Request::Status | Request::Audit { .. }
+        )
+    }
+}
+
+/// The peer of a control connection, from SO_PEERCRED.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Peer {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub loginuid: Option<u32>,
+}
+
+/// `window open`: the window opened.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WindowOpened {
+    pub window: WindowInfo,
+}
+
+/// `window close`: the window closed, and what was let go of.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WindowClosed {
+    pub window: WindowInfo,
+    /// With --thaw (or neither flag: empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thawed: Option<Vec<u32>>,
+    /// With --kill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed: Option<Vec<u32>>,
+    /// Respawns of the service still held frozen.
+    pub still_frozen: Vec<u32>,
+}
+
+/// `window list`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WindowList {
+    pub windows: Vec<WindowInfo>,
+}
+
+/// `thaw`: the pids let run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Thawed {
+    pub thawed: Vec<u32>,
+}
+
+/// `stop`: the window it stopped the service in, and how it went.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stopped {
+    pub service: String,
+    pub window: WindowInfo,
+    /// The main process it stopped; none when it was not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The main process is a respawn held frozen: nothing was signalled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_frozen: Option<u32>,
+    /// The service's `stop_command`, as run, and the tail of its output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// The signal sent when there is no stop_command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// How long the stop took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+}
+
+/// A watched service in `status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub pid: Option<u32>,
+    pub state: ServiceState,
+    pub stopped_by: Option<OperatorStop>,
+    pub frozen: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    Running,
+    StoppedByOperator,
+    NotRunning,
+}
+
+/// `status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub host: String,
+    pub services: Vec<ServiceStatus>,
+    pub windows: Vec<WindowInfo>,
+    pub frozen: Vec<u32>,
+    pub events: Counts,
+    pub lost: u64,
+    pub spool_depth: usize,
+    pub sinks: Vec<crate::sinks::SinkStatus>,
+}
+
+/// `alert test`: each sink's result.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AlertTested {
+    pub results: Vec<TestResult>,
+}
+
+/// `audit`: the timeline.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuditRead {
+    pub timeline: Timeline,
+}
