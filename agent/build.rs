@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
-    let object = manifest.join("../target/ebpf/bpfel-unknown-none/release/stopguard");
+    let object = manifest.join("..").join(agent_common::OBJECT_PATH);
     println!("cargo::rerun-if-changed={}", object.display());
     if !object.exists() {
         println!(

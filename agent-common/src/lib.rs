@@ -165,6 +165,23 @@ mod pod {
     unsafe impl aya::Pod for WakePolicy {}
 }
 
+/// Where `cargo xtask build-ebpf` puts the kernel programs, from the
+/// workspace root; the agent embeds the object from there.
+pub const OBJECT_PATH: &str = "target/ebpf/bpfel-unknown-none/release/stopguard";
+
+/// Now, in the records' clock: ns since boot (CLOCK_BOOTTIME), which counts
+/// suspended time too, as the kernel's `bpf_ktime_get_boot_ns` does.
+#[cfg(feature = "user")]
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Map and program names, shared so that neither side spells them twice.
 pub mod names {
     pub const EVENTS: &str = "EVENTS";

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent_common::boot_ns;
 use anyhow::{Context, Result, bail};
 
 use crate::{is_root, step};
@@ -139,16 +140,6 @@ pub fn run(agent: &Path, args: &Args) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// CLOCK_BOOTTIME in ns: the kernel's clock for exec times.
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A loopback HTTP receiver answering 200 to everything; each request's

@@ -88,7 +88,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// Where the eBPF object lands; the agent embeds it from here.
 pub fn ebpf_object() -> PathBuf {
-    workspace_root().join("target/ebpf/bpfel-unknown-none/release/stopguard")
+    workspace_root().join(agent_common::OBJECT_PATH)
 }
 
 fn build_ebpf() -> Result<PathBuf> {
