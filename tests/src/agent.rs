@@ -1,0 +1,89 @@
+//! `stopguard run`: the agent on a config file, its alerts and its log.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, mpsc},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::stopguard_bin;
+
+/// A running `stopguard run` on a config file, its alert lines collected.
+pub struct Agent {
+    child: Child,
+    alerts: mpsc::Receiver<String>,
+    log: std::sync::Arc<Mutex<String>>,
+}
+
+impl Agent {
+    /// Writes `config` to `path`, starts the agent on it and waits until it
+    /// runs.
+    pub fn start(path: &std::path::Path, config: &str) -> Agent {
+        std::fs::write(path, config).unwrap();
+        let mut child = Command::new(stopguard_bin())
+            .args(["run", "--config"])
+            .arg(path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting stopguard run");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        if !line.contains("stopguard running") {
+            let _ = child.kill();
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            panic!("the agent did not start:\n{line}{rest}");
+        }
+        let log = std::sync::Arc::new(Mutex::new(line));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let (tx, alerts) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Agent { child, alerts, log }
+    }
+
+    /// Everything the agent has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The next alert record, or None after `timeout`.
+    pub fn next_alert(&self, timeout: Duration) -> Option<Value> {
+        let line = self.alerts.recv_timeout(timeout).ok()?;
+        Some(
+            serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("alert is not JSON ({e}): {line}")),
+        )
+    }
+}
+
+impl Agent {
+    /// SIGKILL, as a crash or the OOM killer would: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}

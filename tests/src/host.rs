@@ -1,0 +1,70 @@
+//! The host a test runs on: the root gate, the binary under test, its
+//! fixtures and a shell.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::{Mutex, MutexGuard},
+};
+
+/// Tests that load probes take this lock, so that one test's event storm
+/// cannot overflow another test's ring buffer.
+static PROBES: Mutex<()> = Mutex::new(());
+
+/// Returns the probe lock when the test can run (root), or None after
+/// printing why it is skipped. Under CI a test that cannot run fails.
+pub fn root_test(name: &str) -> Option<MutexGuard<'static, ()>> {
+    if unsafe { libc::geteuid() } != 0 {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "{name}: CI is set but this test is not running as root; it loads eBPF programs"
+            );
+        }
+        eprintln!("skipped {name}: needs root to load eBPF programs");
+        return None;
+    }
+    Some(PROBES.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The stopguard binary under test: $STOPGUARD_BIN, else the release build.
+pub fn stopguard_bin() -> PathBuf {
+    let path = std::env::var_os("STOPGUARD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/stopguard"));
+    assert!(
+        path.exists(),
+        "{} does not exist: run the tests with `cargo xtask test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// Runs a bash script; returns its stdout, panicking with its stderr on failure.
+pub fn bash(script: &str) -> String {
+    let out = Command::new("/bin/bash")
+        .arg("-c")
+        .arg(script)
+        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+        .output()
+        .expect("running bash");
+    assert!(
+        out.status.success(),
+        "script failed ({}):\n{script}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
