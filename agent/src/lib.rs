@@ -24,5 +24,6 @@ pub mod kernel;
 pub mod metrics;
 pub mod monitor;
 pub mod process;
+pub mod request;
 pub mod sinks;
 pub mod trace;
