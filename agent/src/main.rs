@@ -104,10 +104,10 @@ enum Command {
         #[arg(long, default_value = "maintenance")]
         reason: String,
         /// Close the window by itself after this long (e.g. 30m, 2h).
-        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        #[arg(long = "for", value_name = "DURATION", value_parser = window_length)]
         duration: Option<std::time::Duration>,
         /// How long to wait for the service to exit.
-        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = wait_length)]
         wait: std::time::Duration,
     },
     /// Alert delivery: send a test alert through the sinks.
@@ -158,7 +158,7 @@ enum WindowCommand {
         #[arg(long, default_value = "maintenance")]
         reason: String,
         /// Close by itself after this long (e.g. 30m, 2h).
-        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        #[arg(long = "for", value_name = "DURATION", value_parser = window_length)]
         duration: Option<std::time::Duration>,
     },
     /// End maintenance; --thaw lets a frozen respawn run, --kill ends it.
@@ -180,8 +180,32 @@ enum WindowCommand {
     },
 }
 
+/// `--for`: a duration of at most 30 days.
+fn window_length(text: &str) -> Result<std::time::Duration, String> {
+    let length = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    stopguard::request::check_window(length.as_secs())?;
+    Ok(length)
+}
+
+/// `--wait`: a duration of at most a day.
+fn wait_length(text: &str) -> Result<std::time::Duration, String> {
+    let length = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if length.as_secs() > stopguard::request::MAX_WAIT_SECS {
+        return Err("at most 24 hours".into());
+    }
+    Ok(length)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Trace { .. }) {
+        // A client whose reader went away (`stopguard status | head -1`)
+        // ends quietly, as command-line tools do; the agent and `trace`
+        // handle a closed stdout themselves.
+        // SAFETY: setting a signal's disposition to the default, before any
+        // thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -44,7 +44,52 @@ pub enum Request {
     },
 }
 
+/// The longest a window may stay open by itself (`--for`): a maintenance
+/// that runs longer opens a new one. Also what keeps the expiry time from
+/// overflowing, which would close the window at once and disarm the guard.
+pub const MAX_WINDOW_SECS: u64 = 30 * 24 * 3600;
+
+/// The longest `stopguard stop` waits for a service to exit.
+pub const MAX_WAIT_SECS: u64 = 24 * 3600;
+
+/// Checks a window length given to `--for`.
+pub fn check_window(secs: u64) -> Result<(), String> {
+    if secs > MAX_WINDOW_SECS {
+        return Err(format!(
+            "a window lasts at most 30 days (asked for {}); open a new one when it ends",
+            humantime::format_duration(std::time::Duration::from_secs(secs))
+        ));
+    }
+    Ok(())
+}
+
 impl Request {
+    /// Checks the values a request carries; the error says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Request::WindowOpen { for_secs, .. } => for_secs.map_or(Ok(()), check_window),
+            Request::Stop {
+                for_secs,
+                wait_secs,
+                ..
+            } => {
+                if *wait_secs > MAX_WAIT_SECS {
+                    return Err(format!(
+                        "--wait is at most 24 hours (asked for {})",
+                        humantime::format_duration(std::time::Duration::from_secs(*wait_secs))
+                    ));
+                }
+                for_secs.map_or(Ok(()), check_window)
+            }
+            Request::WindowClose { .. }
+            | Request::WindowList
+            | Request::Status
+            | Request::Thaw { .. }
+            | Request::AlertTest { .. }
+            | Request::Audit { .. } => Ok(()),
+        }
+    }
+
     /// Whether the request changes state (and so needs root or the group).
     pub fn changes_state(&self) -> bool {
         !matches!(

@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashMap,
+    io::Write,
     time::{Duration, Instant},
 };
 
@@ -106,10 +107,10 @@ impl Alerting {
             }
         }
         tracing::error!("{}", record.summary);
-        println!(
-            "{}",
-            serde_json::to_string(&record).expect("alerts serialize")
-        );
+        // Nobody may be reading stdout (a closed pipe): the audit log and
+        // the spool have the alert, so a failed write here loses nothing.
+        let line = serde_json::to_string(&record).expect("alerts serialize");
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
         self.audit.write(&json!({"alert": record}));
     }
 

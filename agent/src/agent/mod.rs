@@ -10,6 +10,7 @@
 
 mod alerting;
 mod custody;
+mod host_lock;
 mod policy;
 mod requests;
 mod state;
@@ -70,6 +71,8 @@ struct Agent {
 }
 
 pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
+    let socket = socket.unwrap_or_else(|| config.agent.socket.clone());
+    let _host_lock = host_lock::acquire(&socket)?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let audit = AuditLog::open(&config.agent.audit_log)?;
@@ -102,7 +105,6 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
         counted: Counts::default(),
         lost: 0,
     };
-    let socket = socket.unwrap_or_else(|| config.agent.socket.clone());
     agent.detector.set_agent_pid(std::process::id());
     let mut monitor = Monitor::start(&ProbeOptions {
         ring_bytes: config.agent.ring_bytes,

@@ -107,7 +107,7 @@ impl Agent {
             reason,
             (peer.uid, peer.loginuid),
             boot_ns(),
-            for_secs.map(|s| s * 1_000_000_000),
+            for_secs.map(|s| s.saturating_mul(1_000_000_000)),
         )?;
         if self
             .services
