@@ -634,7 +634,7 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Exec, Exit, Fork, SignalResult, Target, Who};
+    use crate::events::{Exec, Exit, Fork, PerKind, RecordKind, SignalResult, Target, Who};
 
     /// Drives a table and a detector with the events of a scripted host.
     struct Host {
@@ -961,10 +961,7 @@ mod tests {
             Event::Lost(crate::events::Lost {
                 count,
                 total: count,
-                exec: count,
-                exit: 0,
-                fork: 0,
-                signal: 0,
+                by_kind: PerKind::from_fn(|k| if k == RecordKind::Exec { count } else { 0 }),
             })
         };
         // No window, no stop: a loss is logged, nothing is at risk.
