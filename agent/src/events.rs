@@ -157,10 +157,9 @@ pub struct Lost {
     pub count: u64,
     /// Lost since the probes were attached.
     pub total: u64,
-    pub exec: u64,
-    pub exit: u64,
-    pub fork: u64,
-    pub signal: u64,
+    /// `total` by kind, each kind a field of its own.
+    #[serde(flatten)]
+    pub by_kind: PerKind<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -171,6 +170,124 @@ pub enum Event {
     Fork(Fork),
     Signal(Signal),
     Lost(Lost),
+}
+
+/// The kinds of record the kernel writes. Counts per kind ([`PerKind`])
+/// follow [`RecordKind::ALL`]; a new kind does not build until it has a
+/// name, a wire value and a decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Exec,
+    Exit,
+    Fork,
+    Signal,
+}
+
+impl RecordKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [RecordKind; 4] = [
+        RecordKind::Exec,
+        RecordKind::Exit,
+        RecordKind::Fork,
+        RecordKind::Signal,
+    ];
+
+    /// Its name in output: JSON fields, log lines, metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RecordKind::Exec => "exec",
+            RecordKind::Exit => "exit",
+            RecordKind::Fork => "fork",
+            RecordKind::Signal => "signal",
+        }
+    }
+
+    /// Its value in a record's header, shared with the kernel programs.
+    pub const fn wire(self) -> u32 {
+        match self {
+            RecordKind::Exec => kind::EXEC,
+            RecordKind::Exit => kind::EXIT,
+            RecordKind::Fork => kind::FORK,
+            RecordKind::Signal => kind::SIGNAL,
+        }
+    }
+
+    fn from_wire(wire: u32) -> Option<RecordKind> {
+        RecordKind::ALL.into_iter().find(|k| k.wire() == wire)
+    }
+}
+
+// Fails the build when `ALL` and the kinds disagree: each kind in its place,
+// and one for every wire kind the kernel counts (1 to kind::COUNT - 1).
+const _: () = {
+    assert!(RecordKind::ALL.len() == kind::COUNT as usize - 1);
+    let mut i = 0;
+    while i < RecordKind::ALL.len() {
+        assert!(RecordKind::ALL[i] as usize == i);
+        assert!(RecordKind::ALL[i].wire() < kind::COUNT);
+        i += 1;
+    }
+};
+
+/// One value per record kind, as in [`RecordKind::ALL`]. Serialized as one
+/// field per kind, named by [`RecordKind::name`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PerKind<T>([T; RecordKind::ALL.len()]);
+
+impl<T> PerKind<T> {
+    pub fn from_fn(value: impl FnMut(RecordKind) -> T) -> PerKind<T> {
+        PerKind(RecordKind::ALL.map(value))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (RecordKind, &T)> {
+        RecordKind::ALL.into_iter().zip(&self.0)
+    }
+}
+
+impl PerKind<u64> {
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+impl<T> std::ops::Index<RecordKind> for PerKind<T> {
+    type Output = T;
+
+    fn index(&self, kind: RecordKind) -> &T {
+        &self.0[kind as usize]
+    }
+}
+
+impl<T> std::ops::IndexMut<RecordKind> for PerKind<T> {
+    fn index_mut(&mut self, kind: RecordKind) -> &mut T {
+        &mut self.0[kind as usize]
+    }
+}
+
+impl<T: Serialize> Serialize for PerKind<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter().map(|(kind, value)| (kind.name(), value)))
+    }
+}
+
+impl<'de, T: serde::Deserialize<'de> + Default> serde::Deserialize<'de> for PerKind<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut fields = std::collections::BTreeMap::<String, T>::deserialize(deserializer)?;
+        Ok(PerKind::from_fn(|kind| {
+            fields.remove(kind.name()).unwrap_or_default()
+        }))
+    }
+}
+
+/// "exec 1, exit 2, fork 3, signal 4"
+impl<T: std::fmt::Display> std::fmt::Display for PerKind<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (kind, value)) in self.iter().enumerate() {
+            let comma = if i == 0 { "" } else { ", " };
+            write!(f, "{comma}{} {value}", kind.name())?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -209,8 +326,11 @@ impl Event {
     /// Decodes one ring buffer entry.
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         let header: Header = read(bytes, 0)?;
-        Ok(match header.kind {
-            kind::EXEC => {
+        let Some(record_kind) = RecordKind::from_wire(header.kind) else {
+            return Err(DecodeError::UnknownKind(header.kind));
+        };
+        Ok(match record_kind {
+            RecordKind::Exec => {
                 let r: ExecRecord = read(bytes, header.kind)?;
                 Event::Exec(Exec {
                     time_ns: header.time_ns,
@@ -223,7 +343,7 @@ impl Event {
                     guard_stopped: header.flags & flag::GUARD_STOPPED != 0,
                 })
             }
-            kind::EXIT => {
+            RecordKind::Exit => {
                 let r: ExitRecord = read(bytes, header.kind)?;
                 let (exit_code, signal, core_dumped) = split_wait_status(r.status);
                 Event::Exit(Exit {
@@ -237,7 +357,7 @@ impl Event {
                     core_dumped,
                 })
             }
-            kind::FORK => {
+            RecordKind::Fork => {
                 let r: ForkRecord = read(bytes, header.kind)?;
                 Event::Fork(Fork {
                     time_ns: header.time_ns,
@@ -246,7 +366,7 @@ impl Event {
                     child: ProcessKey::from_task(&r.child),
                 })
             }
-            kind::SIGNAL => {
+            RecordKind::Signal => {
                 let r: SignalRecord = read(bytes, header.kind)?;
                 Event::Signal(Signal {
                     time_ns: header.time_ns,
@@ -262,8 +382,18 @@ impl Event {
                     result: SignalResult::from_kernel(r.result),
                 })
             }
-            other => return Err(DecodeError::UnknownKind(other)),
         })
+    }
+
+    /// The kind of record it came from; none for a loss report.
+    pub fn kind(&self) -> Option<RecordKind> {
+        match self {
+            Event::Exec(_) => Some(RecordKind::Exec),
+            Event::Exit(_) => Some(RecordKind::Exit),
+            Event::Fork(_) => Some(RecordKind::Fork),
+            Event::Signal(_) => Some(RecordKind::Signal),
+            Event::Lost(_) => None,
+        }
     }
 
     pub fn time_ns(&self) -> Option<u64> {
@@ -480,6 +610,32 @@ mod tests {
             Event::decode(&[1, 2]),
             Err(DecodeError::Short { .. })
         ));
+    }
+
+    #[test]
+    fn lost_lines_keep_their_fields() {
+        let lost = Event::Lost(Lost {
+            count: 3,
+            total: 10,
+            by_kind: PerKind::from_fn(|k| k.wire().into()),
+        });
+        assert_eq!(
+            serde_json::to_string(&lost).unwrap(),
+            r#"{"kind":"lost","count":3,"total":10,"exec":1,"exit":2,"fork":3,"signal":4}"#
+        );
+    }
+
+    #[test]
+    fn record_kinds_by_wire_value() {
+        for kind in RecordKind::ALL {
+            assert_eq!(RecordKind::from_wire(kind.wire()), Some(kind));
+        }
+        assert_eq!(RecordKind::from_wire(0), None);
+        assert_eq!(RecordKind::from_wire(agent_common::kind::COUNT), None);
+        let mut counts = PerKind::<u64>::default();
+        counts[RecordKind::Fork] += 2;
+        assert_eq!(counts.to_string(), "exec 0, exit 0, fork 2, signal 0");
+        assert_eq!(counts.total(), 2);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - `events`: the typed lifecycle events decoded from kernel records.
 //! - `detect`: operator stops and respawns, a pure state machine.
 //! - `process`: the process table (ancestry, supervisors), seeded from /proc.
+//! - `supervisors`: the supervisors known, one file each, and their control
+//!   commands.
 //! - `monitor`: the event loop that keeps the table current.
 //! - `trace`, `agent`: the `trace` and `run` commands; `control`: the
 //!   socket through which `stopguard window/status/thaw` reach the agent.
@@ -26,4 +28,5 @@ pub mod monitor;
 pub mod process;
 pub mod request;
 pub mod sinks;
+pub mod supervisors;
 pub mod trace;

@@ -214,8 +214,8 @@ pub fn human_line(event: &Event, table: &ProcessTable, clock: &Clock) -> String 
             login(e.sender.loginuid),
         ),
         Event::Lost(l) => format!(
-            "{stamp} LOST   {} records lost (ring buffer full; exec {}, exit {}, fork {}, signal {} so far)",
-            l.count, l.exec, l.exit, l.fork, l.signal
+            "{stamp} LOST   {} records lost (ring buffer full; {} so far)",
+            l.count, l.by_kind
         ),
     }
 }

@@ -34,7 +34,7 @@ use crate::{
     config::{Config, Service},
     control::{self, server::Answer},
     detect::{Detector, Finding},
-    events::Event,
+    events::{Event, RecordKind},
     kernel::ProbeOptions,
     metrics::Metrics,
     monitor::{Counts, Monitor},
@@ -371,16 +371,11 @@ impl Agent {
     fn update_metrics(&mut self, monitor: &Monitor) {
         let now = monitor.counts();
         let before = std::mem::replace(&mut self.counted, now);
-        for (kind, n, was) in [
-            ("exec", now.exec, before.exec),
-            ("exit", now.exit, before.exit),
-            ("fork", now.fork, before.fork),
-            ("signal", now.signal, before.signal),
-        ] {
+        for kind in RecordKind::ALL {
             self.metrics
                 .events
-                .get_or_create(&vec![("kind", kind.to_string())])
-                .inc_by(n - was);
+                .get_or_create(&vec![("kind", kind.name().to_string())])
+                .inc_by(now.by_kind[kind] - before.by_kind[kind]);
         }
         self.metrics.lost.inc_by(now.lost - before.lost);
         self.metrics.processes.set(monitor.table().len() as i64);

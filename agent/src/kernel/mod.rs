@@ -13,7 +13,7 @@ use aya::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::events::{Event, Lost};
+use crate::events::{Event, Lost, PerKind};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("STOPGUARD_EBPF_OBJECT"));
 
@@ -174,10 +174,7 @@ impl Probes {
         Ok(Some(Lost {
             count: new,
             total: now.iter().sum(),
-            exec: now[kind::EXEC as usize],
-            exit: now[kind::EXIT as usize],
-            fork: now[kind::FORK as usize],
-            signal: now[kind::SIGNAL as usize],
+            by_kind: PerKind::from_fn(|k| now[k.wire() as usize]),
         }))
     }
 

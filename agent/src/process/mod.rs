@@ -8,23 +8,10 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::events::{Event, ProcessKey};
-
-/// Supervisors that restart what they watch, by the comm they run under.
-pub const SUPERVISORS: &[&str] = &[
-    "monit",
-    "systemd",
-    "supervisord",
-    "runsv",
-    "s6-supervise",
-    "supervise",
-    "containerd-shim",
-    "kubelet",
-];
-
-pub fn is_supervisor(comm: &str) -> bool {
-    SUPERVISORS.contains(&comm) || comm.starts_with("containerd-shim")
-}
+use crate::{
+    events::{Event, ProcessKey},
+    supervisors::is_supervisor,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Process {
@@ -456,15 +443,5 @@ mod tests {
         assert_eq!(table.len_live(), 1);
         assert!(table.get(&key(300, 51)).is_some());
         assert!(table.get(&postgres).is_none());
-    }
-
-    #[test]
-    fn supervisors_by_comm() {
-        for s in SUPERVISORS {
-            assert!(is_supervisor(s));
-        }
-        assert!(is_supervisor("containerd-shim"));
-        assert!(!is_supervisor("bash"));
-        assert!(!is_supervisor("postgres"));
     }
 }

@@ -1,0 +1,99 @@
+//! The records the detector emits: findings, and the operator stops,
+//! starts and control commands they are made of.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Intent, Window};
+use crate::process::Link;
+
+/// A person behind an action: the process that did it and its login.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub pid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub loginuid: Option<u32>,
+}
+
+/// A control command run by someone with a login identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlCommand {
+    pub pid: u32,
+    pub comm: String,
+    pub args: Vec<String>,
+    pub intent: Intent,
+    pub loginuid: u32,
+    #[serde(skip)]
+    pub time_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorStop {
+    pub service: String,
+    pub pid: u32,
+    pub signal: u32,
+    pub signal_name: String,
+    /// The sender of the signal.
+    pub sender: Actor,
+    /// The login uid held responsible: the sender's, or its control command's.
+    pub loginuid: Option<u32>,
+    /// The control command behind the signal, when the sender had no login.
+    pub via: Option<ControlCommand>,
+    pub time_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Started {
+    pub service: String,
+    pub pid: u32,
+    pub exe: String,
+    pub args: Vec<String>,
+    /// The starting chain at the exec, parent first.
+    pub chain: Vec<Link>,
+    /// The nearest supervisor in that chain.
+    pub supervisor: Option<Link>,
+    pub time_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "finding", rename_all = "snake_case")]
+pub enum Finding {
+    /// A person stopped a watched service.
+    OperatorStop(OperatorStop),
+    /// A supervisor started a service a person had stopped.
+    Respawn {
+        started: Box<Started>,
+        stopped_by: Box<OperatorStop>,
+        /// The maintenance window it broke, if one was open.
+        window: Option<Window>,
+    },
+    /// A person started the service (again): normal work.
+    OperatorStart { started: Started, loginuid: u32 },
+    /// A supervisor restarted a service that died without an operator stop.
+    CrashRestart { started: Started },
+    /// A start with no stop before it (boot, first start).
+    Start { started: Started },
+    /// Kernel records were lost while a service was under maintenance or
+    /// an operator stop: what happened in the gap is unknown.
+    EventsLost { count: u64, at_risk: Vec<AtRisk> },
+    /// The service's main process exited.
+    Exited {
+        service: String,
+        pid: u32,
+        exit_code: Option<u8>,
+        signal: Option<u8>,
+        /// The operator stop that explains it, if any.
+        operator_stop: bool,
+    },
+}
+
+/// A service whose state matters and may have changed unseen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AtRisk {
+    pub service: String,
+    pub window: Option<Window>,
+    pub stopped_by: Option<OperatorStop>,
+    /// Its main process as /proc shows it after the loss, when that is not
+    /// the one known before: a start nobody saw.
+    pub started_unseen: Option<u32>,
+}

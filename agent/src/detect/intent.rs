@@ -1,0 +1,36 @@
+//! What a command line asks for: a control command's stop, start or
+//! restart (read by its supervisor's parser, see `supervisors`), or a
+//! question put to a daemon binary rather than a start of it.
+
+use super::ControlCommand;
+pub use crate::supervisors::Intent;
+use crate::{events::Exec, supervisors};
+
+/// Arguments with which a daemon binary answers a question and exits
+/// (`postgres -V`, `-C data_directory`, `mysqld --version`) instead of
+/// running the service.
+const QUERY_FLAGS: [&str; 5] = ["-V", "--version", "--help", "--describe-config", "-C"];
+
+/// Whether `cmdline` runs a daemon binary only to ask it something.
+pub(super) fn is_query(cmdline: &[String]) -> bool {
+    cmdline
+        .iter()
+        .skip(1)
+        .any(|a| QUERY_FLAGS.contains(&a.as_str()))
+}
+
+/// The control command `exec` runs, when someone with a login runs one.
+/// What it asks is carried out by a process without a login identity
+/// (PID 1, the supervisor), so the command itself names the person.
+pub(super) fn control_command(exec: &Exec) -> Option<ControlCommand> {
+    let loginuid = exec.process.loginuid?;
+    let control = supervisors::control(&exec.process.comm)?;
+    Some(ControlCommand {
+        pid: exec.process.pid,
+        comm: exec.process.comm.clone(),
+        args: exec.args.clone(),
+        intent: control.intent_of(&exec.args),
+        loginuid,
+        time_ns: exec.time_ns,
+    })
+}

@@ -1,0 +1,185 @@
+//! Maintenance windows: declared times a service is meant to stay down,
+//! opened and closed by an operator or expiring, numbered w1, w2... across
+//! agent restarts; and the detector state saved over those restarts.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Detector, OperatorStop};
+
+/// The detector's state kept across agent restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    pub windows: Vec<Window>,
+    pub stops: Vec<OperatorStop>,
+    pub next_window: u64,
+}
+
+/// A declared maintenance window: the service is meant to stay down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub id: String,
+    pub service: String,
+    pub reason: String,
+    /// Who opened it: uid and login uid of the control client.
+    pub opened_by_uid: u32,
+    pub opened_by_loginuid: Option<u32>,
+    pub opened_at_ns: u64,
+    pub expires_at_ns: Option<u64>,
+}
+
+impl Detector {
+    /// Opens a window on `service`; errors name what is wrong.
+    pub fn open_window(
+        &mut self,
+        service: &str,
+        reason: &str,
+        by: (u32, Option<u32>),
+        now_ns: u64,
+        duration_ns: Option<u64>,
+    ) -> std::result::Result<Window, String> {
+        if self.index_of(service).is_none() {
+            let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+            return Err(format!(
+                "no service `{service}` is watched (watched: {})",
+                names.join(", ")
+            ));
+        }
+        self.expire_windows(now_ns);
+        if let Some(open) = self.windows.iter().find(|w| w.service == service) {
+            return Err(format!("{service} already has window {} open", open.id));
+        }
+        let window = Window {
+            id: format!("w{}", self.next_window),
+            service: service.to_string(),
+            reason: reason.to_string(),
+            opened_by_uid: by.0,
+            opened_by_loginuid: by.1,
+            opened_at_ns: now_ns,
+            expires_at_ns: duration_ns.map(|d| now_ns + d),
+        };
+        self.next_window += 1;
+        self.windows.push(window.clone());
+        Ok(window)
+    }
+
+    /// Closes the window with this id, or the one open on this service. The
+    /// service's operator stop ends with it: the operator is done.
+    pub fn close_window(&mut self, service_or_id: &str) -> Option<Window> {
+        let at = self
+            .windows
+            .iter()
+            .position(|w| w.id == service_or_id || w.service == service_or_id)?;
+        let window = self.windows.remove(at);
+        if let Some(index) = self.index_of(&window.service) {
+            self.services[index].stop = None;
+        }
+        Some(window)
+    }
+
+    pub fn windows(&self) -> &[Window] {
+        &self.windows
+    }
+
+    /// Drops windows whose time is up.
+    pub fn expire_windows(&mut self, now_ns: u64) -> Vec<Window> {
+        let (expired, open) = std::mem::take(&mut self.windows)
+            .into_iter()
+            .partition(|w| w.expires_at_ns.is_some_and(|e| e <= now_ns));
+        self.windows = open;
+        expired
+    }
+
+    pub(super) fn window_on(&self, service: &str) -> Option<&Window> {
+        self.windows.iter().find(|w| w.service == service)
+    }
+
+    /// What must survive a restart of the agent: windows and stops.
+    pub fn snapshot(&self) -> Saved {
+        Saved {
+            windows: self.windows.clone(),
+            stops: self
+                .services
+                .iter()
+                .filter_map(|s| s.stop.clone())
+                .collect(),
+            next_window: self.next_window,
+        }
+    }
+
+    /// Takes back what `snapshot` saved, for the services still watched.
+    pub fn restore(&mut self, saved: Saved) {
+        self.windows = saved
+            .windows
+            .into_iter()
+            .filter(|w| self.index_of(&w.service).is_some())
+            .collect();
+        for stop in saved.stops {
+            if let Some(index) = self.index_of(&stop.service) {
+                self.services[index].stop = Some(stop);
+            }
+        }
+        self.next_window = self.next_window.max(saved.next_window);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::detect::{Finding, tests::setup};
+
+    #[test]
+    fn inside_a_window_any_stop_is_the_operators_and_the_respawn_names_it() {
+        let (mut host, monit, postgres) = setup();
+        let window = host
+            .detector
+            .open_window(
+                "postgres",
+                "schema change",
+                (0, Some(1000)),
+                host.time_ns,
+                None,
+            )
+            .unwrap();
+        assert_eq!(window.id, "w1");
+        assert!(
+            host.detector
+                .open_window("postgres", "again", (0, None), host.time_ns, None)
+                .is_err()
+        );
+        assert!(
+            host.detector
+                .open_window("nosuch", "x", (0, None), host.time_ns, None)
+                .is_err()
+        );
+        // A stop from a process with no login: inside the window, it counts.
+        let findings = host.signal(monit, postgres, 15);
+        let [Finding::OperatorStop(stop)] = &findings[..] else {
+            panic!("{findings:#?}");
+        };
+        assert_eq!(stop.loginuid, Some(1000), "the window's opener");
+        host.exit(postgres, Some(0), None);
+        let (_, findings) = host.monit_starts_postgres(monit, 500);
+        let [Finding::Respawn { window, .. }] = &findings[..] else {
+            panic!("{findings:#?}");
+        };
+        assert_eq!(window.as_ref().unwrap().reason, "schema change");
+        // Closing ends the operator's stop: the next start is ordinary.
+        assert_eq!(
+            host.detector.close_window("w1").unwrap().service,
+            "postgres"
+        );
+        assert!(host.detector.stop_of("postgres").is_none());
+        assert!(host.detector.windows().is_empty());
+    }
+
+    #[test]
+    fn windows_expire() {
+        let (mut host, _, _) = setup();
+        let now = host.time_ns;
+        host.detector
+            .open_window("postgres", "short", (0, None), now, Some(1_000))
+            .unwrap();
+        assert!(host.detector.expire_windows(now + 999).is_empty());
+        assert_eq!(host.detector.expire_windows(now + 1_000).len(), 1);
+        assert!(host.detector.windows().is_empty());
+    }
+}

@@ -1,0 +1,193 @@
+//! The supervisors stopguard knows: the processes that restart what they
+//! watch, and the control commands through which a person stops or starts
+//! a service by way of them.
+//!
+//! Each supervisor is one file holding one [`Supervisor`]: the comms its
+//! supervising process runs under, and its control commands with how each
+//! reads its arguments. [`ALL`] registers them; the process table's notion
+//! of a supervisor and the detector's list of control commands both come
+//! from it.
+//!
+//! To add a supervisor: one file + one line in [`ALL`].
+
+mod containerd;
+mod daemontools;
+mod kubelet;
+mod monit;
+mod postgresql;
+mod runit;
+mod s6;
+mod supervisord;
+mod systemd;
+
+use serde::{Deserialize, Serialize};
+
+/// Every supervisor, one line each.
+pub const ALL: &[&Supervisor] = &[
+    &monit::MONIT,
+    &systemd::SYSTEMD,
+    &supervisord::SUPERVISORD,
+    &runit::RUNIT,
+    &s6::S6,
+    &daemontools::DAEMONTOOLS,
+    &containerd::CONTAINERD,
+    &kubelet::KUBELET,
+    &postgresql::POSTGRESQL,
+];
+
+/// What stopguard knows of one supervisor.
+#[derive(Debug)]
+pub struct Supervisor {
+    pub name: &'static str,
+    /// Comms its supervising process runs under; a trailing `*` matches
+    /// any comm that starts with the rest. Empty for a tool that controls
+    /// a service but does not restart it.
+    pub comms: &'static [&'static str],
+    /// The commands a person runs to stop or start a service through it.
+    pub control: &'static [Control],
+}
+
+/// A control command: what it is called and what its arguments ask.
+#[derive(Debug)]
+pub struct Control {
+    pub comm: &'static str,
+    /// The intent of its arguments (argv without argv[0]).
+    pub intent: fn(&[String]) -> Intent,
+}
+
+impl Control {
+    /// What this command run with `argv` asks for.
+    pub fn intent_of(&self, argv: &[String]) -> Intent {
+        (self.intent)(argv.get(1..).unwrap_or_default())
+    }
+}
+
+impl Supervisor {
+    fn runs_as(&self, comm: &str) -> bool {
+        self.comms.iter().any(|c| match c.strip_suffix('*') {
+            Some(prefix) => comm.starts_with(prefix),
+            None => comm == *c,
+        })
+    }
+}
+
+/// Whether a process named `comm` is a supervisor's supervising process.
+pub fn is_supervisor(comm: &str) -> bool {
+    ALL.iter().any(|s| s.runs_as(comm))
+}
+
+/// The control command named `comm`, if it is one.
+pub fn control(comm: &str) -> Option<&'static Control> {
+    ALL.iter().flat_map(|s| s.control).find(|c| c.comm == comm)
+}
+
+/// What a control command asks for, from its arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Intent {
+    Stop,
+    Start,
+    Restart,
+    Other,
+}
+
+impl Intent {
+    /// The intent of control command `comm` run with `args` (argv).
+    pub fn of(comm: &str, args: &[String]) -> Intent {
+        control(comm).map_or(Intent::Other, |c| c.intent_of(args))
+    }
+
+    pub fn stops(self) -> bool {
+        matches!(self, Intent::Stop | Intent::Restart)
+    }
+
+    pub fn starts(self) -> bool {
+        matches!(self, Intent::Start | Intent::Restart)
+    }
+}
+
+/// The intent of the first verb among `args`, for the commands that take
+/// one (`systemctl stop`, `sv down`, `pg_ctl restart`...). Options (pg_ctl's
+/// `-o`, `-t`...) are not verbs; sv's one-letter verbs are among these.
+fn verb(args: &[String]) -> Intent {
+    for arg in args.iter().filter(|a| !a.starts_with('-')) {
+        match arg.as_str() {
+            "stop" | "down" | "kill" | "term" | "d" | "k" | "t" => return Intent::Stop,
+            "start" | "up" | "once" | "u" | "o" => return Intent::Start,
+            "restart" | "force-restart" | "try-restart" | "reload-or-restart" => {
+                return Intent::Restart;
+            }
+            _ => {}
+        }
+    }
+    Intent::Other
+}
+
+/// The intent of the first flag among `args` that `flag` knows, for the
+/// commands that take one-letter flags (`s6-svc -d`, `svc -u`), grouped or
+/// not (`-wd`).
+fn flags(args: &[String], flag: fn(char) -> Option<Intent>) -> Intent {
+    args.iter()
+        .filter_map(|a| a.strip_prefix('-'))
+        .flat_map(str::chars)
+        .find_map(flag)
+        .unwrap_or(Intent::Other)
+}
+
+#[cfg(test)]
+fn args(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supervisors_by_comm() {
+        for supervisor in ALL {
+            for comm in supervisor.comms {
+                let comm = comm.trim_end_matches('*');
+                assert!(is_supervisor(comm), "{}: {comm}", supervisor.name);
+            }
+        }
+        assert!(is_supervisor("containerd-shim"));
+        assert!(is_supervisor("containerd-shim-runc-v2"));
+        assert!(!is_supervisor("bash"));
+        assert!(!is_supervisor("postgres"));
+        assert!(!is_supervisor("pg_ctl"), "controls, does not supervise");
+    }
+
+    #[test]
+    fn control_commands_are_named_once() {
+        let mut comms: Vec<&str> = ALL.iter().flat_map(|s| s.control).map(|c| c.comm).collect();
+        let count = comms.len();
+        comms.sort();
+        comms.dedup();
+        assert_eq!(comms.len(), count, "{comms:?}");
+    }
+
+    #[test]
+    fn intents_from_arguments() {
+        let of = |argv: &[&str]| Intent::of(argv[0], &args(argv));
+        assert_eq!(of(&["systemctl", "stop", "postgresql"]), Intent::Stop);
+        assert_eq!(of(&["sv", "down", "pg"]), Intent::Stop);
+        assert_eq!(of(&["sv", "u", "pg"]), Intent::Start);
+        assert_eq!(of(&["s6-svc", "-u", "/run/s6/pg"]), Intent::Start);
+        assert_eq!(of(&["s6-svc", "-wd", "/run/s6/pg"]), Intent::Stop);
+        assert_eq!(of(&["supervisorctl", "restart", "pg"]), Intent::Restart);
+        assert_eq!(of(&["monit", "status"]), Intent::Other);
+        // pg_ctl's options are not verbs: -o passes options, -t is a timeout.
+        assert_eq!(
+            of(&[
+                "pg_ctl", "-D", "/srv/pg", "-o", "-p 5433", "-t", "60", "stop", "-m", "fast"
+            ]),
+            Intent::Stop
+        );
+        assert_eq!(
+            of(&["bash", "stop"]),
+            Intent::Other,
+            "not a control command"
+        );
+    }
+}
