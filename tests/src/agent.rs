@@ -22,14 +22,25 @@ impl Agent {
     /// Writes `config` to `path`, starts the agent on it and waits until it
     /// runs.
     pub fn start(path: &std::path::Path, config: &str) -> Agent {
+        Agent::start_with(path, config, |_| {})
+    }
+
+    /// Like `start`, with `customize` applied to the command first (limits,
+    /// a stdout nobody reads).
+    pub fn start_with(
+        path: &std::path::Path,
+        config: &str,
+        customize: impl FnOnce(&mut Command),
+    ) -> Agent {
         std::fs::write(path, config).unwrap();
-        let mut child = Command::new(stopguard_bin())
+        let mut command = Command::new(stopguard_bin());
+        command
             .args(["run", "--config"])
             .arg(path)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting stopguard run");
+            .stderr(Stdio::piped());
+        customize(&mut command);
+        let mut child = command.spawn().expect("starting stopguard run");
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         stderr.read_line(&mut line).unwrap();
@@ -49,12 +60,13 @@ impl Agent {
             }
         });
         let (tx, alerts) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
         Agent { child, alerts, log }
     }
 
@@ -74,6 +86,15 @@ impl Agent {
 }
 
 impl Agent {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the agent process still runs (not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// SIGKILL, as a crash or the OOM killer would: no chance to clean up.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

@@ -68,14 +68,31 @@ impl Sandbox {
     /// The agent on this sandbox's config, with extra lines for its
     /// `[agent]` table and its `[[service]]`.
     pub fn start_agent_with(&mut self, policy: &str, agent: &str, service: &str) {
-        let config = format!(
+        let config = self.config(policy, agent, service);
+        self.agent = Some(Agent::start(&self.dir.join("stopguard.toml"), &config));
+    }
+
+    /// The agent with `customize` applied to its command (see
+    /// `Agent::start_with`).
+    pub fn start_agent_customized(&mut self, policy: &str, customize: impl FnOnce(&mut Command)) {
+        let config = self.config(policy, "", "");
+        self.agent = Some(Agent::start_with(
+            &self.dir.join("stopguard.toml"),
+            &config,
+            customize,
+        ));
+    }
+
+    /// This sandbox's config, with extra lines for its `[agent]` table and
+    /// its `[[service]]`.
+    pub fn config(&self, policy: &str, agent: &str, service: &str) -> String {
+        format!(
             "[agent]\nhost = \"test-host\"\naudit_log = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{agent}\n\n[[service]]\nname = \"sgdaemon\"\nexe = [\"{}/bin/sgdaemon\"]\non_unexpected_respawn = \"{policy}\"\n{service}\n",
             self.dir.join("audit.jsonl").display(),
             self.dir.join("sock").display(),
             self.dir.join("state").display(),
             self.dir.display()
-        );
-        self.agent = Some(Agent::start(&self.dir.join("stopguard.toml"), &config));
+        )
     }
 
     /// monit with a 1 s cycle, checking the daemon by its pidfile, as a

@@ -73,6 +73,7 @@ struct Agent {
 pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     let socket = socket.unwrap_or_else(|| config.agent.socket.clone());
     let _host_lock = host_lock::acquire(&socket)?;
+    control::server::raise_fd_limit();
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let audit = AuditLog::open(&config.agent.audit_log)?;

@@ -2,7 +2,7 @@
 //! connection, decides from the peer's credentials whether it may change
 //! state, hands it to the agent's loop and writes the answer back.
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use super::{MAX_REQUEST, Peer, Request};
 use anyhow::{Context, Result};
@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::{Semaphore, mpsc, oneshot},
 };
 
 /// An answer now, or one that needs waiting for (a stop) without holding
@@ -70,20 +70,69 @@ pub fn serve(path: &Path, group: Option<&str>, calls: mpsc::Sender<Call>) -> Res
             .with_context(|| format!("giving {} to group {gid}", path.display()))?;
     }
     let allowed_gid = gid.map(|g| g.as_raw());
+    let limit = max_connections();
+    let permits = Arc::new(Semaphore::new(limit));
     tokio::spawn(async move {
+        let mut pause = ACCEPT_PAUSE;
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let calls = calls.clone();
-            tokio::spawn(async move {
-                if let Err(err) = handle(stream, allowed_gid, calls).await {
-                    tracing::debug!("control connection: {err:#}");
+            // Beyond the cap, clients wait in the listen backlog: file
+            // descriptors stay free for freezing (cgroup files) and the ring.
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    pause = ACCEPT_PAUSE;
+                    let calls = calls.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = handle(stream, allowed_gid, calls).await {
+                            tracing::debug!("control connection: {err:#}");
+                        }
+                        drop(permit);
+                    });
                 }
-            });
+                Err(err) => {
+                    // Out of file descriptors, most likely: retrying at once
+                    // would spin; wait, longer each time, up to a second.
+                    if pause == ACCEPT_PAUSE {
+                        tracing::warn!(
+                            "control socket: accepting a connection failed: {err} (at most {limit} connections at once; retrying)"
+                        );
+                    }
+                    drop(permit);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
         }
     });
     Ok(())
+}
+
+/// First wait after a failed accept.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+
+/// Control connections served at once: 32, or fewer under a low file
+/// descriptor limit, so that a crowd of idle clients cannot take the
+/// descriptors a freeze needs.
+fn max_connections() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    (soft / 4).clamp(1, 32) as usize
+}
+
+/// Raises the soft file descriptor limit to the hard one: the agent holds
+/// a descriptor per BPF map and program, per control client, per freeze.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!("raising the file descriptor limit from {soft} to {hard}: {err}");
+    }
 }
 
 fn in_group(uid: u32, gid: u32, allowed: u32) -> bool {

@@ -6,39 +6,49 @@ use super::Process;
 use crate::events::ProcessKey;
 
 /// Every process now in /proc. Processes that vanish mid-scan are skipped.
+/// Each /proc entry is read and closed before the next is opened: holding
+/// one descriptor per process would fail under a low descriptor limit and
+/// leave processes unknown.
 pub fn scan() -> Vec<Process> {
     let Ok(all) = all_processes() else {
         return Vec::new();
     };
-    let procs: Vec<ProcProcess> = all.filter_map(Result::ok).collect();
-    let starts: std::collections::HashMap<i32, u64> = procs
+    let read: Vec<(Process, i32)> = all.filter_map(|p| read(&p.ok()?)).collect();
+    let starts: std::collections::HashMap<i32, u64> = read
         .iter()
-        .filter_map(|p| p.stat().ok().map(|s| (s.pid, s.starttime)))
+        .map(|(p, _)| (p.pid as i32, p.key.start_ticks))
         .collect();
-    procs.iter().filter_map(|p| read(p, &starts)).collect()
+    read.into_iter()
+        .map(|(mut process, ppid)| {
+            process.parent = starts.get(&ppid).map(|&start| ProcessKey {
+                pid: ppid as u32,
+                start_ticks: start,
+            });
+            process
+        })
+        .collect()
 }
 
-fn read(p: &ProcProcess, starts: &std::collections::HashMap<i32, u64>) -> Option<Process> {
+/// A process as /proc shows it, and its parent's pid.
+fn read(p: &ProcProcess) -> Option<(Process, i32)> {
     let stat = p.stat().ok()?;
     let status = p.status().ok();
     let loginuid = p.loginuid().ok().filter(|&l| l != u32::MAX);
-    Some(Process {
+    let process = Process {
         key: ProcessKey {
             pid: stat.pid as u32,
             start_ticks: stat.starttime,
         },
         pid: stat.pid as u32,
-        parent: starts.get(&stat.ppid).map(|&start| ProcessKey {
-            pid: stat.ppid as u32,
-            start_ticks: start,
-        }),
+        parent: None,
         uid: status.map(|s| s.ruid).unwrap_or(0),
         loginuid,
         comm: stat.comm,
         exe: p.exe().ok().map(|e| e.to_string_lossy().into_owned()),
         cmdline: p.cmdline().unwrap_or_default(),
         exited: None,
-    })
+    };
+    Some((process, stat.ppid))
 }
 
 #[cfg(test)]

@@ -1,0 +1,233 @@
+//! The agent must not die, lie or be steered: a closed stdout, a second
+//! agent, absurd window lengths, a crowd of idle clients under a low file
+//! descriptor limit. Each test is a defect found by probing the built agent.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::{fd::FromRawFd, unix::net::UnixStream},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use stopguard_tests::{
+    Sandbox, in_frozen_cgroup, operator_kill, root_test, state_of, stopguard_bin,
+};
+
+/// A pipe whose reading end is already closed: every write to the other
+/// end fails with EPIPE, as `stopguard run | head -1` does once head exits.
+fn closed_pipe() -> Stdio {
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: fds[1] is a fresh descriptor this function owns.
+    Stdio::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) })
+}
+
+/// Seconds of CPU (user + system) `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// One raw request line to the agent's socket; its answer.
+fn raw_request(sandbox: &Sandbox, line: &str) -> serde_json::Value {
+    let mut stream = UnixStream::connect(sandbox.dir.join("sock")).unwrap();
+    writeln!(stream, "{line}").unwrap();
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap()
+}
+
+#[test]
+fn a_closed_stdout_neither_stops_the_agent_nor_loses_an_alert() {
+    let Some(_probes) = root_test("a_closed_stdout_neither_stops_the_agent_nor_loses_an_alert")
+    else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("closed-stdout");
+    let mut running = sandbox.start_runsv();
+    sandbox.start_agent_customized("alert", |command| {
+        command.stdout(closed_pipe());
+    });
+    for _ in 0..2 {
+        operator_kill(running);
+        running = sandbox.wait_for_daemon(Some(running));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let agent = sandbox.agent.as_mut().unwrap();
+    assert!(
+        agent.is_running(),
+        "the agent died writing to a closed stdout:\n{}",
+        agent.log()
+    );
+    let alerts = sandbox
+        .audit()
+        .iter()
+        .filter(|e| e["alert"]["kind"] == "respawn_after_operator_stop")
+        .count();
+    assert_eq!(alerts, 2, "{:#?}", sandbox.audit());
+}
+
+#[test]
+fn a_client_whose_reader_went_away_ends_quietly() {
+    let Some(_probes) = root_test("a_client_whose_reader_went_away_ends_quietly") else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("client-sigpipe");
+    sandbox.start_agent("alert");
+    let out = Command::new(stopguard_bin())
+        .arg("--socket")
+        .arg(sandbox.dir.join("sock"))
+        .arg("status")
+        .stdout(closed_pipe())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {stderr}",
+        out.status
+    );
+}
+
+#[test]
+fn a_second_agent_refuses_to_start_and_names_the_first() {
+    let Some(_probes) = root_test("a_second_agent_refuses_to_start_and_names_the_first") else {
+        return;
+    };
+    let mut first = Sandbox::new("first-agent");
+    first.start_agent("alert");
+    let first_pid = first.agent.as_ref().unwrap().pid();
+    // Another config: its own socket and state, the same host.
+    let second = Sandbox::new("second-agent");
+    let config = second.dir.join("stopguard.toml");
+    std::fs::write(&config, second.config("alert", "", "")).unwrap();
+    let mut child = Command::new(stopguard_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "a second agent started beside pid {first_pid}:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another stopguard agent runs on this host (pid {first_pid}"
+        )),
+        "{stderr}"
+    );
+    assert!(!second.dir.join("sock").exists());
+    // The first still answers on its own socket.
+    first.ok(&["status"]);
+}
+
+#[test]
+fn window_lengths_are_bounded_in_the_client_and_the_agent() {
+    let Some(_probes) = root_test("window_lengths_are_bounded_in_the_client_and_the_agent") else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("window-bounds");
+    sandbox.start_agent("freeze");
+    let out = sandbox.client(&["window", "open", "sgdaemon", "--for", "1000y"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("at most 30 days"), "{stderr}");
+    // 18446744074 s × 10⁹ overflows u64 ns: it used to wrap and expire at once.
+    let answer = raw_request(
+        &sandbox,
+        r#"{"command":"window_open","service":"sgdaemon","reason":"x","for_secs":18446744074}"#,
+    );
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 30 days"),
+        "{answer}"
+    );
+    let windows = sandbox.json(&["window", "list"]);
+    assert_eq!(windows["windows"].as_array().unwrap().len(), 0, "{windows}");
+    // A month is fine.
+    sandbox.ok(&["window", "open", "sgdaemon", "--for", "30days"]);
+}
+
+#[test]
+fn idle_clients_under_a_low_fd_limit_neither_spin_the_agent_nor_stop_a_freeze() {
+    let Some(_probes) =
+        root_test("idle_clients_under_a_low_fd_limit_neither_spin_the_agent_nor_stop_a_freeze")
+    else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("fd-limit");
+    let first = sandbox.start_runsv();
+    sandbox.start_agent_customized("freeze", |command| {
+        // SAFETY: setrlimit between fork and exec is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(command, || {
+                let limit = libc::rlimit {
+                    rlim_cur: 64,
+                    rlim_max: 64,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                Ok(())
+            });
+        }
+    });
+    let pid = sandbox.agent.as_ref().unwrap().pid();
+    // Far more idle clients than the agent may hold descriptors for; they
+    // send nothing, so each holds its connection until the agent's 5 s
+    // request timeout.
+    let idle: Vec<UnixStream> = (0..100)
+        .filter_map(|_| UnixStream::connect(sandbox.dir.join("sock")).ok())
+        .collect();
+    assert!(idle.len() >= 50, "only {} clients connected", idle.len());
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_millis(1000));
+    let spent = cpu_seconds(pid) - before;
+    assert!(
+        spent < 0.3,
+        "the agent spent {spent} s of CPU in 1 s with idle clients"
+    );
+    operator_kill(first);
+    let alert = sandbox
+        .next_alert(Duration::from_secs(4))
+        .unwrap_or_else(|| {
+            panic!(
+                "no alert; audit: {:#?}\nlog:\n{}",
+                sandbox.audit(),
+                sandbox.agent.as_ref().unwrap().log()
+            )
+        });
+    let respawned = alert["process"]["pid"].as_u64().unwrap() as u32;
+    assert_eq!(state_of(respawned), 'T');
+    assert!(
+        in_frozen_cgroup(respawned),
+        "pid {respawned} is not in a frozen cgroup: {alert:#}\n{}",
+        sandbox.agent.as_ref().unwrap().log()
+    );
+    drop(idle);
+}
