@@ -3,14 +3,14 @@
 
 use std::{
     fs,
-    io::Write,
+    io::{BufRead, BufReader, Write},
     path::Path,
     time::{Duration, SystemTime},
 };
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 
 /// `stopguard audit` answers with at most this many entries, the newest.
 pub const MAX_ENTRIES: usize = 10_000;
@@ -57,28 +57,41 @@ impl AuditLog {
 }
 
 /// What `read` found: the entries asked for (newest `MAX_ENTRIES`), and
-/// how many older ones matched but were left out.
+/// how many older ones matched but were left out. Entries are the log's
+/// lines as written, not re-encoded.
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Timeline {
-    pub entries: Vec<Value>,
+    pub entries: Vec<Box<RawValue>>,
     pub left_out: usize,
     /// Lines that were not JSON (a torn last line after a crash).
     pub unreadable: usize,
 }
 
 /// Reads the audit log at `path`: entries at most `since` old, about
-/// `service` (anywhere in the entry) when given.
+/// `service` (anywhere in the entry) when given. Streams the file: memory
+/// stays bounded by the newest `MAX_ENTRIES` matching lines, however long
+/// the log.
 pub fn read(path: &Path, since: Option<Duration>, service: Option<&str>) -> Result<Timeline> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+    let file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Timeline {
+                entries: Vec::new(),
+                left_out: 0,
+                unreadable: 0,
+            });
+        }
         Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
     };
     let after = since.and_then(|s| SystemTime::now().checked_sub(s));
-    let mut entries = Vec::new();
-    let mut unreadable = 0;
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let Ok(entry) = serde_json::from_str::<Value>(line) else {
+    let mut entries = std::collections::VecDeque::new();
+    let (mut left_out, mut unreadable) = (0, 0);
+    for line in BufReader::new(file).lines() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Ok(entry) = serde_json::from_str::<Value>(&line) else {
             unreadable += 1;
             continue;
         };
@@ -93,12 +106,14 @@ pub fn read(path: &Path, since: Option<Duration>, service: Option<&str>) -> Resu
         if service.is_some_and(|s| !mentions_service(&entry, s)) {
             continue;
         }
-        entries.push(entry);
+        entries.push_back(RawValue::from_string(line).expect("parsed above"));
+        if entries.len() > MAX_ENTRIES {
+            entries.pop_front();
+            left_out += 1;
+        }
     }
-    let left_out = entries.len().saturating_sub(MAX_ENTRIES);
-    entries.drain(..left_out);
     Ok(Timeline {
-        entries,
+        entries: entries.into(),
         left_out,
         unreadable,
     })
@@ -124,7 +139,9 @@ fn s(value: &Value) -> &str {
 }
 
 /// One audit entry as a line for a person: "<time>  <service>  <what>".
-pub fn describe(entry: &Value) -> String {
+pub fn describe(entry: &RawValue) -> String {
+    let entry: Value = serde_json::from_str(entry.get()).unwrap_or_default();
+    let entry = &entry;
     let at = entry["at"].as_str().unwrap_or("?");
     let started = &entry["started"];
     let supervisor = |started: &Value| -> String {
@@ -314,6 +331,25 @@ mod tests {
                 .unwrap()
                 .entries
                 .is_empty()
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_long_log_keeps_the_newest_entries_and_counts_the_rest() {
+        let dir = std::env::temp_dir().join(format!("sg-audit-long-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let lines: String = (0..MAX_ENTRIES + 5)
+            .map(|i| format!("{{\"event\":\"guard_released\",\"pid\":{i}}}\n"))
+            .collect();
+        fs::write(&path, lines).unwrap();
+        let timeline = read(&path, None, None).unwrap();
+        assert_eq!(timeline.left_out, 5);
+        assert_eq!(timeline.entries.len(), MAX_ENTRIES);
+        assert_eq!(
+            timeline.entries[0].get(),
+            r#"{"event":"guard_released","pid":5}"#
         );
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -231,3 +231,51 @@ fn idle_clients_under_a_low_fd_limit_neither_spin_the_agent_nor_stop_a_freeze() 
     );
     drop(idle);
 }
+
+/// Peak resident memory of `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn reading_a_long_audit_log_keeps_the_agents_memory_bounded() {
+    let Some(_probes) = root_test("reading_a_long_audit_log_keeps_the_agents_memory_bounded")
+    else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("audit-memory");
+    sandbox.start_agent("alert");
+    // 30 MB of old entries, as months of a busy host would leave.
+    let line = format!(
+        "{{\"at\":\"2026-01-01T00:00:00.000Z\",\"event\":\"guard_released\",\"pid\":1,\"note\":\"{}\"}}\n",
+        "x".repeat(200)
+    );
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(sandbox.dir.join("audit.jsonl"))
+        .unwrap();
+    let block = line.repeat(1000);
+    for _ in 0..120 {
+        log.write_all(block.as_bytes()).unwrap();
+    }
+    drop(log);
+    let pid = sandbox.agent.as_ref().unwrap().pid();
+    let before = peak_rss_kib(pid);
+    let out = sandbox.client(&["audit", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("older entries left out"));
+    let grown = peak_rss_kib(pid) - before;
+    assert!(
+        grown < 20 * 1024,
+        "the agent grew by {grown} KiB reading a 30 MB audit log"
+    );
+}
