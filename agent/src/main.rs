@@ -264,10 +264,10 @@ fn run(cli: Cli) -> Result<()> {
                 false,
             ),
             WindowCommand::List { json } => {
-                show::<WindowList>(cli.socket, &Request::WindowList, json)
+                show::<WindowList>(cli.socket, &Request::WindowList {}, json)
             }
         },
-        Command::Status { json } => show::<Status>(cli.socket, &Request::Status, json),
+        Command::Status { json } => show::<Status>(cli.socket, &Request::Status {}, json),
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file))?;
             println!("{}: valid; host {}", file.display(), config.agent.host);

@@ -20,8 +20,10 @@ pub enum Request {
         thaw: bool,
         kill: bool,
     },
-    WindowList,
-    Status,
+    // Braces, not unit variants: serde checks the fields of struct
+    // variants only, and a request with fields it does not know is refused.
+    WindowList {},
+    Status {},
     Thaw {
         target: String,
     },
@@ -82,8 +84,8 @@ impl Request {
                 for_secs.map_or(Ok(()), check_window)
             }
             Request::WindowClose { .. }
-            | Request::WindowList
-            | Request::Status
+            | Request::WindowList {}
+            | Request::Status {}
             | Request::Thaw { .. }
             | Request::AlertTest { .. }
             | Request::Audit { .. } => Ok(()),
@@ -94,7 +96,7 @@ impl Request {
     pub fn changes_state(&self) -> bool {
         !matches!(
             self,
-            Request::WindowList | Request::Status | Request::Audit { .. }
+            Request::WindowList {} | Request::Status {} | Request::Audit { .. }
         )
     }
 }
@@ -106,4 +108,43 @@ pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub loginuid: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_with_unknown_fields_are_refused() {
+        for line in [
+            r#"{"command":"status","extra":1}"#,
+            r#"{"command":"window_open","service":"pg","reason":"x","for_secs":null,"bogus":1}"#,
+            r#"{"command":"thaw","target":"pg","kill":true}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Request>(line).is_err(),
+                "accepted {line}"
+            );
+        }
+        let ok: Request = serde_json::from_str(r#"{"command":"thaw","target":"pg"}"#).unwrap();
+        assert_eq!(
+            ok,
+            Request::Thaw {
+                target: "pg".into()
+            }
+        );
+    }
+
+    #[test]
+    fn window_lengths_over_thirty_days_are_refused() {
+        let open = |for_secs| Request::WindowOpen {
+            service: "pg".into(),
+            reason: "x".into(),
+            for_secs,
+        };
+        assert!(open(Some(MAX_WINDOW_SECS)).check().is_ok());
+        assert!(open(None).check().is_ok());
+        let err = open(Some(18_446_744_074)).check().unwrap_err();
+        assert!(err.contains("at most 30 days"), "{err}");
+    }
 }

@@ -76,11 +76,11 @@ impl Agent {
             Request::WindowClose { target, thaw, kill } => {
                 Answer::Now(self.close_window(monitor, &target, thaw, kill))
             }
-            Request::WindowList => Answer::Now(ok(WindowList {
+            Request::WindowList {} => Answer::Now(ok(WindowList {
                 windows: self.window_infos(),
             })),
             Request::Thaw { target } => Answer::Now(self.thaw(monitor, &target)),
-            Request::Status => Answer::Now(ok(self.status(monitor))),
+            Request::Status {} => Answer::Now(ok(self.status(monitor))),
         }
     }
 
