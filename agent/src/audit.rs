@@ -9,6 +9,8 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+
+use crate::files;
 use serde::Serialize;
 use serde_json::{Value, value::RawValue};
 
@@ -18,6 +20,7 @@ pub const MAX_ENTRIES: usize = 10_000;
 /// Appends JSON lines to the audit log; clones share the file.
 #[derive(Clone)]
 pub struct AuditLog {
+    path: std::path::PathBuf,
     file: std::sync::Arc<std::sync::Mutex<fs::File>>,
 }
 
@@ -31,16 +34,21 @@ struct AuditLine<'a, T: Serialize> {
 impl AuditLog {
     pub fn open(path: &Path) -> Result<AuditLog> {
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            files::private_dir(dir).context("the audit log's directory")?;
         }
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening the audit log {}", path.display()))?;
+        let file = files::open_append(path).context("the audit log")?;
         Ok(AuditLog {
+            path: path.to_path_buf(),
             file: std::sync::Arc::new(std::sync::Mutex::new(file)),
         })
+    }
+
+    /// Opens the log's path again, for every clone: after logrotate moved
+    /// the file away, entries go to a new file under the configured name.
+    pub fn reopen(&self) -> Result<()> {
+        let file = files::open_append(&self.path).context("reopening the audit log")?;
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = file;
+        Ok(())
     }
 
     pub fn write(&self, entry: &impl Serialize) {

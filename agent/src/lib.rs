@@ -21,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod detect;
 pub mod events;
+pub mod files;
 pub mod identity;
 pub mod kernel;
 pub mod metrics;

@@ -155,8 +155,8 @@ fn incident(test: &str, window: bool) -> Option<(Cluster, serde_json::Value)> {
     cluster.agent = Some(Agent::start(
         &cluster.dir.join("stopguard.toml"),
         &format!(
-            "[agent]\nhost = \"db-test\"\naudit_log = \"{d}/audit.jsonl\"\nsocket = \"{d}/sock\"\n\
-             state_dir = \"{d}/state\"\n\n[[service]]\nname = \"postgres\"\n\
+            "[agent]\nhost = \"db-test\"\naudit_log = \"{d}/agent/audit.jsonl\"\nsocket = \"{d}/agent/sock\"\n\
+             state_dir = \"{d}/agent/state\"\n\n[[service]]\nname = \"postgres\"\n\
              exe = [\"{BIN}/postgres\"]\non_unexpected_respawn = \"freeze\"\n"
         ),
     ));
@@ -164,7 +164,7 @@ fn incident(test: &str, window: bool) -> Option<(Cluster, serde_json::Value)> {
     // The operator, logged in as uid 1000, stops the database for maintenance.
     let open = if window {
         format!(
-            "{} --socket {d}/sock window open postgres --reason 'schema change' >/dev/null && ",
+            "{} --socket {d}/agent/sock window open postgres --reason 'schema change' >/dev/null && ",
             stopguard_bin().display()
         )
     } else {
@@ -183,7 +183,7 @@ fn incident(test: &str, window: bool) -> Option<(Cluster, serde_json::Value)> {
         .unwrap_or_else(|| {
             panic!(
                 "no alert after monit restarted postgres; audit:\n{}",
-                fs::read_to_string(cluster.dir.join("audit.jsonl")).unwrap_or_default()
+                fs::read_to_string(cluster.dir.join("agent/audit.jsonl")).unwrap_or_default()
             )
         });
     let kind = if window {
@@ -277,7 +277,7 @@ fn inside_a_window_the_respawn_is_frozen_until_the_window_closes_with_thaw() {
     );
     let respawned = alert["process"]["pid"].as_u64().unwrap();
     let out = bash(&format!(
-        "{} --socket {}/sock window close postgres --thaw",
+        "{} --socket {}/agent/sock window close postgres --thaw",
         stopguard_bin().display(),
         cluster.dir.display()
     ));

@@ -7,7 +7,7 @@ set -Eeuo pipefail
 sg=$1
 dir=/tmp/stopguard-demo
 port=55432
-export STOPGUARD_SOCKET=$dir/stopguard.sock
+export STOPGUARD_SOCKET=$dir/agent/stopguard.sock # root-owned: the agent writes nowhere postgres could plant a link
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 pg_ctl="$pgbin/pg_ctl -D $dir/data -o '-p $port -k $dir' -l $dir/postgres.log"
 # Where the agent makes its frozen cgroups: cgroup v2 (hybrid or unified), the v1 freezer.
@@ -153,8 +153,8 @@ cat >"$dir/stopguard.toml" <<CONFIG
 [agent]
 host = "demo-host"
 socket = "$STOPGUARD_SOCKET"
-state_dir = "$dir/state"
-audit_log = "$dir/audit.jsonl"
+state_dir = "$dir/agent/state"
+audit_log = "$dir/agent/audit.jsonl"
 
 [[service]]
 name = "postgres"

@@ -18,7 +18,7 @@ mod stop;
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -76,6 +76,7 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     control::server::raise_fd_limit();
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    crate::files::private_dir(&config.agent.state_dir).context("state_dir")?;
     let audit = AuditLog::open(&config.agent.audit_log)?;
     let metrics = Metrics::new();
     let delivery = Delivery::start(

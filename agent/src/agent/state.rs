@@ -2,14 +2,14 @@
 //! stops, what custody holds and guards, unresolved alerts. Written after
 //! every change, read back at start, so a `kill -9` loses none of it.
 
-use std::{fs, io::Write, path::Path};
+use std::{fs, path::Path};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::custody;
-use crate::detect;
+use crate::{detect, files};
 
 #[derive(Default, Serialize, Deserialize)]
 pub struct State {
@@ -25,15 +25,7 @@ impl State {
     /// Writes the state to a temporary file, synced, then renamed, so a
     /// crash leaves the old state or the new, never half of one.
     pub fn save(&self, path: &Path) -> Result<()> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(self)?)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        Ok(())
+        files::replace(path, &serde_json::to_vec_pretty(self)?)
     }
 
     /// The state saved at `path`; None when there is none.
