@@ -16,116 +16,24 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::{audit::AuditLog, metrics::Metrics};
+use crate::{
+    audit::AuditLog,
+    config::{SecretSource, Severity, SinkConfig, SinkKind},
+    metrics::Metrics,
+};
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkKind {
-    Webhook,
-    Slack,
-    Teams,
-    Alertmanager,
-    Pagerduty,
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    #[default]
-    Info,
-    Warning,
-    Critical,
-}
-
-impl Severity {
-    fn of(alert: &Value) -> Severity {
-        match alert["severity"].as_str() {
-            Some("critical") => Severity::Critical,
-            Some("warning") => Severity::Warning,
-            _ => Severity::Info,
-        }
+/// The severity an alert record states.
+fn severity_of(alert: &Value) -> Severity {
+    match alert["severity"].as_str() {
+        Some("critical") => Severity::Critical,
+        Some("warning") => Severity::Warning,
+        _ => Severity::Info,
     }
-}
-
-/// A `[[sink]]` table.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    pub kind: SinkKind,
-    /// Default: the kind, numbered when there are several of a kind.
-    pub name: Option<String>,
-    pub url: String,
-    /// A file holding the secret (webhook signing key, PagerDuty routing key).
-    pub secret_file: Option<PathBuf>,
-    /// Or an environment variable holding it.
-    pub secret_env: Option<String>,
-    #[serde(default)]
-    pub min_severity: Severity,
-    /// How long to keep trying (default 24h).
-    pub max_age: Option<String>,
-}
-
-/// Checks `[[sink]]` tables; errors name the sink and the key.
-pub fn check(sinks: &[SinkConfig]) -> Result<()> {
-    let mut names = std::collections::HashSet::new();
-    for (i, sink) in resolve_names(sinks).iter().enumerate() {
-        let config = &sinks[i];
-        let at = format!("[[sink]] `{sink}`");
-        if !names.insert(sink.clone()) {
-            bail!("{at} is defined twice (give one a `name`)");
-        }
-        if !config.url.starts_with("http://") && !config.url.starts_with("https://") {
-            bail!(
-                "{at}: key `url`: expected an http:// or https:// URL, got `{}`",
-                config.url
-            );
-        }
-        if config.secret_file.is_some() && config.secret_env.is_some() {
-            bail!("{at}: give `secret_file` or `secret_env`, not both");
-        }
-        if config.kind == SinkKind::Pagerduty
-            && config.secret_file.is_none()
-            && config.secret_env.is_none()
-        {
-            bail!("{at}: a pagerduty sink needs its routing key in `secret_file` or `secret_env`");
-        }
-        if let Some(age) = &config.max_age {
-            humantime::parse_duration(age).map_err(|e| {
-                anyhow::anyhow!(
-                    "{at}: key `max_age`: expected a duration such as \"24h\", got `{age}` ({e})"
-                )
-            })?;
-        }
-    }
-    Ok(())
-}
-
-/// Each sink's name: its `name`, else its kind (numbered when several).
-pub fn resolve_names(sinks: &[SinkConfig]) -> Vec<String> {
-    sinks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            s.name.clone().unwrap_or_else(|| {
-                let kind = serde_json::to_value(s.kind).expect("kinds serialize");
-                let kind = kind.as_str().unwrap_or("sink").to_string();
-                let same = sinks
-                    .iter()
-                    .filter(|o| o.kind == s.kind && o.name.is_none())
-                    .count();
-                if same > 1 {
-                    format!("{kind}-{}", i + 1)
-                } else {
-                    kind
-                }
-            })
-        })
-        .collect()
 }
 
 /// A sink ready to deliver: its secret read, its limits set.
@@ -225,12 +133,12 @@ pub async fn test(sink: Sink, alert: Value) -> TestResult {
 
 /// Reads each sink's secret; errors name the sink and where it looked.
 pub fn load(sinks: &[SinkConfig]) -> Result<Vec<Sink>> {
-    resolve_names(sinks)
-        .into_iter()
-        .zip(sinks)
-        .map(|(name, config)| {
-            let secret = match (&config.secret_file, &config.secret_env) {
-                (Some(path), _) => Some(
+    sinks
+        .iter()
+        .map(|config| {
+            let name = &config.name;
+            let secret = match &config.secret {
+                Some(SecretSource::File(path)) => Some(
                     fs::read_to_string(path)
                         .with_context(|| {
                             format!("sink `{name}`: reading secret_file {}", path.display())
@@ -238,24 +146,19 @@ pub fn load(sinks: &[SinkConfig]) -> Result<Vec<Sink>> {
                         .trim()
                         .to_string(),
                 ),
-                (None, Some(var)) => Some(
+                Some(SecretSource::Env(var)) => Some(
                     std::env::var(var)
                         .with_context(|| format!("sink `{name}`: secret_env `{var}` is not set"))?,
                 ),
-                (None, None) => None,
+                None => None,
             };
             Ok(Sink {
-                name,
+                name: name.clone(),
                 kind: config.kind,
                 url: config.url.clone(),
                 secret,
                 min_severity: config.min_severity,
-                max_age: config
-                    .max_age
-                    .as_deref()
-                    .map(humantime::parse_duration)
-                    .transpose()?
-                    .unwrap_or(Duration::from_secs(24 * 3600)),
+                max_age: config.max_age,
                 http: ureq::Agent::config_builder()
                     .timeout_global(Some(Duration::from_secs(10)))
                     .http_status_as_error(false)
@@ -510,7 +413,7 @@ impl Delivery {
         let wanted: Vec<&(Sink, _)> = self
             .queues
             .iter()
-            .filter(|(sink, _)| kinds(sink.kind) && Severity::of(alert) >= sink.min_severity)
+            .filter(|(sink, _)| kinds(sink.kind) && severity_of(alert) >= sink.min_severity)
             .collect();
         if wanted.is_empty() {
             return Ok(());

@@ -4,7 +4,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
-use super::SinkKind;
+use crate::config::SinkKind;
 
 /// An HTTP request body and the headers that go with it.
 pub struct Request {
