@@ -3,10 +3,11 @@
 
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::Clock,
+    config::Severity,
     detect::{AtRisk, OperatorStop, Started, Window},
     identity::{person, user_name},
     process::Link,
@@ -14,12 +15,13 @@ use crate::{
 
 pub const SCHEMA_VERSION: u32 = 1;
 
-#[derive(Clone, Debug, Serialize)]
+/// An alert record: what stdout, the audit log and the sinks receive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub version: u32,
     pub id: String,
-    pub kind: &'static str,
-    pub severity: &'static str,
+    pub kind: AlertKind,
+    pub severity: Severity,
     pub host: String,
     pub service: String,
     pub summary: String,
@@ -33,9 +35,67 @@ pub struct Alert {
     pub at: String,
     /// From the respawn's exec (kernel time) to this record.
     pub detected_after_ms: f64,
+    /// A resolution: the id of the alert it ends, and when it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolves: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
+    /// A group's follow-up: the ids of the alerts it stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grouped: Option<Vec<String>>,
 }
 
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// Respawned after an operator stop, with no window open.
+    RespawnAfterOperatorStop,
+    /// Respawned inside a maintenance window.
+    RespawnInWindow,
+    /// Kernel records lost while a service was at risk.
+    EventsLost,
+    /// `stopguard alert test`.
+    Test,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::RespawnAfterOperatorStop => "respawn_after_operator_stop",
+            AlertKind::RespawnInWindow => "respawn_in_window",
+            AlertKind::EventsLost => "events_lost",
+            AlertKind::Test => "test",
+        }
+    }
+
+    /// A respawn: grouped with the respawns of its service that follow.
+    pub fn is_respawn(self) -> bool {
+        matches!(
+            self,
+            AlertKind::RespawnAfterOperatorStop | AlertKind::RespawnInWindow
+        )
+    }
+
+    /// Whether the alert ends when its process is thawed or killed or its
+    /// window closes; lost records are never resolved.
+    pub fn resolves_later(self) -> bool {
+        self != AlertKind::EventsLost
+    }
+}
+
+impl Alert {
+    /// The same alert, ended at `at`: sinks that track alerts close it.
+    pub fn resolution(&self, at: String) -> Alert {
+        Alert {
+            id: format!("{}-resolved", self.id),
+            resolves: Some(self.id.clone()),
+            resolved_at: Some(at),
+            ..self.clone()
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WindowInfo {
     pub id: String,
     pub service: String,
@@ -62,14 +122,14 @@ impl WindowInfo {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub exe: String,
     pub cmdline: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RespawnedBy {
     /// The nearest supervisor in the chain, and its pid.
     pub supervisor: Option<String>,
@@ -80,7 +140,7 @@ pub struct RespawnedBy {
     pub chain: Vec<Link>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoppedBy {
     pub pid: u32,
     pub comm: String,
@@ -141,11 +201,11 @@ pub fn respawn(
             started.service, started.pid, started.time_ns
         ),
         kind: if window.is_some() {
-            "respawn_in_window"
+            AlertKind::RespawnInWindow
         } else {
-            "respawn_after_operator_stop"
+            AlertKind::RespawnAfterOperatorStop
         },
-        severity: "critical",
+        severity: Severity::Critical,
         host: host.to_string(),
         service: started.service.clone(),
         summary,
@@ -166,6 +226,9 @@ pub fn respawn(
         window: window.map(|w| WindowInfo::new(w, clock)),
         at: humantime::format_rfc3339_millis(now).to_string(),
         detected_after_ms: now_boot_ns.saturating_sub(started.time_ns) as f64 / 1e6,
+        resolves: None,
+        resolved_at: None,
+        grouped: None,
     }
 }
 
@@ -194,11 +257,11 @@ pub fn events_lost(
     Alert {
         version: SCHEMA_VERSION,
         id: format!("{host}-{}-lost-{now_boot_ns}", risk.service),
-        kind: "events_lost",
+        kind: AlertKind::EventsLost,
         severity: if process.is_some() {
-            "critical"
+            Severity::Critical
         } else {
-            "warning"
+            Severity::Warning
         },
         host: host.to_string(),
         service: risk.service.clone(),
@@ -213,27 +276,72 @@ pub fn events_lost(
         window: risk.window.as_ref().map(|w| WindowInfo::new(w, clock)),
         at: humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
         detected_after_ms: 0.0,
+        resolves: None,
+        resolved_at: None,
+        grouped: None,
     }
 }
 
 /// The alert `stopguard alert test` sends: marked as a test everywhere a
 /// person looks.
-pub fn test(host: &str, clock: &Clock, now_boot_ns: u64) -> serde_json::Value {
-    let at = humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string();
-    serde_json::json!({
-        "version": SCHEMA_VERSION,
-        "id": format!("{host}-test-{now_boot_ns}"),
-        "kind": "test",
-        "severity": "info",
-        "host": host,
-        "service": "stopguard",
-        "summary": format!("TEST from stopguard on {host}: this sink receives stopguard's alerts"),
-        "action": "none",
-        "process": null,
-        "respawned_by": null,
-        "stopped_by": null,
-        "window": null,
-        "at": at,
-        "detected_after_ms": 0.0,
-    })
+pub fn test(host: &str, clock: &Clock, now_boot_ns: u64) -> Alert {
+    Alert {
+        version: SCHEMA_VERSION,
+        id: format!("{host}-test-{now_boot_ns}"),
+        kind: AlertKind::Test,
+        severity: Severity::Info,
+        host: host.to_string(),
+        service: "stopguard".to_string(),
+        summary: format!("TEST from stopguard on {host}: this sink receives stopguard's alerts"),
+        action: "none".to_string(),
+        process: None,
+        respawned_by: None,
+        stopped_by: None,
+        window: None,
+        at: humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
+        detected_after_ms: 0.0,
+        resolves: None,
+        resolved_at: None,
+        grouped: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_named_as_serialized() {
+        for kind in [
+            AlertKind::RespawnAfterOperatorStop,
+            AlertKind::RespawnInWindow,
+            AlertKind::EventsLost,
+            AlertKind::Test,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        for severity in [Severity::Info, Severity::Warning, Severity::Critical] {
+            assert_eq!(serde_json::to_value(severity).unwrap(), severity.as_str());
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_and_adds_nothing_unset() {
+        let alert = test("db-3", &Clock::now(), 5);
+        let text = serde_json::to_string(&alert).unwrap();
+        assert!(
+            !text.contains("resolves") && !text.contains("grouped"),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Alert>(&text).unwrap(), alert);
+        let resolved = alert.resolution("2026-11-28T19:20:00.000Z".into());
+        let text = serde_json::to_string(&resolved).unwrap();
+        assert!(
+            text.ends_with(
+                ",\"resolves\":\"db-3-test-5\",\"resolved_at\":\"2026-11-28T19:20:00.000Z\"}"
+            ),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Alert>(&text).unwrap(), resolved);
+    }
 }

@@ -1,14 +1,14 @@
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use clap::{Parser, Subcommand};
 use stopguard::{
-    config::Config,
+    config::{Config, RingBytes},
     control::{
         AlertTested, AuditRead, Request, Status, Stopped, Thawed, WindowClosed, WindowList,
         WindowOpened, client,
     },
-    kernel::{DEFAULT_RING_BYTES, ProbeOptions},
+    kernel::ProbeOptions,
     trace::TraceOptions,
 };
 
@@ -48,7 +48,7 @@ enum Command {
         #[arg(long = "comm", value_name = "NAME")]
         comms: Vec<String>,
         /// Kernel ring buffer size in bytes (a power of two, at least 4096).
-        #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES)]
+        #[arg(long, value_name = "BYTES", default_value_t = RingBytes::DEFAULT.get())]
         ring_bytes: u32,
     },
     /// Run the agent.
@@ -232,14 +232,21 @@ fn run(cli: Cli) -> Result<()> {
             json,
             comms,
             ring_bytes,
-        } => runtime.block_on(stopguard::trace::run(TraceOptions {
-            json,
-            comms,
-            probes: ProbeOptions {
-                ring_bytes,
-                ..ProbeOptions::default()
-            },
-        })),
+        } => {
+            let ring_bytes = RingBytes::new(ring_bytes).ok_or_else(|| {
+                anyhow!(
+                    "ring buffer size {ring_bytes} is not a power of two of at least 4096 bytes"
+                )
+            })?;
+            runtime.block_on(stopguard::trace::run(TraceOptions {
+                json,
+                comms,
+                probes: ProbeOptions {
+                    ring_bytes,
+                    ..ProbeOptions::default()
+                },
+            }))
+        }
         Command::Run { config } => {
             let config = Config::load(config.as_deref())?;
             runtime.block_on(stopguard::agent::run(config, cli.socket))
@@ -275,16 +282,19 @@ fn run(cli: Cli) -> Result<()> {
                 println!(
                     "  {:<12} exe {}  in a window: {:?}, otherwise: {:?}",
                     s.name,
-                    s.exe.join(", "),
+                    s.exe
+                        .iter()
+                        .map(|g| g.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     s.on_respawn,
                     s.on_unexpected_respawn
                 );
             }
-            let names = stopguard::sinks::resolve_names(&config.sinks);
-            for (name, sink) in names.iter().zip(&config.sinks) {
+            for sink in &config.sinks {
                 println!(
-                    "  sink {name:<12} {:?}, min_severity {:?}",
-                    sink.kind, sink.min_severity
+                    "  sink {:<12} {:?}, min_severity {:?}",
+                    sink.name, sink.kind, sink.min_severity
                 );
             }
             Ok(())

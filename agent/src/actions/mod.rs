@@ -10,19 +10,10 @@ use std::{
 use anyhow::{Context, Result};
 use nix::{sys::signal, unistd::Pid};
 
+use crate::config::Freezer;
+
 /// cgroup v2 hierarchy as mounted on hybrid hosts, then the unified root.
 const CGROUP2_ROOTS: [&str; 2] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
-
-/// Which cgroup freezer holds frozen processes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Freezer {
-    /// cgroup v2 where it is mounted, else the v1 freezer.
-    #[default]
-    Auto,
-    Cgroup2,
-    Cgroup1,
-}
 
 /// How a process was frozen, to undo it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{alert::Alert, audit::AuditLog, metrics::Metrics, sinks::Delivery};
 
@@ -20,7 +20,7 @@ const MAX_FIRING: usize = 1000;
 struct Group {
     until: Instant,
     first_id: String,
-    held: Vec<Value>,
+    held: Vec<Alert>,
 }
 
 pub struct Alerting {
@@ -30,7 +30,7 @@ pub struct Alerting {
     group_interval: Duration,
     groups: HashMap<String, Group>,
     /// Alerts not yet resolved (thaw, kill, window close).
-    firing: Vec<Value>,
+    firing: Vec<Alert>,
 }
 
 impl Alerting {
@@ -54,26 +54,25 @@ impl Alerting {
         &self.delivery
     }
 
-    pub fn firing(&self) -> &[Value] {
+    pub fn firing(&self) -> &[Alert] {
         &self.firing
     }
 
-    pub fn restore_firing(&mut self, firing: Vec<Value>) {
+    pub fn restore_firing(&mut self, firing: Vec<Alert>) {
         self.firing = firing;
     }
 
     /// Announces an alert: the agent's log, stdout (one JSON line), the
     /// audit log; and the sinks, through the spool, unless it is grouped.
     pub fn raise(&mut self, record: Alert) {
-        let value = serde_json::to_value(&record).expect("alerts serialize");
         self.metrics
             .alerts
-            .get_or_create(&vec![("kind", record.kind.to_string())])
+            .get_or_create(&vec![("kind", record.kind.as_str().to_string())])
             .inc();
         self.follow_up_groups();
         let grouped = match self.groups.get_mut(&record.service) {
-            Some(group) if record.kind.starts_with("respawn") => {
-                group.held.push(value.clone());
+            Some(group) if record.kind.is_respawn() => {
+                group.held.push(record.clone());
                 self.audit.write(&json!({
                     "event": "alert_grouped", "service": record.service,
                     "id": record.id, "group_of": group.first_id,
@@ -83,7 +82,7 @@ impl Alerting {
             _ => false,
         };
         if !grouped {
-            if record.kind.starts_with("respawn") {
+            if record.kind.is_respawn() {
                 self.groups.insert(
                     record.service.clone(),
                     Group {
@@ -94,12 +93,12 @@ impl Alerting {
                 );
             }
             // In the spool, synced, before anyone hears of it.
-            if let Err(err) = self.delivery.deliver(&value) {
+            if let Err(err) = self.delivery.deliver(&record) {
                 tracing::error!("spooling alert {}: {err:#}", record.id);
             }
         }
-        if record.kind != "events_lost" {
-            self.firing.push(value);
+        if record.kind.resolves_later() {
+            self.firing.push(record.clone());
             // Bounded: the oldest unresolved alerts are the least likely
             // to be resolved by a thaw now.
             if self.firing.len() > MAX_FIRING {
@@ -129,18 +128,20 @@ impl Alerting {
             let Some(latest) = group.held.last() else {
                 continue;
             };
-            let mut follow_up = latest.clone();
             let n = group.held.len();
-            follow_up["id"] = json!(format!("{}-group", group.first_id));
-            follow_up["summary"] = json!(format!(
-                "{service} respawned {n} more time{} within {} of alert {}; latest: {}",
-                if n == 1 { "" } else { "s" },
-                humantime::format_duration(self.group_interval),
-                group.first_id,
-                latest["summary"].as_str().unwrap_or("")
-            ));
-            follow_up["grouped"] = json!(group.held.iter().map(|a| &a["id"]).collect::<Vec<_>>());
-            tracing::warn!("{}", follow_up["summary"].as_str().unwrap_or(""));
+            let follow_up = Alert {
+                id: format!("{}-group", group.first_id),
+                summary: format!(
+                    "{service} respawned {n} more time{} within {} of alert {}; latest: {}",
+                    if n == 1 { "" } else { "s" },
+                    humantime::format_duration(self.group_interval),
+                    group.first_id,
+                    latest.summary
+                ),
+                grouped: Some(group.held.iter().map(|a| a.id.clone()).collect()),
+                ..latest.clone()
+            };
+            tracing::warn!("{}", follow_up.summary);
             if let Err(err) = self.delivery.deliver(&follow_up) {
                 tracing::error!("spooling the follow-up for {service}: {err:#}");
             }
@@ -149,22 +150,22 @@ impl Alerting {
 
     /// Resolves the firing alerts about the process `pid`.
     pub fn resolve_process(&mut self, pid: u32) {
-        self.resolve(|a| a["process"]["pid"] == pid);
+        self.resolve(|a| a.process.as_ref().is_some_and(|p| p.pid == pid));
     }
 
     /// Resolves the firing alerts about `service`.
     pub fn resolve_service(&mut self, service: &str) {
-        self.resolve(|a| a["service"] == service);
+        self.resolve(|a| a.service == service);
     }
 
-    fn resolve(&mut self, ended: impl Fn(&Value) -> bool) {
-        let (done, firing): (Vec<Value>, Vec<Value>) = std::mem::take(&mut self.firing)
+    fn resolve(&mut self, ended: impl Fn(&Alert) -> bool) {
+        let (done, firing): (Vec<Alert>, Vec<Alert>) = std::mem::take(&mut self.firing)
             .into_iter()
             .partition(ended);
         self.firing = firing;
         for alert in done {
             if let Err(err) = self.delivery.resolve(&alert) {
-                tracing::error!("spooling the resolution of {}: {err:#}", alert["id"]);
+                tracing::error!("spooling the resolution of {}: {err:#}", alert.id);
             }
         }
     }

@@ -12,8 +12,9 @@ use std::{
 use serde_json::json;
 
 use crate::{
-    actions::{self, Freezer, Frozen},
+    actions::{self, Frozen},
     audit::AuditLog,
+    config::Freezer,
     detect::Started,
     kernel::{Probes, comm_key},
 };

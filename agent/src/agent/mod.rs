@@ -88,7 +88,6 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     if let Some(addr) = config.agent.metrics_listen {
         metrics.clone().serve(addr).await?;
     }
-    let group_interval = humantime::parse_duration(&config.agent.group_interval)?;
     let mut agent = Agent {
         host: config.agent.host.clone(),
         clock: Clock::now(),
@@ -97,9 +96,14 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
             .iter()
             .map(|s| (s.name.clone(), s.clone()))
             .collect(),
-        detector: Detector::new(&config.services)?,
+        detector: Detector::new(&config.services),
         custody: Custody::new(config.agent.freezer, audit.clone()),
-        alerting: Alerting::new(delivery, metrics.clone(), audit.clone(), group_interval),
+        alerting: Alerting::new(
+            delivery,
+            metrics.clone(),
+            audit.clone(),
+            config.agent.group_interval,
+        ),
         audit,
         audit_path: config.agent.audit_log.clone(),
         state_path: config.agent.state_dir.join("state.json"),
@@ -248,7 +252,7 @@ impl Agent {
             .and_then(|pid| table.live(pid))
             .map(|p| p.comm.clone());
         running.or_else(|| {
-            let exe = self.services.get(service)?.exe.first()?;
+            let exe = self.services.get(service)?.exe.first()?.as_str();
             let name = exe.rsplit('/').next()?;
             (!name.contains(['*', '?', '['])).then(|| name.to_string())
         })

@@ -6,10 +6,9 @@ use std::{fs, path::Path};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::custody;
-use crate::{detect, files};
+use crate::{alert::Alert, detect, files};
 
 #[derive(Default, Serialize, Deserialize)]
 pub struct State {
@@ -18,7 +17,7 @@ pub struct State {
     pub custody: custody::Saved,
     /// Alerts not yet resolved (thaw, kill, window close).
     #[serde(default)]
-    pub firing: Vec<Value>,
+    pub firing: Vec<Alert>,
 }
 
 impl State {

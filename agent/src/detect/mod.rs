@@ -17,8 +17,6 @@ mod windows;
 
 use std::collections::{HashMap, VecDeque};
 
-use anyhow::{Context, Result};
-
 pub use self::{
     findings::{Actor, AtRisk, ControlCommand, Finding, OperatorStop, Started},
     intent::Intent,
@@ -63,35 +61,25 @@ pub struct Detector {
 }
 
 impl Detector {
-    pub fn new(services: &[config::Service]) -> Result<Detector> {
+    pub fn new(services: &[config::Service]) -> Detector {
         let services = services
             .iter()
-            .map(|s| {
-                let exe = s
-                    .exe
-                    .iter()
-                    .map(|g| {
-                        glob::Pattern::new(g)
-                            .with_context(|| format!("service `{}`: bad exe glob `{g}`", s.name))
-                    })
-                    .collect::<Result<_>>()?;
-                Ok(Watched {
-                    name: s.name.clone(),
-                    exe,
-                    main: None,
-                    stop: None,
-                    crashed: false,
-                })
+            .map(|s| Watched {
+                name: s.name.clone(),
+                exe: s.exe.clone(),
+                main: None,
+                stop: None,
+                crashed: false,
             })
-            .collect::<Result<_>>()?;
-        Ok(Detector {
+            .collect();
+        Detector {
             services,
             mains: HashMap::new(),
             control: VecDeque::new(),
             windows: Vec::new(),
             next_window: 1,
             agent_pid: None,
-        })
+        }
     }
 
     /// Signals from `pid` (the agent itself) are attributed to the control

@@ -13,12 +13,12 @@ use aya::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::events::{Event, Lost, PerKind};
+use crate::{
+    config::RingBytes,
+    events::{Event, Lost, PerKind},
+};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("STOPGUARD_EBPF_OBJECT"));
-
-/// Default ring buffer size: a few seconds of this machine's top exec rate.
-pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
 
 /// How long records may wait in the ring before the reader looks anyway; the
 /// kernel wakes it earlier for urgent records and full batches.
@@ -26,8 +26,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(4);
 
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
-    /// Ring buffer size in bytes: a power of two, at least one page.
-    pub ring_bytes: u32,
+    pub ring_bytes: RingBytes,
     /// Signal numbers worth a record. SIGCHLD never is.
     pub signals: Vec<u32>,
 }
@@ -35,7 +34,7 @@ pub struct ProbeOptions {
 impl Default for ProbeOptions {
     fn default() -> Self {
         ProbeOptions {
-            ring_bytes: DEFAULT_RING_BYTES,
+            ring_bytes: RingBytes::DEFAULT,
             // Every standard signal but SIGCHLD (17): stops, continues and
             // terminations are all lifecycle.
             signals: (1..32).filter(|&s| s != libc::SIGCHLD as u32).collect(),
@@ -71,22 +70,16 @@ pub fn preflight() -> Result<()> {
 impl Probes {
     /// Loads and attaches the programs. Must run inside a tokio runtime.
     pub fn attach(options: &ProbeOptions) -> Result<Probes> {
-        if !options.ring_bytes.is_power_of_two() || options.ring_bytes < 4096 {
-            bail!(
-                "ring buffer size {} is not a power of two of at least 4096 bytes",
-                options.ring_bytes
-            );
-        }
         preflight()?;
         let offsets = btf::offsets(Path::new(btf::VMLINUX_BTF))?;
         // Wake the reader once a quarter of the ring waits, or it polls first.
         let wake = WakePolicy {
-            batch_bytes: u64::from(options.ring_bytes / 4),
+            batch_bytes: u64::from(options.ring_bytes.get() / 4),
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::OFFSETS, &offsets, true)
             .override_global(names::WAKE, &wake, true)
-            .map_max_entries(names::EVENTS, options.ring_bytes)
+            .map_max_entries(names::EVENTS, options.ring_bytes.get())
             .load(OBJECT)
             .context(
                 "loading the eBPF programs (the kernel refused them: is BPF disabled or \

@@ -6,7 +6,7 @@ pub mod procfs;
 
 use std::collections::{HashMap, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     events::{Event, ProcessKey},
@@ -55,7 +55,7 @@ pub struct Exited {
 }
 
 /// A link of an ancestry chain, as printed and exported.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
     pub pid: u32,
     pub comm: String,

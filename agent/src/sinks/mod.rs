@@ -1,131 +1,78 @@
-//! Alert delivery. Every alert is written to a spool in `state_dir`
-//! (synced) before any attempt; one task per sink delivers in order,
-//! retries with exponential backoff and jitter, honours `Retry-After`, and
-//! marks an alert undeliverable for that sink only after `max_age` — logged
-//! and audited, never dropped silently. A sink that is down holds up only
-//! itself: detection and the other sinks go on.
+//! Alert delivery to the `[[sink]]`s. Every alert is written to a spool in
+//! `state_dir` (synced) before any attempt; one task per sink delivers in
+//! order, retries with exponential backoff and jitter, honours
+//! `Retry-After`, and marks an alert undeliverable for that sink only after
+//! `max_age` — logged and audited, never dropped silently. A sink that is
+//! down holds up only itself: detection and the other sinks go on.
+//!
+//! - one file per kind of sink (`webhook`, `slack`, `teams`,
+//!   `alertmanager`, `pagerduty`): what it sends, registered in `format`;
+//!   `message`: the text the chat and paging kinds share.
+//! - `spool`: alerts on disk until every sink is done with them.
+//! - `delivery`: the per-sink tasks, retries, health, the test alert.
 
-pub mod payload;
+mod alertmanager;
+mod delivery;
+mod message;
+mod pagerduty;
+mod slack;
+mod spool;
+mod teams;
+mod webhook;
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    io::Write,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+use std::{fs, time::Duration};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+pub use self::delivery::{Delivery, Health, SinkStatus, TestResult, test};
+use crate::{
+    alert::Alert,
+    config::{SecretSource, Severity, SinkConfig, SinkKind},
 };
 
-use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use tokio::sync::mpsc;
-
-use crate::{audit::AuditLog, metrics::Metrics};
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkKind {
-    Webhook,
-    Slack,
-    Teams,
-    Alertmanager,
-    Pagerduty,
+/// An HTTP request body and the headers that go with it.
+pub struct Request {
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    #[default]
-    Info,
-    Warning,
-    Critical,
-}
-
-impl Severity {
-    fn of(alert: &Value) -> Severity {
-        match alert["severity"].as_str() {
-            Some("critical") => Severity::Critical,
-            Some("warning") => Severity::Warning,
-            _ => Severity::Info,
+impl Request {
+    fn json(body: &impl Serialize) -> Request {
+        Request {
+            body: serde_json::to_vec(body).expect("payloads serialize"),
+            headers: Vec::new(),
         }
     }
 }
 
-/// A `[[sink]]` table.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    pub kind: SinkKind,
-    /// Default: the kind, numbered when there are several of a kind.
-    pub name: Option<String>,
-    pub url: String,
-    /// A file holding the secret (webhook signing key, PagerDuty routing key).
-    pub secret_file: Option<PathBuf>,
-    /// Or an environment variable holding it.
-    pub secret_env: Option<String>,
-    #[serde(default)]
-    pub min_severity: Severity,
-    /// How long to keep trying (default 24h).
-    pub max_age: Option<String>,
-}
+/// Everything particular to one kind of sink.
+pub trait SinkFormat: Sync {
+    /// The request that tells this kind of receiver about `alert` (which
+    /// may be a resolution: `resolves`, `resolved_at`).
+    fn render(&self, alert: &Alert, secret: Option<&str>, now_unix: u64) -> Request;
 
-/// Checks `[[sink]]` tables; errors name the sink and the key.
-pub fn check(sinks: &[SinkConfig]) -> Result<()> {
-    let mut names = std::collections::HashSet::new();
-    for (i, sink) in resolve_names(sinks).iter().enumerate() {
-        let config = &sinks[i];
-        let at = format!("[[sink]] `{sink}`");
-        if !names.insert(sink.clone()) {
-            bail!("{at} is defined twice (give one a `name`)");
-        }
-        if !config.url.starts_with("http://") && !config.url.starts_with("https://") {
-            bail!(
-                "{at}: key `url`: expected an http:// or https:// URL, got `{}`",
-                config.url
-            );
-        }
-        if config.secret_file.is_some() && config.secret_env.is_some() {
-            bail!("{at}: give `secret_file` or `secret_env`, not both");
-        }
-        if config.kind == SinkKind::Pagerduty
-            && config.secret_file.is_none()
-            && config.secret_env.is_none()
-        {
-            bail!("{at}: a pagerduty sink needs its routing key in `secret_file` or `secret_env`");
-        }
-        if let Some(age) = &config.max_age {
-            humantime::parse_duration(age).map_err(|e| {
-                anyhow::anyhow!(
-                    "{at}: key `max_age`: expected a duration such as \"24h\", got `{age}` ({e})"
-                )
-            })?;
-        }
+    /// The least time between two requests to one receiver.
+    fn min_interval(&self) -> Duration {
+        Duration::ZERO
     }
-    Ok(())
+
+    /// Whether the receiver keeps an alert open until told it ended; only
+    /// these are sent resolutions.
+    fn tracks_resolution(&self) -> bool {
+        false
+    }
 }
 
-/// Each sink's name: its `name`, else its kind (numbered when several).
-pub fn resolve_names(sinks: &[SinkConfig]) -> Vec<String> {
-    sinks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            s.name.clone().unwrap_or_else(|| {
-                let kind = serde_json::to_value(s.kind).expect("kinds serialize");
-                let kind = kind.as_str().unwrap_or("sink").to_string();
-                let same = sinks
-                    .iter()
-                    .filter(|o| o.kind == s.kind && o.name.is_none())
-                    .count();
-                if same > 1 {
-                    format!("{kind}-{}", i + 1)
-                } else {
-                    kind
-                }
-            })
-        })
-        .collect()
+/// The one place a kind of sink is registered.
+pub fn format(kind: SinkKind) -> &'static dyn SinkFormat {
+    match kind {
+        SinkKind::Webhook => &webhook::Webhook,
+        SinkKind::Slack => &slack::Slack,
+        SinkKind::Teams => &teams::Teams,
+        SinkKind::Alertmanager => &alertmanager::Alertmanager,
+        SinkKind::Pagerduty => &pagerduty::Pagerduty,
+    }
 }
 
 /// A sink ready to deliver: its secret read, its limits set.
@@ -137,8 +84,7 @@ pub struct Sink {
     secret: Option<String>,
     pub min_severity: Severity,
     pub max_age: Duration,
-    /// Slack takes about one message a second per webhook.
-    min_interval: Duration,
+    format: &'static dyn SinkFormat,
     /// One HTTP client per sink: its connections are kept between alerts.
     http: ureq::Agent,
 }
@@ -158,79 +104,20 @@ impl Sink {
         let more = if rest.len() > host.len() { "/…" } else { "" };
         format!("{scheme}://{host}{more}")
     }
-}
 
-/// A sink in `stopguard status`: the URL without its path.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SinkStatus {
-    pub name: String,
-    pub kind: SinkKind,
-    pub url: String,
-    pub min_severity: Severity,
-    pub health: Health,
-}
-
-/// How a sink has been doing, for `stopguard status`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Health {
-    pub delivered: u64,
-    pub failed_attempts: u64,
-    pub undeliverable: u64,
-    pub last_success: Option<String>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<String>,
-}
-
-type Healths = Arc<Mutex<BTreeMap<String, Health>>>;
-
-fn now_text() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-/// The result of a test alert to one sink.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TestResult {
-    pub sink: String,
-    pub ok: bool,
-    pub status: Option<u16>,
-    pub latency_ms: f64,
-    pub error: Option<String>,
-}
-
-/// Sends `alert` to `sink` now, once, outside the spool: `stopguard alert test`.
-pub async fn test(sink: Sink, alert: Value) -> TestResult {
-    let started = std::time::Instant::now();
-    let name = sink.name.clone();
-    let outcome = tokio::task::spawn_blocking(move || send(&sink, &alert))
-        .await
-        .unwrap_or_else(|e| Attempt::Retry(format!("delivery task: {e}"), None));
-    let latency_ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
-    match outcome {
-        Attempt::Delivered(status) => TestResult {
-            sink: name,
-            ok: true,
-            status: Some(status),
-            latency_ms,
-            error: None,
-        },
-        Attempt::Retry(error, _) => TestResult {
-            sink: name,
-            ok: false,
-            status: None,
-            latency_ms,
-            error: Some(error),
-        },
+    fn render(&self, alert: &Alert, now_unix: u64) -> Request {
+        self.format.render(alert, self.secret.as_deref(), now_unix)
     }
 }
 
 /// Reads each sink's secret; errors name the sink and where it looked.
 pub fn load(sinks: &[SinkConfig]) -> Result<Vec<Sink>> {
-    resolve_names(sinks)
-        .into_iter()
-        .zip(sinks)
-        .map(|(name, config)| {
-            let secret = match (&config.secret_file, &config.secret_env) {
-                (Some(path), _) => Some(
+    sinks
+        .iter()
+        .map(|config| {
+            let name = &config.name;
+            let secret = match &config.secret {
+                Some(SecretSource::File(path)) => Some(
                     fs::read_to_string(path)
                         .with_context(|| {
                             format!("sink `{name}`: reading secret_file {}", path.display())
@@ -238,464 +125,141 @@ pub fn load(sinks: &[SinkConfig]) -> Result<Vec<Sink>> {
                         .trim()
                         .to_string(),
                 ),
-                (None, Some(var)) => Some(
+                Some(SecretSource::Env(var)) => Some(
                     std::env::var(var)
                         .with_context(|| format!("sink `{name}`: secret_env `{var}` is not set"))?,
                 ),
-                (None, None) => None,
+                None => None,
             };
             Ok(Sink {
-                name,
+                name: name.clone(),
                 kind: config.kind,
                 url: config.url.clone(),
                 secret,
                 min_severity: config.min_severity,
-                max_age: config
-                    .max_age
-                    .as_deref()
-                    .map(humantime::parse_duration)
-                    .transpose()?
-                    .unwrap_or(Duration::from_secs(24 * 3600)),
+                max_age: config.max_age,
+                format: format(config.kind),
                 http: ureq::Agent::config_builder()
                     .timeout_global(Some(Duration::from_secs(10)))
                     .http_status_as_error(false)
                     .build()
                     .into(),
-                min_interval: if config.kind == SinkKind::Slack {
-                    Duration::from_secs(1)
-                } else {
-                    Duration::ZERO
-                },
             })
         })
         .collect()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Pending,
-    Delivered,
-    Undeliverable,
-}
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SinkState {
-    pub status: Status,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-}
+    use super::{webhook::signature, *};
 
-/// One spooled alert and where it has got to.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Spooled {
-    pub alert: Value,
-    pub spooled_at_unix_ms: u64,
-    pub sinks: BTreeMap<String, SinkState>,
-}
-
-/// Alerts not yet delivered everywhere, one synced file each.
-pub struct Spool {
-    dir: PathBuf,
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
-
-impl Spool {
-    pub fn open(dir: &Path) -> Result<Spool> {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Spool {
-            dir: dir.to_path_buf(),
-        })
+    fn render(kind: SinkKind, alert: &Alert, secret: Option<&str>, now_unix: u64) -> Request {
+        format(kind).render(alert, secret, now_unix)
     }
 
-    fn path(&self, id: &str) -> PathBuf {
-        let safe: String = id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.join(format!("{safe}.json"))
+    fn alert() -> Alert {
+        serde_json::from_value(json!({
+            "version": 1, "id": "db-3-postgres-4121-5766", "kind": "respawn_in_window",
+            "severity": "critical", "host": "db-3", "service": "postgres",
+            "summary": "postgres respawned by monit 1.8 s after alice (uid 1000) stopped it",
+            "action": "frozen (SIGSTOP at exec, cgroup frozen); thaw with: stopguard thaw 4121",
+            "process": {"pid": 4121, "exe": "/usr/lib/postgresql/15/bin/postgres", "cmdline": []},
+            "respawned_by": {"supervisor": "monit", "supervisor_pid": 880, "pid": 4119, "comm": "sh", "chain": [{"pid": 4119, "comm": "sh"}, {"pid": 880, "comm": "monit"}]},
+            "stopped_by": {"pid": 4090, "comm": "pg_ctl", "uid": 1000, "loginuid": 1000, "user": "alice", "signal": "SIGINT", "via": null},
+            "window": {"id": "w1", "service": "postgres", "reason": "schema change", "opened_by": "alice (uid 1000)", "opened_at": "2026-11-28T19:01:02.000Z", "expires_at": null},
+            "at": "2026-11-28T19:13:50.532Z", "detected_after_ms": 3.5,
+        }))
+        .unwrap()
     }
 
-    fn write(&self, id: &str, entry: &Spooled) -> Result<()> {
-        let path = self.path(id);
-        let tmp = path.with_extension("json.tmp");
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec(entry)?)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(&self.dir)?.sync_all()?;
-        Ok(())
-    }
-
-    fn read(&self, id: &str) -> Option<Spooled> {
-        serde_json::from_slice(&fs::read(self.path(id)).ok()?).ok()
-    }
-
-    /// Every spooled alert, oldest first.
-    pub fn pending(&self) -> Vec<Spooled> {
-        let mut all: Vec<Spooled> = fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .filter_map(|e| serde_json::from_slice(&fs::read(e.path()).ok()?).ok())
-            .collect();
-        all.sort_by_key(|s: &Spooled| s.spooled_at_unix_ms);
-        all
-    }
-
-    /// How many alerts are spooled: a directory listing, nothing parsed.
-    pub fn depth(&self) -> usize {
-        fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .count()
-    }
-
-    /// Records what happened to `id` at `sink`; the file goes once no sink
-    /// is pending.
-    fn update(&self, id: &str, sink: &str, state: SinkState) -> Result<()> {
-        let Some(mut entry) = self.read(id) else {
-            return Ok(());
-        };
-        entry.sinks.insert(sink.to_string(), state);
-        if entry.sinks.values().all(|s| s.status != Status::Pending) {
-            fs::remove_file(self.path(id))?;
-            Ok(())
-        } else {
-            self.write(id, &entry)
-        }
-    }
-}
-
-/// The delivery side of the agent: the spool and a queue per sink.
-pub struct Delivery {
-    metrics: Metrics,
-    spool: Arc<Mutex<Spool>>,
-    health: Healths,
-    queues: Vec<(Sink, mpsc::UnboundedSender<String>)>,
-}
-
-/// The outcome of one attempt.
-enum Attempt {
-    Delivered(u16),
-    /// Try again; after at least this long when the receiver said so.
-    Retry(String, Option<Duration>),
-}
-
-fn send(sink: &Sink, alert: &Value) -> Attempt {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let request = payload::render(sink.kind, alert, sink.secret.as_deref(), now);
-    let mut builder = sink
-        .http
-        .post(&sink.url)
-        .header("content-type", "application/json")
-        .header(
-            "user-agent",
-            concat!("stopguard/", env!("CARGO_PKG_VERSION")),
+    #[test]
+    fn standard_webhooks_signature_matches_the_reference() {
+        // The example of the Standard Webhooks specification.
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            signature(
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                body
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
-    for (key, value) in &request.headers {
-        builder = builder.header(*key, value);
-    }
-    match builder.send(&request.body[..]) {
-        Err(err) => Attempt::Retry(format!("{err}"), None),
-        Ok(response) => {
-            let status = response.status().as_u16();
-            if (200..300).contains(&status) {
-                return Attempt::Delivered(status);
-            }
-            let after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            Attempt::Retry(format!("HTTP {status}"), after)
-        }
-    }
-}
-
-/// Backoff before retry `attempt` (1, 2, ...): 1 s doubling up to 5 min,
-/// ±20 % jitter so a fleet does not retry in step.
-fn backoff(attempt: u32) -> Duration {
-    let base =
-        Duration::from_secs(1u64 << attempt.saturating_sub(1).min(8)).min(Duration::from_secs(300));
-    base.mul_f64(rand::random_range(0.8..1.2))
-}
-
-impl Delivery {
-    /// Opens the spool and starts one delivery task per sink, handing each
-    /// what the spool still holds for it (alerts from before a restart).
-    pub fn start(
-        sinks: Vec<Sink>,
-        spool_dir: &Path,
-        audit: AuditLog,
-        metrics: Metrics,
-    ) -> Result<Delivery> {
-        let spool = Spool::open(spool_dir)?;
-        let pending = spool.pending();
-        metrics.spool_depth.set(pending.len() as i64);
-        let spool = Arc::new(Mutex::new(spool));
-        let health: Healths = Default::default();
-        let mut queues = Vec::new();
-        for sink in sinks {
-            let (tx, rx) = mpsc::unbounded_channel();
-            for entry in &pending {
-                if entry
-                    .sinks
-                    .get(&sink.name)
-                    .is_some_and(|s| s.status == Status::Pending)
-                {
-                    let _ = tx.send(entry.alert["id"].as_str().unwrap_or_default().to_string());
-                }
-            }
-            health
-                .lock()
-                .expect("health lock")
-                .insert(sink.name.clone(), Health::default());
-            let shared = Shared {
-                spool: spool.clone(),
-                audit: audit.clone(),
-                health: health.clone(),
-                metrics: metrics.clone(),
-            };
-            tokio::spawn(run(sink.clone(), rx, shared));
-            queues.push((sink, tx));
-        }
-        Ok(Delivery {
-            metrics,
-            spool,
-            health,
-            queues,
-        })
     }
 
-    /// Spools `alert` (synced to disk) and queues it for every sink whose
-    /// `min_severity` it meets.
-    pub fn deliver(&self, alert: &Value) -> Result<()> {
-        self.spool_for(alert, |_| true)
+    #[test]
+    fn chat_payloads_lead_with_the_summary_and_name_who_and_how() {
+        let slack: Value =
+            serde_json::from_slice(&render(SinkKind::Slack, &alert(), None, 0).body).unwrap();
+        let text = slack["text"].as_str().unwrap();
+        assert!(text.starts_with("postgres respawned by monit"), "{text}");
+        assert!(
+            text.contains("Stopped by: alice (uid 1000), SIGINT via pg_ctl"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Restarted by: monit (pid 880), chain sh <- monit"),
+            "{text}"
+        );
+        assert!(text.contains("stopguard thaw 4121 (on db-3)"), "{text}");
+        assert_eq!(slack["blocks"][0]["type"], "header");
+
+        let teams: Value =
+            serde_json::from_slice(&render(SinkKind::Teams, &alert(), None, 0).body).unwrap();
+        let card = &teams["attachments"][0];
+        assert_eq!(
+            card["contentType"],
+            "application/vnd.microsoft.card.adaptive"
+        );
+        assert_eq!(card["content"]["type"], "AdaptiveCard");
+        assert_eq!(
+            card["content"]["body"][2]["facts"][0]["title"],
+            "Stopped by"
+        );
+
+        let pd: Value =
+            serde_json::from_slice(&render(SinkKind::Pagerduty, &alert(), Some("R0UTING"), 0).body)
+                .unwrap();
+        assert_eq!(pd["routing_key"], "R0UTING");
+        assert_eq!(pd["event_action"], "trigger");
+        assert_eq!(pd["dedup_key"], "db-3/postgres/w1");
+        assert_eq!(pd["payload"]["severity"], "critical");
+
+        let am: Value =
+            serde_json::from_slice(&render(SinkKind::Alertmanager, &alert(), None, 0).body)
+                .unwrap();
+        assert_eq!(am[0]["labels"]["service"], "postgres");
+        assert_eq!(am[0]["labels"]["kind"], "respawn_in_window");
+        assert!(am[0].get("endsAt").is_none(), "firing: no endsAt");
     }
 
-    /// Says that `alert` is over (its process thawed or killed, its window
-    /// closed) to the sinks that track alert state: Alertmanager (endsAt)
-    /// and PagerDuty (resolve).
-    pub fn resolve(&self, alert: &Value) -> Result<()> {
-        let mut resolved = alert.clone();
-        let id = alert["id"].as_str().unwrap_or_default();
-        resolved["id"] = json!(format!("{id}-resolved"));
-        resolved["resolves"] = json!(id);
-        resolved["resolved_at"] =
-            json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
-        self.spool_for(&resolved, |kind| {
-            matches!(kind, SinkKind::Alertmanager | SinkKind::Pagerduty)
-        })
+    #[test]
+    fn the_webhook_body_is_the_record_with_its_keys_sorted() {
+        let body = String::from_utf8(render(SinkKind::Webhook, &alert(), None, 0).body).unwrap();
+        assert!(body.starts_with(r#"{"action":"frozen"#), "{body}");
+        assert!(
+            body.ends_with(r#""summary":"postgres respawned by monit 1.8 s after alice (uid 1000) stopped it","version":1,"window":{"expires_at":null,"id":"w1","opened_at":"2026-11-28T19:01:02.000Z","opened_by":"alice (uid 1000)","reason":"schema change","service":"postgres"}}"#),
+            "{body}"
+        );
     }
 
-    fn spool_for(&self, alert: &Value, kinds: impl Fn(SinkKind) -> bool) -> Result<()> {
-        let id = alert["id"].as_str().unwrap_or_default().to_string();
-        let wanted: Vec<&(Sink, _)> = self
-            .queues
-            .iter()
-            .filter(|(sink, _)| kinds(sink.kind) && Severity::of(alert) >= sink.min_severity)
-            .collect();
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let entry = Spooled {
-            alert: alert.clone(),
-            spooled_at_unix_ms: unix_ms(SystemTime::now()),
-            sinks: wanted
-                .iter()
-                .map(|(sink, _)| {
-                    (
-                        sink.name.clone(),
-                        SinkState {
-                            status: Status::Pending,
-                            attempts: 0,
-                            last_error: None,
-                        },
-                    )
-                })
-                .collect(),
-        };
-        let spool = self.spool.lock().expect("spool lock");
-        spool.write(&id, &entry)?;
-        self.metrics.spool_depth.set(spool.depth() as i64);
-        drop(spool);
-        for (_, queue) in wanted {
-            let _ = queue.send(id.clone());
-        }
-        Ok(())
-    }
-
-    /// Alerts still waiting for at least one sink.
-    pub fn spool_depth(&self) -> usize {
-        self.spool.lock().expect("spool lock").depth()
-    }
-
-    pub fn sinks(&self) -> impl Iterator<Item = &Sink> {
-        self.queues.iter().map(|(s, _)| s)
-    }
-
-    /// Each sink: name, kind, host, and how it has been doing.
-    pub fn status(&self) -> Vec<SinkStatus> {
-        let health = self.health.lock().expect("health lock");
-        self.sinks()
-            .map(|s| SinkStatus {
-                name: s.name.clone(),
-                kind: s.kind,
-                url: s.shown_url(),
-                min_severity: s.min_severity,
-                health: health.get(&s.name).cloned().unwrap_or_default(),
-            })
-            .collect()
-    }
-}
-
-/// What a sink's delivery loop shares with the agent.
-struct Shared {
-    spool: Arc<Mutex<Spool>>,
-    audit: AuditLog,
-    health: Healths,
-    metrics: Metrics,
-}
-
-/// One sink's delivery loop: its alerts in order, each until delivered or
-/// too old.
-async fn run(sink: Sink, mut queue: mpsc::UnboundedReceiver<String>, shared: Shared) {
-    let Shared {
-        spool,
-        audit,
-        health,
-        metrics,
-    } = shared;
-    let outcome = |what: &str| {
-        metrics
-            .deliveries
-            .get_or_create(&vec![
-                ("sink", sink.name.clone()),
-                ("outcome", what.to_string()),
-            ])
-            .inc();
-    };
-    let update = |id: &str, state: SinkState| {
-        let spool = spool.lock().expect("spool lock");
-        if let Err(err) = spool.update(id, &sink.name, state) {
-            tracing::error!("spool: {err:#}");
-        }
-        metrics.spool_depth.set(spool.depth() as i64);
-    };
-    let note = |f: &dyn Fn(&mut Health)| {
-        if let Some(h) = health.lock().expect("health lock").get_mut(&sink.name) {
-            f(h);
-        }
-    };
-    let mut last_sent: Option<tokio::time::Instant> = None;
-    while let Some(id) = queue.recv().await {
-        let mut attempts = 0;
-        loop {
-            let Some(entry) = spool.lock().expect("spool lock").read(&id) else {
-                break;
-            };
-            if let Some(state) = entry.sinks.get(&sink.name) {
-                if state.status != Status::Pending {
-                    break;
-                }
-                attempts = attempts.max(state.attempts);
-            }
-            let age = Duration::from_millis(
-                unix_ms(SystemTime::now()).saturating_sub(entry.spooled_at_unix_ms),
-            );
-            if age > sink.max_age {
-                tracing::error!(
-                    "alert {id} undeliverable to sink {}: still failing after {}",
-                    sink.name,
-                    humantime::format_duration(sink.max_age)
-                );
-                audit.write(&json!({"event": "alert_undeliverable", "sink": sink.name, "id": id, "attempts": attempts}));
-                note(&|h| h.undeliverable += 1);
-                outcome("undeliverable");
-                let state = SinkState {
-                    status: Status::Undeliverable,
-                    attempts,
-                    last_error: Some("max_age reached".into()),
-                };
-                update(&id, state);
-                break;
-            }
-            if let Some(last) = last_sent {
-                tokio::time::sleep_until(last + sink.min_interval).await;
-            }
-            last_sent = Some(tokio::time::Instant::now());
-            attempts += 1;
-            let started = std::time::Instant::now();
-            let (s, alert) = (sink.clone(), entry.alert.clone());
-            let result = tokio::task::spawn_blocking(move || send(&s, &alert))
-                .await
-                .unwrap_or_else(|e| Attempt::Retry(format!("delivery task: {e}"), None));
-            match result {
-                Attempt::Delivered(status) => {
-                    let ms = started.elapsed().as_secs_f64() * 1e3;
-                    tracing::info!(
-                        "alert {id} delivered to {} (HTTP {status}, {ms:.1} ms, attempt {attempts})",
-                        sink.name
-                    );
-                    audit.write(&json!({"event": "alert_delivered", "sink": sink.name, "id": id, "attempts": attempts, "status": status}));
-                    note(&|h| {
-                        h.delivered += 1;
-                        h.last_success = Some(now_text());
-                    });
-                    outcome("delivered");
-                    let spooled_for =
-                        unix_ms(SystemTime::now()).saturating_sub(entry.spooled_at_unix_ms);
-                    metrics
-                        .delivery_latency
-                        .get_or_create(&vec![("sink", sink.name.clone())])
-                        .observe(spooled_for as f64 / 1e3);
-                    let state = SinkState {
-                        status: Status::Delivered,
-                        attempts,
-                        last_error: None,
-                    };
-                    update(&id, state);
-                    break;
-                }
-                Attempt::Retry(error, after) => {
-                    note(&|h| {
-                        h.failed_attempts += 1;
-                        h.last_error = Some(error.clone());
-                        h.last_error_at = Some(now_text());
-                    });
-                    outcome("failed");
-                    let wait = after.unwrap_or_default().max(backoff(attempts));
-                    tracing::warn!(
-                        "alert {id} to {}: {error}; attempt {attempts}, next in {:.1} s",
-                        sink.name,
-                        wait.as_secs_f64()
-                    );
-                    let state = SinkState {
-                        status: Status::Pending,
-                        attempts,
-                        last_error: Some(error),
-                    };
-                    update(&id, state);
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
+    #[test]
+    fn resolutions_end_the_same_alert() {
+        let mut resolved = alert();
+        resolved.id = "db-3-postgres-4121-5766-resolved".into();
+        resolved.resolves = Some("db-3-postgres-4121-5766".into());
+        resolved.resolved_at = Some("2026-11-28T19:20:00.000Z".into());
+        let am: Value =
+            serde_json::from_slice(&render(SinkKind::Alertmanager, &resolved, None, 0).body)
+                .unwrap();
+        assert_eq!(am[0]["endsAt"], "2026-11-28T19:20:00.000Z");
+        assert_eq!(am[0]["labels"]["alert_id"], "db-3-postgres-4121-5766");
+        let pd: Value =
+            serde_json::from_slice(&render(SinkKind::Pagerduty, &resolved, Some("K"), 0).body)
+                .unwrap();
+        assert_eq!(pd["event_action"], "resolve");
+        assert_eq!(pd["dedup_key"], "db-3/postgres/w1");
     }
 }

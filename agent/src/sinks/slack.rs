@@ -1,0 +1,32 @@
+//! Slack incoming webhooks: Block Kit, with `text` as the notification's
+//! fallback.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Request, SinkFormat, message};
+use crate::alert::Alert;
+
+pub struct Slack;
+
+impl SinkFormat for Slack {
+    fn render(&self, alert: &Alert, _secret: Option<&str>, _now_unix: u64) -> Request {
+        let summary = &alert.summary;
+        let details = message::details(alert).join("\n");
+        Request::json(&json!({
+            "text": format!("{summary}\n{details}"),
+            "blocks": [
+                {"type": "header", "text": {"type": "plain_text", "text": message::title(alert)}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": format!("*{summary}*")}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": details}},
+                {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("stopguard · {} · {}", alert.id, alert.at)}]},
+            ],
+        }))
+    }
+
+    /// Slack takes about one message a second per webhook.
+    fn min_interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}

@@ -1,0 +1,256 @@
+//! The spool: every alert not yet delivered everywhere, one synced file
+//! each, so neither a dead receiver nor a `kill -9` of the agent loses one.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::alert::Alert;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Delivered,
+    Undeliverable,
+}
+
+/// Where one alert has got to at one sink.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SinkState {
+    pub status: Status,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+impl SinkState {
+    pub fn pending() -> SinkState {
+        SinkState {
+            status: Status::Pending,
+            attempts: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// One spooled alert and where it has got to, per sink.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Spooled {
+    pub alert: Alert,
+    pub spooled_at_unix_ms: u64,
+    pub sinks: BTreeMap<String, SinkState>,
+}
+
+impl Spooled {
+    /// Whether `sink` still has to deliver it.
+    pub fn pending_for(&self, sink: &str) -> bool {
+        self.sinks
+            .get(sink)
+            .is_some_and(|s| s.status == Status::Pending)
+    }
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// Alerts not yet delivered everywhere, one synced file each.
+pub struct Spool {
+    dir: PathBuf,
+}
+
+impl Spool {
+    pub fn open(dir: &Path) -> Result<Spool> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        let safe: String = id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir.join(format!("{safe}.json"))
+    }
+
+    /// Writes `entry` under its alert's id: synced, then renamed into place,
+    /// so a crash leaves the old entry or the new, never half of one.
+    pub fn write(&self, entry: &Spooled) -> Result<()> {
+        let path = self.path(&entry.alert.id);
+        let tmp = path.with_extension("json.tmp");
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(&serde_json::to_vec(entry)?)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        fs::File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    pub fn read(&self, id: &str) -> Option<Spooled> {
+        serde_json::from_slice(&fs::read(self.path(id)).ok()?).ok()
+    }
+
+    /// Every spooled alert, oldest first.
+    pub fn pending(&self) -> Vec<Spooled> {
+        let mut all: Vec<Spooled> = self
+            .files()
+            .filter_map(|path| serde_json::from_slice(&fs::read(path).ok()?).ok())
+            .collect();
+        all.sort_by_key(|s: &Spooled| s.spooled_at_unix_ms);
+        all
+    }
+
+    /// How many alerts are spooled: a directory listing, nothing parsed.
+    pub fn depth(&self) -> usize {
+        self.files().count()
+    }
+
+    fn files(&self) -> impl Iterator<Item = PathBuf> {
+        fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|path| path.extension().is_some_and(|x| x == "json"))
+    }
+
+    /// Records what happened to `id` at `sink`; the file goes once no sink
+    /// is pending.
+    pub fn update(&self, id: &str, sink: &str, state: SinkState) -> Result<()> {
+        let Some(mut entry) = self.read(id) else {
+            return Ok(());
+        };
+        entry.sinks.insert(sink.to_string(), state);
+        if entry.sinks.values().all(|s| s.status != Status::Pending) {
+            fs::remove_file(self.path(id))?;
+            Ok(())
+        } else {
+            self.write(&entry)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{alert, clock::Clock};
+
+    /// A spool in a directory of its own, removed when the test ends.
+    struct TempSpool {
+        spool: Spool,
+        dir: PathBuf,
+    }
+
+    impl TempSpool {
+        fn new(test: &str) -> TempSpool {
+            let dir =
+                std::env::temp_dir().join(format!("stopguard-spool-{test}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            TempSpool {
+                spool: Spool::open(&dir).unwrap(),
+                dir,
+            }
+        }
+    }
+
+    impl Drop for TempSpool {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn entry(n: u64, sinks: &[&str]) -> Spooled {
+        Spooled {
+            alert: alert::test("db-3", &Clock::now(), n),
+            spooled_at_unix_ms: 1_000 + n,
+            sinks: sinks
+                .iter()
+                .map(|s| (s.to_string(), SinkState::pending()))
+                .collect(),
+        }
+    }
+
+    fn delivered(attempts: u32) -> SinkState {
+        SinkState {
+            status: Status::Delivered,
+            attempts,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn spool_write_then_pending_lists_it_per_sink() {
+        let temp = TempSpool::new("pending");
+        let spool = &temp.spool;
+        spool.write(&entry(2, &["webhook", "slack"])).unwrap();
+        spool.write(&entry(1, &["webhook"])).unwrap();
+        assert_eq!(spool.depth(), 2);
+        let pending = spool.pending();
+        let ids: Vec<&str> = pending.iter().map(|e| e.alert.id.as_str()).collect();
+        assert_eq!(ids, ["db-3-test-1", "db-3-test-2"], "oldest first");
+        assert!(pending[1].pending_for("slack"));
+        assert!(!pending[0].pending_for("slack"));
+        assert_eq!(pending[1].alert, entry(2, &[]).alert);
+    }
+
+    #[test]
+    fn spool_keeps_the_on_disk_shape() {
+        let temp = TempSpool::new("shape");
+        temp.spool.write(&entry(7, &["webhook"])).unwrap();
+        let text = fs::read_to_string(temp.dir.join("db-3-test-7.json")).unwrap();
+        let on_disk: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(on_disk["alert"]["kind"], "test");
+        assert_eq!(on_disk["spooled_at_unix_ms"], 1_007);
+        assert_eq!(on_disk["sinks"]["webhook"]["status"], "pending");
+        assert!(on_disk["alert"].get("resolves").is_none(), "{text}");
+    }
+
+    #[test]
+    fn spool_resumes_after_reopen() {
+        let temp = TempSpool::new("reopen");
+        temp.spool.write(&entry(3, &["webhook"])).unwrap();
+        let reopened = Spool::open(&temp.dir).unwrap();
+        let pending = reopened.pending();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].alert.id, "db-3-test-3");
+        assert!(pending[0].pending_for("webhook"));
+    }
+
+    #[test]
+    fn spool_removes_an_entry_when_every_sink_is_done() {
+        let temp = TempSpool::new("done");
+        let spool = &temp.spool;
+        spool.write(&entry(4, &["webhook", "slack"])).unwrap();
+        spool
+            .update("db-3-test-4", "webhook", delivered(1))
+            .unwrap();
+        let left = spool.read("db-3-test-4").unwrap();
+        assert!(!left.pending_for("webhook") && left.pending_for("slack"));
+        assert_eq!(left.sinks["webhook"].attempts, 1);
+        let undeliverable = SinkState {
+            status: Status::Undeliverable,
+            attempts: 9,
+            last_error: Some("max_age reached".into()),
+        };
+        spool.update("db-3-test-4", "slack", undeliverable).unwrap();
+        assert!(spool.read("db-3-test-4").is_none());
+        assert_eq!(spool.depth(), 0);
+        // An update for an entry already gone is no error.
+        spool.update("db-3-test-4", "slack", delivered(2)).unwrap();
+    }
+}
