@@ -9,9 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::json;
-
-use crate::{alert::Alert, audit::AuditLog, metrics::Metrics, sinks::Delivery};
+use crate::{
+    alert::Alert,
+    audit::{AgentEvent, AuditLog},
+    metrics::Metrics,
+    sinks::Delivery,
+};
 
 /// Unresolved alerts kept for resolving later.
 const MAX_FIRING: usize = 1000;
@@ -73,10 +76,11 @@ impl Alerting {
         let grouped = match self.groups.get_mut(&record.service) {
             Some(group) if record.kind.is_respawn() => {
                 group.held.push(record.clone());
-                self.audit.write(&json!({
-                    "event": "alert_grouped", "service": record.service,
-                    "id": record.id, "group_of": group.first_id,
-                }));
+                self.audit.write(AgentEvent::AlertGrouped {
+                    service: record.service.clone(),
+                    id: record.id.clone(),
+                    group_of: group.first_id.clone(),
+                });
                 true
             }
             _ => false,
@@ -110,7 +114,7 @@ impl Alerting {
         // the spool have the alert, so a failed write here loses nothing.
         let line = serde_json::to_string(&record).expect("alerts serialize");
         let _ = writeln!(std::io::stdout().lock(), "{line}");
-        self.audit.write(&json!({"alert": record}));
+        self.audit.write(record);
     }
 
     /// Ends the groups whose interval is over: those that held alerts back

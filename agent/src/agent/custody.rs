@@ -9,11 +9,9 @@ use std::{
     path::Path,
 };
 
-use serde_json::json;
-
 use crate::{
     actions::{self, Frozen},
-    audit::AuditLog,
+    audit::{AgentEvent, AuditLog},
     config::Freezer,
     detect::Started,
     kernel::{Probes, comm_key},
@@ -156,14 +154,13 @@ impl Custody {
             started.pid,
             train.frozen_pid
         );
-        self.audit.write(&json!({
-            "event": "respawn_retry_killed",
-            "service": started.service,
-            "pid": started.pid,
-            "retries": train.retries,
-            "frozen_pid": train.frozen_pid,
-            "error": killed.err().map(|e| format!("{e:#}")),
-        }));
+        self.audit.write(AgentEvent::RespawnRetryKilled {
+            service: started.service.clone(),
+            pid: started.pid,
+            retries: train.retries,
+            frozen_pid: train.frozen_pid,
+            error: killed.err().map(|e| format!("{e:#}")),
+        });
         true
     }
 
@@ -205,9 +202,7 @@ impl Custody {
                 continue;
             }
             match actions::resume(pid) {
-                Ok(()) => self
-                    .audit
-                    .write(&json!({"event": "guard_released", "pid": pid})),
+                Ok(()) => self.audit.write(AgentEvent::GuardReleased { pid }),
                 Err(err) => tracing::warn!("releasing pid {pid}: {err:#}"),
             }
         }
@@ -233,11 +228,12 @@ impl Custody {
             if let Err(err) = result {
                 tracing::warn!("releasing pid {pid}: {err:#}");
             }
-            self.audit.write(&json!({
-                "event": if kill { "killed" } else { "thawed" },
-                "service": held.service,
-                "pid": pid,
-            }));
+            let (service, pid) = (held.service, *pid);
+            self.audit.write(if kill {
+                AgentEvent::Killed { service, pid }
+            } else {
+                AgentEvent::Thawed { service, pid }
+            });
         }
         pids
     }

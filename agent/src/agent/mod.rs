@@ -19,7 +19,6 @@ mod stop;
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
-use serde_json::json;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -29,7 +28,7 @@ use self::{alerting::Alerting, custody::Custody, policy::Decision, state::State}
 use crate::{
     actions,
     alert::{self, Alert},
-    audit::AuditLog,
+    audit::{AgentEvent, AuditLog},
     clock::{Clock, boot_ns},
     config::{Config, Service},
     control::{self, server::Answer},
@@ -189,7 +188,7 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
     let mut tail = Vec::new();
     monitor.flush(|e, t| tail.extend(agent.detector.observe(e, t)))?;
     for finding in tail {
-        agent.audit.write(&finding);
+        agent.audit.write(finding);
     }
     let _ = std::fs::remove_file(&socket);
     log_summary(&monitor);
@@ -230,11 +229,10 @@ impl Agent {
         for service in self.custody.restore(state.custody) {
             self.guard(monitor, &service, true);
         }
-        self.audit.write(&json!({
-            "event": "state_restored",
-            "windows": self.detector.windows(),
-            "frozen": self.custody.held_pids(),
-        }));
+        self.audit.write(AgentEvent::StateRestored {
+            windows: self.detector.windows().to_vec(),
+            frozen: self.custody.held_pids(),
+        });
         Ok(Some(format!(
             "state restored from {}: {} windows, {} frozen, guarding {:?}",
             self.state_path.display(),
@@ -285,17 +283,17 @@ impl Agent {
             tracing::warn!(
                 "{count} kernel records lost (ring buffer full): state unknown, process table resynchronised from /proc"
             );
-            self.audit
-                .write(&json!({"event": "events_lost", "count": count}));
+            self.audit.write(AgentEvent::EventsLost { count });
         }
         for expired in self.detector.expire_windows(boot_ns()) {
             tracing::info!("window {} on {} expired", expired.id, expired.service);
-            self.audit
-                .write(&json!({"event": "window_expired", "window": expired}));
+            self.audit.write(AgentEvent::WindowExpired {
+                window: expired.clone(),
+            });
             self.guard(monitor, &expired.service, false);
         }
         for finding in work.findings {
-            self.audit.write(&finding);
+            self.audit.write(finding.clone());
             self.respond(monitor, &finding);
         }
         // Whatever the guard stopped that custody did not keep: let it go.

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::Agent;
 use crate::{
     alert::{self, WindowInfo},
-    audit,
+    audit::{self, AgentEvent},
     clock::boot_ns,
     control::{
         AlertTested, AuditRead, Peer, Request, ServiceState, ServiceStatus, Status, Thawed,
@@ -36,18 +36,17 @@ impl Agent {
                 pid = peer.pid,
                 "refused {request:?}: permission denied"
             );
-            self.audit.write(&json!({
-                "event": "permission_denied",
-                "request": request,
-                "peer": peer,
-            }));
+            self.audit
+                .write(AgentEvent::PermissionDenied { request, peer });
             return Answer::Now(error(
                 "permission denied: changing state needs root or the control group",
             ));
         }
         if request.changes_state() {
-            self.audit
-                .write(&json!({"event": "control", "request": request, "peer": peer}));
+            self.audit.write(AgentEvent::Control {
+                request: request.clone(),
+                peer,
+            });
         }
         match request {
             Request::Stop {

@@ -42,7 +42,7 @@ pub struct OperatorStop {
     pub time_ns: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Started {
     pub service: String,
     pub pid: u32,
@@ -55,7 +55,7 @@ pub struct Started {
     pub time_ns: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "finding", rename_all = "snake_case")]
 pub enum Finding {
     /// A person stopped a watched service.
@@ -88,7 +88,7 @@ pub enum Finding {
 }
 
 /// A service whose state matters and may have changed unseen.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AtRisk {
     pub service: String,
     pub window: Option<Window>,

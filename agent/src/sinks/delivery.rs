@@ -10,7 +10,6 @@ use std::{
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{
@@ -19,7 +18,7 @@ use super::{
 };
 use crate::{
     alert::Alert,
-    audit::AuditLog,
+    audit::{AgentEvent, AuditLog},
     config::{Severity, SinkKind},
     metrics::Metrics,
 };
@@ -325,7 +324,12 @@ async fn run(sink: Sink, mut queue: mpsc::UnboundedReceiver<String>, shared: Sha
                     sink.name,
                     humantime::format_duration(sink.max_age)
                 );
-                audit.write(&json!({"event": "alert_undeliverable", "sink": sink.name, "id": id, "attempts": attempts}));
+                audit.write(AgentEvent::AlertUndeliverable {
+                    service: entry.alert.service.clone(),
+                    sink: sink.name.clone(),
+                    id: id.clone(),
+                    attempts,
+                });
                 note(&|h| h.undeliverable += 1);
                 outcome("undeliverable");
                 let state = SinkState {
@@ -353,7 +357,13 @@ async fn run(sink: Sink, mut queue: mpsc::UnboundedReceiver<String>, shared: Sha
                         "alert {id} delivered to {} (HTTP {status}, {ms:.1} ms, attempt {attempts})",
                         sink.name
                     );
-                    audit.write(&json!({"event": "alert_delivered", "sink": sink.name, "id": id, "attempts": attempts, "status": status}));
+                    audit.write(AgentEvent::AlertDelivered {
+                        service: entry.alert.service.clone(),
+                        sink: sink.name.clone(),
+                        id: id.clone(),
+                        attempts,
+                        status,
+                    });
                     note(&|h| {
                         h.delivered += 1;
                         h.last_success = Some(now_text());

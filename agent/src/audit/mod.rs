@@ -11,6 +11,12 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::files;
+
+mod describe;
+mod event;
+
+pub use describe::describe;
+pub use event::{AgentEvent, AuditEvent};
 use serde::Serialize;
 use serde_json::{Value, value::RawValue};
 
@@ -51,7 +57,8 @@ impl AuditLog {
         Ok(())
     }
 
-    pub fn write(&self, entry: &impl Serialize) {
+    pub fn write(&self, entry: impl Into<AuditEvent>) {
+        let entry = &entry.into();
         let line = AuditLine {
             at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             entry,
@@ -138,167 +145,10 @@ fn mentions_service(value: &Value, service: &str) -> bool {
     }
 }
 
-fn who(loginuid: &Value) -> String {
-    crate::identity::person(loginuid.as_u64().map(|uid| uid as u32))
-}
-
-fn s(value: &Value) -> &str {
-    value.as_str().unwrap_or("?")
-}
-
-/// One audit entry as a line for a person: "<time>  <service>  <what>".
-pub fn describe(entry: &RawValue) -> String {
-    let entry: Value = serde_json::from_str(entry.get()).unwrap_or_default();
-    let entry = &entry;
-    let at = entry["at"].as_str().unwrap_or("?");
-    let started = &entry["started"];
-    let supervisor = |started: &Value| -> String {
-        started["supervisor"]["comm"]
-            .as_str()
-            .map_or_else(|| "no supervisor".into(), |c| format!("by {c}"))
-    };
-    let (service, what) = if let Some(finding) = entry["finding"].as_str() {
-        match finding {
-            "operator_stop" => (
-                s(&entry["service"]),
-                format!(
-                    "stopped by {} ({} from {} pid {}{})",
-                    who(&entry["loginuid"]),
-                    s(&entry["signal_name"]),
-                    s(&entry["sender"]["comm"]),
-                    entry["sender"]["pid"],
-                    entry["via"]["args"]
-                        .as_array()
-                        .map(|a| {
-                            let args: Vec<&str> = a.iter().map(s).collect();
-                            format!(", via `{}`", args.join(" "))
-                        })
-                        .unwrap_or_default()
-                ),
-            ),
-            "respawn" => (
-                s(&started["service"]),
-                format!(
-                    "respawned {} as pid {}",
-                    supervisor(started),
-                    started["pid"]
-                ),
-            ),
-            "operator_start" => (
-                s(&started["service"]),
-                format!(
-                    "started by {} as pid {}",
-                    who(&entry["loginuid"]),
-                    started["pid"]
-                ),
-            ),
-            "crash_restart" => (
-                s(&started["service"]),
-                format!(
-                    "restarted {} after a crash, pid {}",
-                    supervisor(started),
-                    started["pid"]
-                ),
-            ),
-            "start" => (
-                s(&started["service"]),
-                format!("started {}, pid {}", supervisor(started), started["pid"]),
-            ),
-            "exited" => (
-                s(&entry["service"]),
-                format!(
-                    "pid {} exited ({})",
-                    entry["pid"],
-                    match (entry["exit_code"].as_u64(), entry["signal"].as_u64()) {
-                        (Some(code), _) => format!("status {code}"),
-                        (_, Some(sig)) => crate::events::signal_name(sig as u32),
-                        _ => "?".into(),
-                    }
-                ),
-            ),
-            "events_lost" => (
-                "-",
-                format!(
-                    "{} kernel records lost; state resynchronised",
-                    entry["count"]
-                ),
-            ),
-            other => ("-", other.to_string()),
-        }
-    } else if entry["alert"].is_object() {
-        let alert = &entry["alert"];
-        (
-            s(&alert["service"]),
-            format!("ALERT {}: {}", s(&alert["kind"]), s(&alert["summary"])),
-        )
-    } else {
-        let event = entry["event"].as_str().unwrap_or("?");
-        let window = &entry["window"];
-        match event {
-            "control" => (
-                entry["request"]["service"]
-                    .as_str()
-                    .or(entry["request"]["target"].as_str())
-                    .unwrap_or("-"),
-                format!(
-                    "{} by {}",
-                    s(&entry["request"]["command"]).replace('_', " "),
-                    who(if entry["peer"]["loginuid"].is_null() {
-                        &entry["peer"]["uid"]
-                    } else {
-                        &entry["peer"]["loginuid"]
-                    })
-                ),
-            ),
-            "permission_denied" => (
-                entry["request"]["service"].as_str().unwrap_or("-"),
-                format!(
-                    "refused {} from uid {}: permission denied",
-                    s(&entry["request"]["command"]).replace('_', " "),
-                    entry["peer"]["uid"]
-                ),
-            ),
-            "window_expired" => (
-                s(&window["service"]),
-                format!(
-                    "window {} '{}' expired",
-                    s(&window["id"]),
-                    s(&window["reason"])
-                ),
-            ),
-            "thawed" | "killed" => (
-                s(&entry["service"]),
-                format!("pid {} {event}", entry["pid"]),
-            ),
-            "respawn_retry_killed" => (
-                s(&entry["service"]),
-                format!(
-                    "respawned again as pid {}, killed ({} retries; pid {} stays frozen)",
-                    entry["pid"], entry["retries"], entry["frozen_pid"]
-                ),
-            ),
-            "guard_released" => (
-                "-",
-                format!("pid {} released from the exec guard", entry["pid"]),
-            ),
-            "events_lost" => ("-", format!("{} kernel records lost", entry["count"])),
-            "state_restored" => (
-                "-",
-                format!(
-                    "agent restarted: {} windows, frozen {}",
-                    entry["windows"].as_array().map_or(0, Vec::len),
-                    entry["frozen"]
-                ),
-            ),
-            other => ("-", other.replace('_', " ")),
-        }
-    };
-    format!("{at}  {service:<12} {what}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::{Actor, Finding, OperatorStop};
 
     #[test]
     fn reads_filters_and_describes() {
@@ -308,14 +158,40 @@ mod tests {
         let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let old = humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(7200))
             .to_string();
+        let line = |at: &str, event: AuditEvent| {
+            let mut value = serde_json::to_value(event).unwrap();
+            value["at"] = at.into();
+            format!("{value}\n")
+        };
+        let stop = Finding::OperatorStop(OperatorStop {
+            service: "pg".into(),
+            pid: 41,
+            signal: 15,
+            signal_name: "SIGTERM".into(),
+            sender: Actor {
+                pid: 7,
+                comm: "kill".into(),
+                uid: 0,
+                loginuid: Some(1000),
+            },
+            loginuid: Some(1000),
+            via: None,
+            time_ns: 1,
+        });
+        let mut alert = crate::alert::test("h", &crate::clock::Clock::now(), 5);
+        alert.kind = crate::alert::AlertKind::RespawnAfterOperatorStop;
+        alert.service = "pg".into();
+        alert.summary = "pg respawned by monit".into();
+        let thawed = AgentEvent::Thawed {
+            service: "redis".into(),
+            pid: 9,
+        };
         fs::write(
             &path,
-            format!(
-                "{{\"at\":\"{old}\",\"finding\":\"operator_stop\",\"service\":\"pg\",\"loginuid\":1000,\"signal_name\":\"SIGTERM\",\"sender\":{{\"comm\":\"kill\",\"pid\":7}},\"via\":null}}\n\
-                 {{\"at\":\"{now}\",\"alert\":{{\"service\":\"pg\",\"kind\":\"respawn_after_operator_stop\",\"summary\":\"pg respawned by monit\"}}}}\n\
-                 {{\"at\":\"{now}\",\"event\":\"thawed\",\"service\":\"redis\",\"pid\":9}}\n\
-                 {{\"at\":\"{now}\",\"event\":\"thaw"
-            ),
+            line(&old, stop.into())
+                + &line(&now, alert.into())
+                + &line(&now, thawed.into())
+                + &format!("{{\"at\":\"{now}\",\"event\":\"thaw"),
         )
         .unwrap();
         let all = read(&path, None, None).unwrap();
@@ -341,6 +217,33 @@ mod tests {
                 .is_empty()
         );
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn delivery_entries_name_their_service() {
+        let entry = |event: AgentEvent| {
+            let mut value = serde_json::to_value(AuditEvent::from(event)).unwrap();
+            value["at"] = "T".into();
+            describe(&RawValue::from_string(value.to_string()).unwrap())
+        };
+        assert_eq!(
+            entry(AgentEvent::AlertDelivered {
+                service: "pg".into(),
+                sink: "slack".into(),
+                id: "a1".into(),
+                attempts: 2,
+                status: 200,
+            }),
+            "T  pg           alert a1 delivered to slack (HTTP 200, attempt 2)"
+        );
+        assert_eq!(
+            entry(AgentEvent::AlertGrouped {
+                service: "pg".into(),
+                id: "a2".into(),
+                group_of: "a1".into(),
+            }),
+            "T  pg           alert a2 held back: one follow-up will follow alert a1"
+        );
     }
 
     #[test]

@@ -1,0 +1,210 @@
+//! The audit log for people: one line per entry, "<time>  <service>  <what>".
+
+use serde_json::{Value, value::RawValue};
+
+use super::{AgentEvent, AuditEvent};
+use crate::{
+    detect::{Finding, Started},
+    events::signal_name,
+    identity::person,
+    request::Request,
+};
+
+/// One audit entry (a line of the log, as written) in words.
+pub fn describe(entry: &RawValue) -> String {
+    let value: Value = serde_json::from_str(entry.get()).unwrap_or_default();
+    let at = value["at"].as_str().unwrap_or("?").to_string();
+    let (service, what) = match serde_json::from_value::<AuditEvent>(value.clone()) {
+        Ok(event) => words(&event),
+        // Written by another version, or torn: say what kind it was.
+        Err(_) => (
+            "-".to_string(),
+            value["event"]
+                .as_str()
+                .or(value["finding"].as_str())
+                .unwrap_or("unreadable entry")
+                .replace('_', " "),
+        ),
+    };
+    format!("{at}  {service:<12} {what}")
+}
+
+/// The service an entry is about ("-" when none) and what happened.
+fn words(event: &AuditEvent) -> (String, String) {
+    match event {
+        AuditEvent::Finding(finding) => finding_words(finding),
+        AuditEvent::Alert { alert } => (
+            alert.service.clone(),
+            format!("ALERT {}: {}", alert.kind.as_str(), alert.summary),
+        ),
+        AuditEvent::Agent(event) => agent_words(event),
+    }
+}
+
+fn by(started: &Started) -> String {
+    started
+        .supervisor
+        .as_ref()
+        .map_or_else(|| "no supervisor".into(), |s| format!("by {}", s.comm))
+}
+
+fn finding_words(finding: &Finding) -> (String, String) {
+    match finding {
+        Finding::OperatorStop(stop) => (
+            stop.service.clone(),
+            format!(
+                "stopped by {} ({} from {} pid {}{})",
+                person(stop.loginuid),
+                stop.signal_name,
+                stop.sender.comm,
+                stop.sender.pid,
+                stop.via
+                    .as_ref()
+                    .map(|c| format!(", via `{}`", c.args.join(" ")))
+                    .unwrap_or_default()
+            ),
+        ),
+        Finding::Respawn { started, .. } => (
+            started.service.clone(),
+            format!("respawned {} as pid {}", by(started), started.pid),
+        ),
+        Finding::OperatorStart { started, loginuid } => (
+            started.service.clone(),
+            format!(
+                "started by {} as pid {}",
+                person(Some(*loginuid)),
+                started.pid
+            ),
+        ),
+        Finding::CrashRestart { started } => (
+            started.service.clone(),
+            format!(
+                "restarted {} after a crash, pid {}",
+                by(started),
+                started.pid
+            ),
+        ),
+        Finding::Start { started } => (
+            started.service.clone(),
+            format!("started {}, pid {}", by(started), started.pid),
+        ),
+        Finding::Exited {
+            service,
+            pid,
+            exit_code,
+            signal,
+            ..
+        } => (
+            service.clone(),
+            format!(
+                "pid {pid} exited ({})",
+                match (exit_code, signal) {
+                    (Some(code), _) => format!("status {code}"),
+                    (_, Some(sig)) => signal_name(u32::from(*sig)),
+                    _ => "?".into(),
+                }
+            ),
+        ),
+        Finding::EventsLost { count, .. } => (
+            "-".into(),
+            format!("{count} kernel records lost; state resynchronised"),
+        ),
+    }
+}
+
+/// A request's command in words ("window open") and the service or target
+/// it names.
+fn request_words(request: &Request) -> (String, Option<&str>) {
+    let command = serde_json::to_value(request).expect("requests serialize")["command"]
+        .as_str()
+        .unwrap_or("?")
+        .replace('_', " ");
+    let subject = match request {
+        Request::WindowOpen { service, .. } | Request::Stop { service, .. } => Some(service),
+        Request::WindowClose { target, .. } | Request::Thaw { target } => Some(target),
+        Request::Audit { service, .. } => service.as_ref(),
+        Request::AlertTest { sink } => sink.as_ref(),
+        Request::WindowList {} | Request::Status {} => None,
+    };
+    (command, subject.map(String::as_str))
+}
+
+fn agent_words(event: &AgentEvent) -> (String, String) {
+    let none = || "-".to_string();
+    match event {
+        AgentEvent::Control { request, peer } => {
+            let (command, subject) = request_words(request);
+            (
+                subject.map_or_else(none, str::to_string),
+                format!(
+                    "{command} by {}",
+                    person(Some(peer.loginuid.unwrap_or(peer.uid)))
+                ),
+            )
+        }
+        AgentEvent::PermissionDenied { request, peer } => {
+            let (command, subject) = request_words(request);
+            (
+                subject.map_or_else(none, str::to_string),
+                format!("refused {command} from uid {}: permission denied", peer.uid),
+            )
+        }
+        AgentEvent::WindowExpired { window } => (
+            window.service.clone(),
+            format!("window {} '{}' expired", window.id, window.reason),
+        ),
+        AgentEvent::Thawed { service, pid } => (service.clone(), format!("pid {pid} thawed")),
+        AgentEvent::Killed { service, pid } => (service.clone(), format!("pid {pid} killed")),
+        AgentEvent::RespawnRetryKilled {
+            service,
+            pid,
+            retries,
+            frozen_pid,
+            ..
+        } => (
+            service.clone(),
+            format!(
+                "respawned again as pid {pid}, killed ({retries} retries; pid {frozen_pid} stays frozen)"
+            ),
+        ),
+        AgentEvent::GuardReleased { pid } => {
+            (none(), format!("pid {pid} released from the exec guard"))
+        }
+        AgentEvent::EventsLost { count } => (none(), format!("{count} kernel records lost")),
+        AgentEvent::StateRestored { windows, frozen } => (
+            none(),
+            format!(
+                "agent restarted: {} windows, frozen {}",
+                windows.len(),
+                serde_json::to_string(frozen).unwrap_or_default()
+            ),
+        ),
+        AgentEvent::AlertGrouped {
+            service,
+            id,
+            group_of,
+        } => (
+            service.clone(),
+            format!("alert {id} held back: one follow-up will follow alert {group_of}"),
+        ),
+        AgentEvent::AlertDelivered {
+            service,
+            sink,
+            id,
+            attempts,
+            status,
+        } => (
+            service.clone(),
+            format!("alert {id} delivered to {sink} (HTTP {status}, attempt {attempts})"),
+        ),
+        AgentEvent::AlertUndeliverable {
+            service,
+            sink,
+            id,
+            attempts,
+        } => (
+            service.clone(),
+            format!("alert {id} undeliverable to {sink}: given up after {attempts} attempts"),
+        ),
+    }
+}

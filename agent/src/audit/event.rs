@@ -1,0 +1,108 @@
+//! Every kind of audit log entry, one type: the agent writes these and
+//! `stopguard audit` reads them back, so a new kind of entry has a line for
+//! people the moment it exists (the match in `describe` is exhaustive).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    alert::Alert,
+    detect::{Finding, Window},
+    request::{Peer, Request},
+};
+
+/// One audit log entry (the log adds the time, `at`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AuditEvent {
+    /// What detection found: `{"finding": "respawn", ...}`.
+    Finding(Finding),
+    /// An alert as raised: `{"alert": {...}}`.
+    Alert { alert: Box<Alert> },
+    /// What the agent did, or was asked: `{"event": "thawed", ...}`.
+    Agent(AgentEvent),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// A control request that changes state, from a permitted peer.
+    Control {
+        request: Request,
+        peer: Peer,
+    },
+    /// A control request refused for the peer's credentials.
+    PermissionDenied {
+        request: Request,
+        peer: Peer,
+    },
+    WindowExpired {
+        window: Window,
+    },
+    Thawed {
+        service: String,
+        pid: u32,
+    },
+    Killed {
+        service: String,
+        pid: u32,
+    },
+    /// A supervisor's retry while the first respawn is held frozen.
+    RespawnRetryKilled {
+        service: String,
+        pid: u32,
+        retries: u32,
+        frozen_pid: u32,
+        error: Option<String>,
+    },
+    /// A process the kernel guard stopped at exec that was no respawn.
+    GuardReleased {
+        pid: u32,
+    },
+    EventsLost {
+        count: u64,
+    },
+    StateRestored {
+        windows: Vec<Window>,
+        frozen: Vec<u32>,
+    },
+    /// A respawn alert held back from the sinks: its group's follow-up
+    /// will name it.
+    AlertGrouped {
+        service: String,
+        id: String,
+        group_of: String,
+    },
+    AlertDelivered {
+        service: String,
+        sink: String,
+        id: String,
+        attempts: u32,
+        status: u16,
+    },
+    AlertUndeliverable {
+        service: String,
+        sink: String,
+        id: String,
+        attempts: u32,
+    },
+}
+
+impl From<Finding> for AuditEvent {
+    fn from(finding: Finding) -> AuditEvent {
+        AuditEvent::Finding(finding)
+    }
+}
+
+impl From<AgentEvent> for AuditEvent {
+    fn from(event: AgentEvent) -> AuditEvent {
+        AuditEvent::Agent(event)
+    }
+}
+
+impl From<Alert> for AuditEvent {
+    fn from(alert: Alert) -> AuditEvent {
+        AuditEvent::Alert {
+            alert: Box::new(alert),
+        }
+    }
+}
