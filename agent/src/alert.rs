@@ -233,12 +233,14 @@ pub fn respawn(
 }
 
 /// Kernel records lost while `risk.service` was under maintenance or an
-/// operator stop: a respawn may have gone unseen.
+/// operator stop: a respawn may have gone unseen. `held` is what custody
+/// did with the one found, when it holds it.
 pub fn events_lost(
     host: &str,
     count: u64,
     risk: &AtRisk,
     process: Option<ProcessInfo>,
+    held: Option<&str>,
     clock: &Clock,
     now_boot_ns: u64,
 ) -> Alert {
@@ -247,12 +249,16 @@ pub fn events_lost(
         (None, Some(stop)) => format!("stopped by {}", person(stop.loginuid)),
         (None, None) => "watched".to_string(),
     };
-    let state = match &process {
-        Some(p) => format!(
+    let state = match (&process, held) {
+        (Some(p), Some(held)) => format!(
+            "it was started again as pid {} and nobody saw it start; {held}",
+            p.pid
+        ),
+        (Some(p), None) => format!(
             "it is running again as pid {} and nobody saw it start; check it",
             p.pid
         ),
-        None => "state unknown, resynchronised from /proc; it is not running".to_string(),
+        (None, _) => "state unknown, resynchronised from /proc; it is not running".to_string(),
     };
     Alert {
         version: SCHEMA_VERSION,
@@ -269,7 +275,7 @@ pub fn events_lost(
             "{} kernel records lost while {} was {under}: {state}",
             count, risk.service
         ),
-        action: "none".to_string(),
+        action: held.unwrap_or("none").to_string(),
         process,
         respawned_by: None,
         stopped_by: risk.stopped_by.as_ref().map(StoppedBy::new),

@@ -164,10 +164,11 @@ impl Custody {
         true
     }
 
-    /// Holds a respawn the guard stopped at exec: its own frozen cgroup,
-    /// kept until thawed or killed. Returns the action, in words.
-    pub fn freeze(&mut self, started: &Started) -> String {
-        match actions::freeze(started.pid, self.freezer) {
+    /// Holds `pid`, a respawn of `service` the guard stopped at exec: its
+    /// own frozen cgroup, kept until thawed or killed. Returns the action,
+    /// in words.
+    pub fn freeze(&mut self, service: &str, pid: u32) -> String {
+        match actions::freeze(pid, self.freezer) {
             Ok(frozen) => {
                 let how = if frozen.cgroup.is_some() {
                     "frozen (SIGSTOP at exec, cgroup frozen)"
@@ -175,20 +176,20 @@ impl Custody {
                     "frozen (SIGSTOP at exec)"
                 };
                 self.trains.insert(
-                    started.service.clone(),
+                    service.to_string(),
                     Train {
-                        frozen_pid: started.pid,
+                        frozen_pid: pid,
                         retries: 0,
                     },
                 );
                 self.held.insert(
-                    started.pid,
+                    pid,
                     Held {
-                        service: started.service.clone(),
+                        service: service.to_string(),
                         frozen,
                     },
                 );
-                format!("{how}; thaw with: stopguard thaw {}", started.pid)
+                format!("{how}; thaw with: stopguard thaw {pid}")
             }
             Err(err) => format!("freeze failed: {err:#}"),
         }

@@ -32,7 +32,7 @@ use crate::{
     clock::{Clock, boot_ns},
     config::{Config, Service},
     control::{self, server::Answer},
-    detect::{Detector, Finding},
+    detect::{AtRisk, Detector, Finding},
     events::{Event, RecordKind},
     kernel::ProbeOptions,
     metrics::Metrics,
@@ -305,17 +305,7 @@ impl Agent {
         log_finding(finding);
         if let Finding::EventsLost { count, at_risk } = finding {
             for risk in at_risk {
-                let process = risk.started_unseen.and_then(|pid| {
-                    let p = monitor.table().live(pid)?;
-                    Some(alert::ProcessInfo {
-                        pid,
-                        exe: p.exe.clone().unwrap_or_default(),
-                        cmdline: p.cmdline.clone(),
-                    })
-                });
-                let record =
-                    alert::events_lost(&self.host, *count, risk, process, &self.clock, boot_ns());
-                self.alerting.raise(record);
+                self.respond_lost(monitor, *count, risk);
             }
             return;
         }
@@ -344,7 +334,7 @@ impl Agent {
                 } else if self.custody.end_retry(started) {
                     return;
                 } else {
-                    let action = self.custody.freeze(started);
+                    let action = self.custody.freeze(&started.service, started.pid);
                     // On disk before anyone hears of it: an agent killed
                     // right after the alert must still know what it holds.
                     self.save();
@@ -369,6 +359,47 @@ impl Agent {
             );
             self.alerting.raise(record);
         }
+    }
+
+    /// Alerts a loss that put `risk.service` at risk. A start nobody saw is
+    /// held where the policy freezes a respawn; otherwise what the guard
+    /// stopped at exec is let go, as its lost exec record would have had it.
+    fn respond_lost(&mut self, monitor: &Monitor, count: u64, risk: &AtRisk) {
+        let decision = self
+            .services
+            .get(&risk.service)
+            .map_or(Decision::Alert, |s| policy::decide_unseen_start(risk, s));
+        let held = match (risk.started_unseen, decision) {
+            (Some(pid), Decision::Freeze) => {
+                let action = self.custody.freeze(&risk.service, pid);
+                // On disk before anyone hears of it, as for a respawn.
+                self.save();
+                Some(action)
+            }
+            (Some(pid), _) if self.custody.guarded().contains(&risk.service) => {
+                self.custody.resume_unheld(&[pid]);
+                None
+            }
+            _ => None,
+        };
+        let process = risk.started_unseen.and_then(|pid| {
+            let p = monitor.table().live(pid)?;
+            Some(alert::ProcessInfo {
+                pid,
+                exe: p.exe.clone().unwrap_or_default(),
+                cmdline: p.cmdline.clone(),
+            })
+        });
+        let record = alert::events_lost(
+            &self.host,
+            count,
+            risk,
+            process,
+            held.as_deref(),
+            &self.clock,
+            boot_ns(),
+        );
+        self.alerting.raise(record);
     }
 
     /// Brings the counters and gauges up to date with the monitor and state.

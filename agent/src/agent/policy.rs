@@ -4,7 +4,7 @@
 
 use crate::{
     config::{InWindow, Service, UnexpectedRespawn},
-    detect::Finding,
+    detect::{AtRisk, Finding},
 };
 
 /// The agent's response to one finding.
@@ -54,6 +54,27 @@ pub fn decide(finding: &Finding, service: &Service, window_open: bool) -> Decisi
     }
 }
 
+/// The decision for the main process a resync found after lost records,
+/// when nobody saw it start (`risk.started_unseen`); the loss is alerted
+/// whatever it says. Held as a respawn would be where the policy freezes
+/// one, since a freeze can be undone; never killed on a guess; and a
+/// person's own start (it has a login) is theirs, as when seen.
+pub fn decide_unseen_start(risk: &AtRisk, service: &Service) -> Decision {
+    if risk.started_unseen.is_none() || risk.started_unseen_loginuid.is_some() {
+        return Decision::Alert;
+    }
+    let freezes = match (&risk.window, &risk.stopped_by) {
+        (Some(_), _) => service.on_respawn == InWindow::Freeze,
+        (None, Some(_)) => service.on_unexpected_respawn == UnexpectedRespawn::Freeze,
+        (None, None) => false,
+    };
+    if freezes {
+        Decision::Freeze
+    } else {
+        Decision::Alert
+    }
+}
+
 /// Whether opening a window on `service` arms the guard.
 pub fn guards_in_window(service: &Service) -> bool {
     service.on_respawn == InWindow::Freeze
@@ -64,7 +85,7 @@ mod tests {
     use super::*;
     use crate::{
         config::Config,
-        detect::{Actor, OperatorStop, Started, Window},
+        detect::{Actor, AtRisk, OperatorStop, Started, Window},
     };
 
     fn service(on_respawn: InWindow, on_unexpected_respawn: UnexpectedRespawn) -> Service {
@@ -110,19 +131,34 @@ mod tests {
         }
     }
 
+    fn window() -> Window {
+        Window {
+            id: "w1".into(),
+            service: "db".into(),
+            reason: "test".into(),
+            opened_by_uid: 0,
+            opened_by_loginuid: Some(1000),
+            opened_at_ns: 0,
+            expires_at_ns: None,
+        }
+    }
+
     fn respawn(in_window: bool) -> Finding {
         Finding::Respawn {
             started: Box::new(started()),
             stopped_by: Box::new(stop()),
-            window: in_window.then(|| Window {
-                id: "w1".into(),
-                service: "db".into(),
-                reason: "test".into(),
-                opened_by_uid: 0,
-                opened_by_loginuid: Some(1000),
-                opened_at_ns: 0,
-                expires_at_ns: None,
-            }),
+            window: in_window.then(window),
+        }
+    }
+
+    /// A service at risk at a loss, with pid 42 found started unseen.
+    fn unseen_start(in_window: bool, stopped: bool) -> AtRisk {
+        AtRisk {
+            service: "db".into(),
+            window: in_window.then(window),
+            stopped_by: stopped.then(stop),
+            started_unseen: Some(42),
+            started_unseen_loginuid: None,
         }
     }
 
@@ -209,5 +245,49 @@ mod tests {
             at_risk: Vec::new(),
         };
         assert_eq!(decide(&lost, &freezing, true), Decision::Alert);
+    }
+
+    #[test]
+    fn policy_holds_a_start_nobody_saw_where_a_respawn_would_be_frozen() {
+        for on_respawn in IN_WINDOW {
+            for unexpected in UNEXPECTED {
+                let service = service(on_respawn, unexpected);
+                let in_window = if on_respawn == InWindow::Freeze {
+                    Decision::Freeze
+                } else {
+                    Decision::Alert
+                };
+                let stopped = if unexpected == UnexpectedRespawn::Freeze {
+                    Decision::Freeze
+                } else {
+                    Decision::Alert
+                };
+                let case = format!("{on_respawn:?} / {unexpected:?}");
+                for stopped_too in [false, true] {
+                    let risk = unseen_start(true, stopped_too);
+                    assert_eq!(decide_unseen_start(&risk, &service), in_window, "{case}");
+                }
+                let risk = unseen_start(false, true);
+                assert_eq!(decide_unseen_start(&risk, &service), stopped, "{case}");
+            }
+        }
+    }
+
+    #[test]
+    fn policy_only_alerts_a_loss_with_no_unseen_start_or_a_persons_own() {
+        let freezing = service(InWindow::Freeze, UnexpectedRespawn::Freeze);
+        let nothing_new = AtRisk {
+            started_unseen: None,
+            ..unseen_start(true, true)
+        };
+        assert_eq!(
+            decide_unseen_start(&nothing_new, &freezing),
+            Decision::Alert
+        );
+        let theirs = AtRisk {
+            started_unseen_loginuid: Some(1000),
+            ..unseen_start(true, true)
+        };
+        assert_eq!(decide_unseen_start(&theirs, &freezing), Decision::Alert);
     }
 }

@@ -96,4 +96,7 @@ pub struct AtRisk {
     /// Its main process as /proc shows it after the loss, when that is not
     /// the one known before: a start nobody saw.
     pub started_unseen: Option<u32>,
+    /// That process's login uid, when it has one: a person started it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_unseen_loginuid: Option<u32>,
 }

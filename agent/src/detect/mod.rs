@@ -46,6 +46,9 @@ struct Watched {
     main: Option<ProcessKey>,
     stop: Option<OperatorStop>,
     crashed: bool,
+    /// A main process reported as started unseen after lost records: its
+    /// exec record, if it was still in the ring, may come after.
+    unseen: Option<ProcessKey>,
 }
 
 pub struct Detector {
@@ -70,6 +73,7 @@ impl Detector {
                 main: None,
                 stop: None,
                 crashed: false,
+                unseen: None,
             })
             .collect();
         Detector {
@@ -169,6 +173,11 @@ impl Detector {
                 }
                 self.forget_old_control(exec.time_ns);
                 match self.main_service(process, table) {
+                    // Already reported, by the resync after the loss.
+                    Some(index) if self.services[index].unseen == Some(process.key) => {
+                        self.services[index].unseen = None;
+                        Vec::new()
+                    }
                     Some(index) => vec![self.started(index, process, exec.time_ns, table)],
                     None => Vec::new(),
                 }
@@ -197,17 +206,24 @@ impl Detector {
     /// After lost records: takes the main processes from the table (just
     /// reseeded from /proc) and names the services whose state mattered.
     fn resync(&mut self, count: u64, table: &ProcessTable) -> Option<Finding> {
-        let mut now: Vec<Option<ProcessKey>> = vec![None; self.services.len()];
+        let mut now: Vec<Option<&Process>> = vec![None; self.services.len()];
         for process in table.live_processes() {
-            if let Some(index) = self.main_service(process, table)
-                && now[index] != self.services[index].main
-            {
-                now[index] = Some(process.key);
+            let Some(index) = self.main_service(process, table) else {
+                continue;
+            };
+            // The main process known before stays while it lives; else the
+            // latest to start takes its place.
+            let known = self.services[index].main;
+            let rank = |p: &Process| (Some(p.key) == known, p.key.start_ticks, p.pid);
+            if now[index].is_none_or(|chosen| rank(process) > rank(chosen)) {
+                now[index] = Some(process);
             }
         }
         let mut at_risk = Vec::new();
-        for (index, main) in now.into_iter().enumerate() {
+        for (index, process) in now.into_iter().enumerate() {
             let before = self.services[index].main;
+            let main = process.map(|p| p.key);
+            let unseen = process.filter(|p| Some(p.key) != before);
             if main != before {
                 if let Some(old) = before {
                     self.mains.remove(&old);
@@ -224,8 +240,12 @@ impl Detector {
                     service: service.name.clone(),
                     window,
                     stopped_by: service.stop.clone(),
-                    started_unseen: main.filter(|_| main != before).map(|k| k.pid),
+                    started_unseen: unseen.map(|p| p.pid),
+                    started_unseen_loginuid: unseen.and_then(|p| p.loginuid),
                 });
+                if let Some(process) = unseen {
+                    self.services[index].unseen = Some(process.key);
+                }
             }
         }
         (!at_risk.is_empty()).then_some(Finding::EventsLost { count, at_risk })
