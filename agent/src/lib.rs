@@ -1,16 +1,23 @@
 //! stopguard: catches supervisors restarting services an operator stopped.
 //!
+//! From the kernel to the people who read the alert:
 //! - `kernel`: loading the eBPF programs, reading their ring buffer.
 //! - `events`: the typed lifecycle events decoded from kernel records.
-//! - `detect`: operator stops and respawns, a pure state machine.
-//! - `process`: the process table (ancestry, supervisors), seeded from /proc.
+//! - `monitor`: the event loop that keeps the process table current.
+//! - `process`: the process table (ancestry), seeded from /proc.
 //! - `supervisors`: the supervisors known, one file each, and their control
 //!   commands.
-//! - `monitor`: the event loop that keeps the table current.
-//! - `trace`, `agent`: the `trace` and `run` commands; `control`: the
-//!   socket through which `stopguard window/status/thaw` reach the agent.
-//! - `actions`: freeze, thaw, kill; `alert`: the alert records.
+//! - `detect`: operator stops and respawns, a pure state machine.
+//! - `agent`: `stopguard run`: the policy, custody of frozen respawns,
+//!   alerting, control requests, saved state.
+//! - `actions`: freeze, thaw, kill.
+//! - `alert`: the alert record; `sinks`: delivering it (one file per kind).
+//! - `audit`: the audit log and its reader.
+//! - `request`, `control`: what `stopguard <command>` asks the agent, over
+//!   its socket, and the answers.
 //! - `config`: the TOML configuration and its embedded default.
+//! - `trace`: the `trace` command; `metrics`: Prometheus metrics.
+//! - `files`, `identity`, `clock`: safe writes, user names, the boot clock.
 
 pub mod actions;
 pub mod agent;
