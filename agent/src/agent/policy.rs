@@ -85,7 +85,7 @@ mod tests {
     use super::*;
     use crate::{
         config::Config,
-        detect::{Actor, AtRisk, OperatorStop, Started, Window},
+        detect::{AtRisk, OperatorStop, Started, Window},
     };
 
     fn service(on_respawn: InWindow, on_unexpected_respawn: UnexpectedRespawn) -> Service {
@@ -114,21 +114,7 @@ mod tests {
     }
 
     fn stop() -> OperatorStop {
-        OperatorStop {
-            service: "db".into(),
-            pid: 41,
-            signal: 15,
-            signal_name: "SIGTERM".into(),
-            sender: Actor {
-                pid: 7,
-                comm: "kill".into(),
-                uid: 0,
-                loginuid: Some(1000),
-            },
-            loginuid: Some(1000),
-            via: None,
-            time_ns: 1,
-        }
+        OperatorStop::example("db")
     }
 
     fn window() -> Window {

@@ -148,7 +148,7 @@ fn mentions_service(value: &Value, service: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{Actor, Finding, OperatorStop};
+    use crate::detect::{Finding, OperatorStop};
 
     #[test]
     fn reads_filters_and_describes() {
@@ -163,21 +163,7 @@ mod tests {
             value["at"] = at.into();
             format!("{value}\n")
         };
-        let stop = Finding::OperatorStop(OperatorStop {
-            service: "pg".into(),
-            pid: 41,
-            signal: 15,
-            signal_name: "SIGTERM".into(),
-            sender: Actor {
-                pid: 7,
-                comm: "kill".into(),
-                uid: 0,
-                loginuid: Some(1000),
-            },
-            loginuid: Some(1000),
-            via: None,
-            time_ns: 1,
-        });
+        let stop = Finding::OperatorStop(OperatorStop::example("pg"));
         let mut alert = crate::alert::test("h", &crate::clock::Clock::now(), 5);
         alert.kind = crate::alert::AlertKind::RespawnAfterOperatorStop;
         alert.service = "pg".into();

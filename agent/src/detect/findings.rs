@@ -100,3 +100,25 @@ pub struct AtRisk {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_unseen_loginuid: Option<u32>,
 }
+
+#[cfg(test)]
+impl OperatorStop {
+    /// A person (login uid 1000) stopping `service` (pid 41) with `kill`.
+    pub fn example(service: &str) -> OperatorStop {
+        OperatorStop {
+            service: service.into(),
+            pid: 41,
+            signal: 15,
+            signal_name: "SIGTERM".into(),
+            sender: Actor {
+                pid: 7,
+                comm: "kill".into(),
+                uid: 0,
+                loginuid: Some(1000),
+            },
+            loginuid: Some(1000),
+            via: None,
+            time_ns: 1,
+        }
+    }
+}
