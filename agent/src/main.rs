@@ -248,8 +248,8 @@ fn run(cli: Cli) -> Result<()> {
             }))
         }
         Command::Run { config } => {
-            let config = Config::load(config.as_deref())?;
-            runtime.block_on(stopguard::agent::run(config, cli.socket))
+            let loaded = Config::load(config.as_deref())?;
+            runtime.block_on(stopguard::agent::run(loaded, config, cli.socket))
         }
         Command::Window(command) => match command {
             WindowCommand::Open {

@@ -279,3 +279,73 @@ fn reading_a_long_audit_log_keeps_the_agents_memory_bounded() {
         "the agent grew by {grown} KiB reading a 30 MB audit log"
     );
 }
+
+#[test]
+fn sighup_reopens_the_audit_log_and_reloads_only_a_valid_configuration() {
+    let Some(_probes) =
+        root_test("sighup_reopens_the_audit_log_and_reloads_only_a_valid_configuration")
+    else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("sighup");
+    let mut running = sandbox.start_runsv();
+    sandbox.start_agent("alert");
+    let pid = sandbox.agent.as_ref().unwrap().pid();
+    let log = sandbox.dir.join("audit.jsonl");
+    let hup = || {
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        std::thread::sleep(Duration::from_millis(500));
+    };
+
+    // logrotate moves the log away, then signals.
+    std::fs::rename(&log, sandbox.dir.join("audit.jsonl.1")).unwrap();
+    hup();
+    assert!(
+        sandbox.agent.as_mut().unwrap().is_running(),
+        "SIGHUP killed the agent"
+    );
+    operator_kill(running);
+    running = sandbox.wait_for_daemon(Some(running));
+    sandbox
+        .next_alert(Duration::from_secs(10))
+        .expect("no alert after SIGHUP");
+    std::thread::sleep(Duration::from_millis(300));
+    let audit = sandbox.audit();
+    assert!(
+        audit.iter().any(|e| e["event"] == "config_reloaded"),
+        "{audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["alert"]["kind"] == "respawn_after_operator_stop"),
+        "the alert went to the rotated file: {audit:#?}"
+    );
+
+    // A file with an error is refused; the running configuration stays.
+    let config = sandbox.dir.join("stopguard.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, good.replace("[[service]]", "[[servise]]")).unwrap();
+    hup();
+    let agent = sandbox.agent.as_mut().unwrap();
+    assert!(agent.is_running(), "a bad file on SIGHUP killed the agent");
+    assert!(
+        agent.log().contains("the running one stays"),
+        "{}",
+        agent.log()
+    );
+    operator_kill(running);
+    sandbox.wait_for_daemon(Some(running));
+    let alert = sandbox
+        .next_alert(Duration::from_secs(10))
+        .expect("the service is no longer watched after a refused reload");
+    assert_eq!(alert["service"], "sgdaemon");
+    assert!(
+        sandbox
+            .audit()
+            .iter()
+            .any(|e| e["event"] == "config_refused"),
+        "{:#?}",
+        sandbox.audit()
+    );
+}

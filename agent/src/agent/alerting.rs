@@ -53,6 +53,10 @@ impl Alerting {
         }
     }
 
+    pub fn set_group_interval(&mut self, interval: Duration) {
+        self.group_interval = interval;
+    }
+
     pub fn delivery(&self) -> &Delivery {
         &self.delivery
     }

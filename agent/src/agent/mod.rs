@@ -12,6 +12,7 @@ mod alerting;
 mod custody;
 mod host_lock;
 mod policy;
+mod reload;
 mod requests;
 mod state;
 mod stop;
@@ -30,7 +31,7 @@ use crate::{
     alert::{self, Alert},
     audit::{AgentEvent, AuditLog},
     clock::{Clock, boot_ns},
-    config::{Config, Service},
+    config::{Config, Service, Settings, SinkConfig},
     control::{self, server::Answer},
     detect::{AtRisk, Detector, Finding},
     events::{Event, RecordKind},
@@ -67,14 +68,20 @@ struct Agent {
     /// Event counts already added to the metrics.
     counted: Counts,
     lost: u64,
+    /// The running `[agent]` table and sinks, to tell what a reload changes.
+    settings: Settings,
+    sinks: Vec<SinkConfig>,
 }
 
-pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
+/// Runs the agent on `config`, read from `path` (None: the default
+/// resolution, see `Config::load`), which SIGHUP reads again.
+pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>) -> Result<()> {
     let socket = socket.unwrap_or_else(|| config.agent.socket.clone());
     let _host_lock = host_lock::acquire(&socket)?;
     control::server::raise_fd_limit();
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     crate::files::private_dir(&config.agent.state_dir).context("state_dir")?;
     let audit = AuditLog::open(&config.agent.audit_log)?;
     let metrics = Metrics::new();
@@ -109,6 +116,8 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
         metrics,
         counted: Counts::default(),
         lost: 0,
+        settings: config.agent.clone(),
+        sinks: config.sinks.clone(),
     };
     agent.detector.set_agent_pid(std::process::id());
     let mut monitor = Monitor::start(&ProbeOptions {
@@ -152,6 +161,11 @@ pub async fn run(config: Config, socket: Option<PathBuf>) -> Result<()> {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = hangup.recv() => {
+                agent.reload(path.as_deref(), &monitor);
+                agent.save();
+                continue;
+            }
             _ = summary.tick() => log_summary(&monitor),
             _ = second.tick() => {
                 agent.alerting.follow_up_groups();

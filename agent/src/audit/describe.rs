@@ -171,6 +171,17 @@ fn agent_words(event: &AgentEvent) -> (String, String) {
             (none(), format!("pid {pid} released from the exec guard"))
         }
         AgentEvent::EventsLost { count } => (none(), format!("{count} kernel records lost")),
+        AgentEvent::ConfigReloaded { source, services } => (
+            none(),
+            format!(
+                "configuration reloaded from {source}: watching {}",
+                services.join(", ")
+            ),
+        ),
+        AgentEvent::ConfigRefused { error } => (
+            none(),
+            format!("configuration not reloaded (the running one stays): {error}"),
+        ),
         AgentEvent::StateRestored { windows, frozen } => (
             none(),
             format!(

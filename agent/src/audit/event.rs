@@ -61,6 +61,15 @@ pub enum AgentEvent {
     EventsLost {
         count: u64,
     },
+    /// SIGHUP: the configuration read again.
+    ConfigReloaded {
+        source: String,
+        services: Vec<String>,
+    },
+    /// SIGHUP with a configuration that has an error: the running one stays.
+    ConfigRefused {
+        error: String,
+    },
     StateRestored {
         windows: Vec<Window>,
         frozen: Vec<u32>,

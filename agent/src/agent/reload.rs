@@ -1,0 +1,74 @@
+//! SIGHUP, as daemons take it: the audit log opened again under its name
+//! (after logrotate moved it away) and the configuration read again. A file
+//! with an error is refused as a whole: the running configuration stays.
+
+use std::path::Path;
+
+use super::Agent;
+use crate::{
+    audit::AgentEvent,
+    config::{Config, Settings},
+    detect::Detector,
+    monitor::Monitor,
+};
+
+impl Agent {
+    pub(super) fn reload(&mut self, path: Option<&Path>, monitor: &Monitor) {
+        if let Err(err) = self.audit.reopen() {
+            tracing::error!("SIGHUP: {err:#}; entries keep going to the file open before");
+        }
+        let config = match Config::load(path) {
+            Ok(config) => config,
+            Err(err) => {
+                tracing::error!(
+                    "SIGHUP: the configuration has an error, the running one stays: {err:#}"
+                );
+                self.audit.write(AgentEvent::ConfigRefused {
+                    error: format!("{err:#}"),
+                });
+                return;
+            }
+        };
+        // The windows and operator stops carry over to the services that
+        // remain; running main processes are found again in the table.
+        let mut detector = Detector::new(&config.services);
+        detector.set_agent_pid(std::process::id());
+        detector.adopt(monitor.table());
+        detector.restore(self.detector.snapshot());
+        self.detector = detector;
+        self.services = config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect();
+        self.host = config.agent.host.clone();
+        self.alerting
+            .set_group_interval(config.agent.group_interval);
+        let live = Settings {
+            host: self.settings.host.clone(),
+            group_interval: self.settings.group_interval,
+            ..config.agent.clone()
+        };
+        if live != self.settings {
+            tracing::warn!(
+                "SIGHUP: [agent] keys other than host and group_interval take effect at the next start"
+            );
+        }
+        if config.sinks != self.sinks {
+            tracing::warn!("SIGHUP: changed [[sink]] tables take effect at the next start");
+        }
+        self.settings.host = config.agent.host;
+        self.settings.group_interval = config.agent.group_interval;
+        let services: Vec<String> = self.services.keys().cloned().collect();
+        tracing::info!(
+            "configuration reloaded from {}: watching {} services ({})",
+            config.source,
+            services.len(),
+            services.join(", ")
+        );
+        self.audit.write(AgentEvent::ConfigReloaded {
+            source: config.source,
+            services,
+        });
+    }
+}
