@@ -56,6 +56,9 @@ pub enum AlertKind {
     EventsLost,
     /// `stopguard alert test`.
     Test,
+    /// The saved state could not be read at start: windows, operator stops
+    /// and frozen processes from before are unknown.
+    StateLost,
 }
 
 impl AlertKind {
@@ -65,6 +68,7 @@ impl AlertKind {
             AlertKind::RespawnInWindow => "respawn_in_window",
             AlertKind::EventsLost => "events_lost",
             AlertKind::Test => "test",
+            AlertKind::StateLost => "state_lost",
         }
     }
 
@@ -79,7 +83,12 @@ impl AlertKind {
     /// Whether the alert ends when its process is thawed or killed or its
     /// window closes; lost records are never resolved.
     pub fn resolves_later(self) -> bool {
-        self != AlertKind::EventsLost
+        match self {
+            AlertKind::RespawnAfterOperatorStop | AlertKind::RespawnInWindow | AlertKind::Test => {
+                true
+            }
+            AlertKind::EventsLost | AlertKind::StateLost => false,
+        }
     }
 }
 
@@ -288,6 +297,32 @@ pub fn events_lost(
     }
 }
 
+/// The saved state was unreadable at start and was kept aside as `kept`:
+/// what was guarded or frozen before is unknown until a person looks.
+pub fn state_lost(host: &str, kept: &str, error: &str, clock: &Clock, now_boot_ns: u64) -> Alert {
+    Alert {
+        version: SCHEMA_VERSION,
+        id: format!("{host}-state-lost-{now_boot_ns}"),
+        kind: AlertKind::StateLost,
+        severity: Severity::Critical,
+        host: host.to_string(),
+        service: "stopguard".to_string(),
+        summary: format!(
+            "stopguard on {host} could not read its saved state ({error}); open windows, operator stops and frozen processes from before are unknown: check `stopguard status` and the services under maintenance. The file is kept as {kept}"
+        ),
+        action: "started without the saved state".to_string(),
+        process: None,
+        respawned_by: None,
+        stopped_by: None,
+        window: None,
+        at: humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
+        detected_after_ms: 0.0,
+        resolves: None,
+        resolved_at: None,
+        grouped: None,
+    }
+}
+
 /// The alert `stopguard alert test` sends: marked as a test everywhere a
 /// person looks.
 pub fn test(host: &str, clock: &Clock, now_boot_ns: u64) -> Alert {
@@ -323,6 +358,7 @@ mod tests {
             AlertKind::RespawnInWindow,
             AlertKind::EventsLost,
             AlertKind::Test,
+            AlertKind::StateLost,
         ] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }

@@ -42,13 +42,16 @@ impl Agent {
         customize(&mut command);
         let mut child = command.spawn().expect("starting stopguard run");
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        // What it logs before it runs (a lost state, say) is kept in the log.
         let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        if !line.contains("stopguard running") {
-            let _ = child.kill();
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest);
-            panic!("the agent did not start:\n{line}{rest}");
+        while !line.contains("stopguard running") {
+            let before = line.len();
+            if stderr.read_line(&mut line).unwrap_or(0) == 0 || line.len() == before {
+                let _ = child.kill();
+                let mut rest = String::new();
+                let _ = stderr.read_to_string(&mut rest);
+                panic!("the agent did not start:\n{line}{rest}");
+            }
         }
         let log = std::sync::Arc::new(Mutex::new(line));
         let sink = log.clone();

@@ -349,3 +349,34 @@ fn sighup_reopens_the_audit_log_and_reloads_only_a_valid_configuration() {
         sandbox.audit()
     );
 }
+
+#[test]
+fn a_corrupt_saved_state_is_kept_aside_and_the_agent_starts_and_alerts() {
+    let Some(_probes) =
+        root_test("a_corrupt_saved_state_is_kept_aside_and_the_agent_starts_and_alerts")
+    else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("corrupt-state");
+    let state = sandbox.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("state.json"), "{\"detector\": {\"windows\": [").unwrap();
+    sandbox.start_agent("freeze");
+    let alert = sandbox
+        .next_alert(Duration::from_secs(5))
+        .expect("no alert that the saved state was lost");
+    assert_eq!(alert["kind"], "state_lost", "{alert:#}");
+    assert_eq!(alert["severity"], "critical", "{alert:#}");
+    let kept: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("state.json.corrupt-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        alert["summary"].as_str().unwrap().contains(&kept[0]),
+        "{alert:#}"
+    );
+    // And it works: the agent answers and watches.
+    sandbox.ok(&["status"]);
+}

@@ -235,8 +235,18 @@ impl Agent {
     /// frozen processes (those still alive and still the same process), and
     /// the guard map. Returns what was restored, in words.
     fn restore(&mut self, monitor: &mut Monitor) -> Result<Option<String>> {
-        let Some(state) = State::load(&self.state_path)? else {
-            return Ok(None);
+        let state = match State::load(&self.state_path)? {
+            state::Saved::None => return Ok(None),
+            state::Saved::State(state) => *state,
+            state::Saved::Corrupt { kept, error } => {
+                tracing::error!(
+                    "the saved state {} is unreadable ({error}): kept as {kept}; starting without it",
+                    self.state_path.display()
+                );
+                let record = alert::state_lost(&self.host, &kept, &error, &self.clock, boot_ns());
+                self.alerting.raise(record);
+                return Ok(Some(format!("saved state lost (kept as {kept})")));
+            }
         };
         self.detector.restore(state.detector);
         self.alerting.restore_firing(state.firing);

@@ -27,15 +27,42 @@ impl State {
         files::replace(path, &serde_json::to_vec_pretty(self)?)
     }
 
-    /// The state saved at `path`; None when there is none.
-    pub fn load(path: &Path) -> Result<Option<State>> {
+    /// The state saved at `path`. An unreadable file is kept aside (renamed,
+    /// never deleted) so that the agent starts all the same: a host left
+    /// unguarded because of a torn file is worse than one that starts
+    /// without its memory and says so.
+    pub fn load(path: &Path) -> Result<Saved> {
         let text = match fs::read_to_string(path) {
             Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::None),
             Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
         };
-        let state = serde_json::from_str(&text)
-            .with_context(|| format!("reading the saved state {}", path.display()))?;
-        Ok(Some(state))
+        match serde_json::from_str(&text) {
+            Ok(state) => Ok(Saved::State(Box::new(state))),
+            Err(err) => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let kept = path.with_extension(format!("json.corrupt-{stamp}"));
+                fs::rename(path, &kept)
+                    .with_context(|| format!("keeping the unreadable {} aside", path.display()))?;
+                Ok(Saved::Corrupt {
+                    kept: kept.display().to_string(),
+                    error: err.to_string(),
+                })
+            }
+        }
     }
+}
+
+/// What `State::load` found.
+pub enum Saved {
+    None,
+    State(Box<State>),
+    /// Unreadable; renamed to `kept`.
+    Corrupt {
+        kept: String,
+        error: String,
+    },
 }
