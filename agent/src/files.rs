@@ -22,6 +22,15 @@ pub fn private_dir(dir: &Path) -> Result<()> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
+    check_dir(dir)
+}
+
+/// The checks of `private_dir` without creating anything: a missing
+/// directory passes (the agent will create it).
+pub fn check_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() && fs::symlink_metadata(dir).is_err() {
+        return Ok(());
+    }
     let meta = fs::symlink_metadata(dir).with_context(|| format!("checking {}", dir.display()))?;
     if meta.file_type().is_symlink() {
         bail!(

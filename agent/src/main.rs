@@ -47,7 +47,7 @@ enum Command {
         /// Only events where a process of this name (its comm) takes part; repeatable.
         #[arg(long = "comm", value_name = "NAME")]
         comms: Vec<String>,
-        /// Kernel ring buffer size in bytes (a power of two, at least 4096).
+        /// Kernel ring buffer size in bytes (a power of two, 4096 to 256 MiB).
         #[arg(long, value_name = "BYTES", default_value_t = RingBytes::DEFAULT.get())]
         ring_bytes: u32,
     },
@@ -235,7 +235,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let ring_bytes = RingBytes::new(ring_bytes).ok_or_else(|| {
                 anyhow!(
-                    "ring buffer size {ring_bytes} is not a power of two of at least 4096 bytes"
+                    "ring buffer size {ring_bytes} is not a power of two from 4096 bytes to 256 MiB"
                 )
             })?;
             runtime.block_on(stopguard::trace::run(TraceOptions {
@@ -277,6 +277,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Status { json } => show::<Status>(cli.socket, &Request::Status {}, json),
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file))?;
+            stopguard::agent::preflight::check(&config)?;
             println!("{}: valid; host {}", file.display(), config.agent.host);
             for s in &config.services {
                 println!(

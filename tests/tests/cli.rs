@@ -60,7 +60,7 @@ fn a_bad_ring_size_is_refused_before_anything_loads() {
     assert_eq!(code, Some(1));
     assert_eq!(
         stderr.trim(),
-        "stopguard: ring buffer size 5000 is not a power of two of at least 4096 bytes"
+        "stopguard: ring buffer size 5000 is not a power of two from 4096 bytes to 256 MiB"
     );
 }
 
@@ -92,4 +92,58 @@ fn check_config_says_what_it_watches_or_where_it_is_wrong() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("line 4"), "{stderr}");
     assert!(stderr.contains("unknown variant `thaw`"), "{stderr}");
+}
+
+/// What `check-config` calls valid, `run` can start with: both refuse, with
+/// the same words, what the host cannot give the agent.
+#[test]
+fn check_config_and_run_refuse_the_same_unusable_settings() {
+    let dir = std::env::temp_dir().join(format!("stopguard-cli-host-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("open")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let d = dir.display();
+    let agent = format!(
+        "[agent]\nstate_dir = \"{d}/state\"\naudit_log = \"{d}/audit.jsonl\"\nsocket = \"{d}/sock\"\n"
+    );
+    let long = "x".repeat(120);
+    for (extra, expected) in [
+        (
+            "[[sink]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret_file = \"/nonexistent/secret\"\n".to_string(),
+            "reading secret_file /nonexistent/secret",
+        ),
+        (
+            "[[sink]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret_env = \"STOPGUARD_TEST_UNSET_SECRET\"\n".to_string(),
+            "secret_env `STOPGUARD_TEST_UNSET_SECRET` is not set",
+        ),
+        (
+            format!("{agent}control_group = \"no-such-group-sg\"\n"),
+            "group `no-such-group-sg` does not exist",
+        ),
+        (
+            agent.replace(&format!("{d}/sock"), &format!("{d}/{long}.sock")),
+            "a Unix socket path holds at most 107",
+        ),
+        (
+            agent.replace(&format!("{d}/state"), &format!("{d}/open")),
+            "writable by everyone",
+        ),
+    ] {
+        let text = if extra.starts_with("[[sink]]") {
+            format!("{agent}\n{extra}")
+        } else {
+            extra
+        };
+        let file = dir.join("host.toml");
+        std::fs::write(&file, &text).unwrap();
+        let path = file.to_str().unwrap();
+        let (code, _, check) = run(&["check-config", path]);
+        assert_eq!(code, Some(1), "check-config took:\n{text}\n{check}");
+        assert!(check.contains(expected), "{check}");
+        let (code, _, started) = run(&["run", "--config", path]);
+        assert_eq!(code, Some(1), "run took:\n{text}\n{started}");
+        assert!(started.contains(expected), "{started}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

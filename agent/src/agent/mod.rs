@@ -12,6 +12,7 @@ mod alerting;
 mod custody;
 mod host_lock;
 mod policy;
+pub mod preflight;
 mod reload;
 mod requests;
 mod state;
@@ -39,7 +40,7 @@ use crate::{
     metrics::Metrics,
     monitor::{Counts, Monitor},
     process::ProcessTable,
-    sinks::{self, Delivery},
+    sinks::Delivery,
 };
 
 /// How often the agent logs what it has seen.
@@ -76,6 +77,7 @@ struct Agent {
 /// Runs the agent on `config`, read from `path` (None: the default
 /// resolution, see `Config::load`), which SIGHUP reads again.
 pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>) -> Result<()> {
+    let sinks = preflight::check(&config)?;
     let socket = socket.unwrap_or_else(|| config.agent.socket.clone());
     let _host_lock = host_lock::acquire(&socket)?;
     control::server::raise_fd_limit();
@@ -86,7 +88,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     let audit = AuditLog::open(&config.agent.audit_log)?;
     let metrics = Metrics::new();
     let delivery = Delivery::start(
-        sinks::load(&config.sinks)?,
+        sinks,
         &config.agent.state_dir.join("spool"),
         audit.clone(),
         metrics.clone(),

@@ -65,8 +65,12 @@ impl RingBytes {
     /// A few seconds of a busy machine's top exec rate.
     pub const DEFAULT: RingBytes = RingBytes(1 << 22);
 
+    /// The largest ring: 256 MiB is minutes of the busiest host's records,
+    /// and every byte of it is locked kernel memory.
+    pub const MAX: u32 = 1 << 28;
+
     pub fn new(bytes: u32) -> Option<RingBytes> {
-        (bytes >= 4096 && bytes.is_power_of_two()).then_some(RingBytes(bytes))
+        ((4096..=Self::MAX).contains(&bytes) && bytes.is_power_of_two()).then_some(RingBytes(bytes))
     }
 
     pub const fn get(self) -> u32 {
@@ -126,7 +130,7 @@ impl SettingsToml {
             None => RingBytes::DEFAULT,
             Some(bytes) => RingBytes::new(bytes).ok_or_else(|| {
                 anyhow!(
-                    "[agent] key `ring_bytes`: expected a power of two of at least 4096, got {bytes}"
+                    "[agent] key `ring_bytes`: expected a power of two from 4096 to 268435456 (256 MiB), got {bytes}"
                 )
             })?,
         };
@@ -234,7 +238,7 @@ mod tests {
         let err = format!("{:#}", Config::parse(text, "f.toml").unwrap_err());
         assert_eq!(
             err,
-            "reading f.toml: [agent] key `ring_bytes`: expected a power of two of at least 4096, got 5000"
+            "reading f.toml: [agent] key `ring_bytes`: expected a power of two from 4096 to 268435456 (256 MiB), got 5000"
         );
         let text = "[[service]]\nname = \"pg\"\nexe = [\"/a\"]\nstop_command = []\n";
         let err = format!("{:#}", Config::parse(text, "f.toml").unwrap_err());

@@ -110,6 +110,18 @@ impl Sink {
     }
 }
 
+/// Reads a secret file; warns when anyone on the host can read it too.
+fn readable_secret(sink: &str, path: &std::path::Path) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    if fs::metadata(path).is_ok_and(|m| m.mode() & 0o004 != 0) {
+        tracing::warn!(
+            "sink `{sink}`: secret_file {} is readable by everyone on this host (chmod o-r it)",
+            path.display()
+        );
+    }
+    fs::read_to_string(path)
+}
+
 /// Reads each sink's secret; errors name the sink and where it looked.
 pub fn load(sinks: &[SinkConfig]) -> Result<Vec<Sink>> {
     sinks
@@ -118,7 +130,7 @@ pub fn load(sinks: &[SinkConfig]) -> Result<Vec<Sink>> {
             let name = &config.name;
             let secret = match &config.secret {
                 Some(SecretSource::File(path)) => Some(
-                    fs::read_to_string(path)
+                    readable_secret(name, path)
                         .with_context(|| {
                             format!("sink `{name}`: reading secret_file {}", path.display())
                         })?
