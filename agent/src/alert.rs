@@ -80,9 +80,10 @@ impl AlertKind {
         )
     }
 
-    /// Whether the alert ends when its process is thawed or killed or its
-    /// window closes; lost records are never resolved.
-    pub fn resolves_later(self) -> bool {
+    /// Whether an alert of this kind ends when its process is thawed or
+    /// killed or its window closes; lost records only when they name a
+    /// process held (`Alert::resolves_later`).
+    fn resolves_later(self) -> bool {
         match self {
             AlertKind::RespawnAfterOperatorStop | AlertKind::RespawnInWindow | AlertKind::Test => {
                 true
@@ -93,6 +94,15 @@ impl AlertKind {
 }
 
 impl Alert {
+    /// Whether the alert ends when its process is thawed or killed or its
+    /// window closes: respawns, and a start nobody saw that custody holds.
+    pub fn resolves_later(&self) -> bool {
+        match self.kind {
+            AlertKind::EventsLost => self.process.is_some() && self.action != "none",
+            kind => kind.resolves_later(),
+        }
+    }
+
     /// The same alert, ended at `at`: sinks that track alerts close it.
     pub fn resolution(&self, at: String) -> Alert {
         Alert {

@@ -11,6 +11,22 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+/// A write the disk refused (full, read-only), for `stopguard status`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WriteFailure {
+    pub error: String,
+    pub at: String,
+}
+
+impl WriteFailure {
+    pub fn now(err: &anyhow::Error) -> WriteFailure {
+        WriteFailure {
+            error: format!("{err:#}"),
+            at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        }
+    }
+}
+
 /// Creates `dir` (mode 0755) when missing, then checks that only root (or
 /// the agent's own user) can change what is in it: owned by one of them,
 /// writable by neither group nor others, and not a link.
@@ -87,11 +103,19 @@ pub fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .with_context(|| refused(&tmp, "creating"))?;
-    file.write_all(bytes)
+    let written = file
+        .write_all(bytes)
         .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|()| {
+            fs::rename(&tmp, path)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        });
+    if written.is_err() {
+        // A full disk leaves a torn temporary: give its space back.
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     if let Some(dir) = path.parent() {
         fs::File::open(dir)
             .and_then(|d| d.sync_all())

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub alerts: Family<Labels, Counter>,
     pub deliveries: Family<Labels, Counter>,
     pub spool_depth: Gauge,
+    pub spool_unsynced: Gauge,
+    pub spool_write_errors: Counter,
+    pub state_save_errors: Counter,
     pub delivery_latency: Family<Labels, Histogram, fn() -> Histogram>,
 }
 
@@ -59,6 +62,9 @@ impl Metrics {
             alerts: Family::default(),
             deliveries: Family::default(),
             spool_depth: Gauge::default(),
+            spool_unsynced: Gauge::default(),
+            spool_write_errors: Counter::default(),
+            state_save_errors: Counter::default(),
             delivery_latency: Family::new_with_constructor(latency_histogram),
         };
         let registry = Arc::get_mut(&mut metrics.registry).expect("not shared yet");
@@ -93,6 +99,21 @@ impl Metrics {
             "spool_depth",
             "Alerts waiting for at least one sink",
             metrics.spool_depth.clone(),
+        );
+        registry.register(
+            "spool_unsynced",
+            "Alerts the disk refused, held in memory until it takes them",
+            metrics.spool_unsynced.clone(),
+        );
+        registry.register(
+            "spool_write_errors",
+            "Spool writes that failed (state_dir full or read-only)",
+            metrics.spool_write_errors.clone(),
+        );
+        registry.register(
+            "state_save_errors",
+            "Saves of state.json that failed",
+            metrics.state_save_errors.clone(),
         );
         registry.register(
             "delivery_latency_seconds",
@@ -176,6 +197,9 @@ mod tests {
             "stopguard_deliveries_total{sink=\"slack\",outcome=\"delivered\"} 1",
             "stopguard_delivery_latency_seconds_count{sink=\"slack\"} 1",
             "stopguard_spool_depth 0",
+            "stopguard_spool_unsynced 0",
+            "stopguard_spool_write_errors_total 0",
+            "stopguard_state_save_errors_total 0",
             "stopguard_processes_frozen 0",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");

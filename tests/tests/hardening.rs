@@ -1,6 +1,7 @@
 //! The agent must not die, lie or be steered: a closed stdout, a second
 //! agent, absurd window lengths, a crowd of idle clients under a low file
-//! descriptor limit. Each test is a defect found by probing the built agent.
+//! descriptor limit, a full state directory. Each test is a defect found by
+//! probing the built agent.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -10,7 +11,7 @@ use std::{
 };
 
 use stopguard_tests::{
-    Sandbox, in_frozen_cgroup, operator_kill, root_test, state_of, stopguard_bin,
+    Receiver, Sandbox, in_frozen_cgroup, operator_kill, root_test, sinks, state_of, stopguard_bin,
 };
 
 /// A pipe whose reading end is already closed: every write to the other
@@ -379,4 +380,163 @@ fn a_corrupt_saved_state_is_kept_aside_and_the_agent_starts_and_alerts() {
     );
     // And it works: the agent answers and watches.
     sandbox.ok(&["status"]);
+}
+
+/// A small tmpfs mounted on `dir` for the test's length.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: std::path::PathBuf) -> SmallDisk {
+        std::fs::create_dir_all(&dir).unwrap();
+        stopguard_tests::bash(&format!(
+            "mount -t tmpfs -o size=1m,mode=0755 stopguard-full {}",
+            dir.display()
+        ));
+        SmallDisk(dir)
+    }
+
+    /// Takes every free byte: the next write fails with ENOSPC.
+    fn fill(&self) {
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=4k"])
+            .arg(format!("of={}", self.0.join("filler").display()))
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Waits up to `timeout` for an audit entry `matches` accepts.
+fn audited(
+    sandbox: &Sandbox,
+    timeout: Duration,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(entry) = sandbox.audit().into_iter().find(|e| matches(e)) {
+            return Some(entry);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_full_state_dir_loses_neither_the_alert_nor_the_frozen_process() {
+    let test = "a_full_state_dir_loses_neither_the_alert_nor_the_frozen_process";
+    let Some(_probes) = root_test(test) else {
+        return;
+    };
+    let mut receiver = Receiver::start();
+    receiver.down();
+    let mut sandbox = Sandbox::new("full-disk");
+    let disk = SmallDisk::mount(sandbox.dir.join("state"));
+    let first = sandbox.start_runsv();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let agent_lines = format!("metrics_listen = \"127.0.0.1:{metrics_port}\"");
+    let hook = sinks(&receiver, &[("webhook", "/hook", "")]);
+    sandbox.start_agent_with("freeze", &agent_lines, &hook);
+    disk.fill();
+
+    operator_kill(first);
+    let alert = sandbox
+        .next_alert(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no alert; audit: {:#?}", sandbox.audit()));
+    let id = alert["id"].as_str().unwrap().to_string();
+    let respawned = alert["process"]["pid"].as_u64().unwrap() as u32;
+    assert!(in_frozen_cgroup(respawned), "{alert:#}");
+
+    // The refusal is audited, shown in status and in the metrics.
+    let failed = audited(&sandbox, Duration::from_secs(2), |e| {
+        e["event"] == "spool_failed" && e["id"] == id.as_str()
+    })
+    .unwrap_or_else(|| panic!("no spool_failed; audit: {:#?}", sandbox.audit()));
+    assert!(
+        failed["error"].as_str().unwrap().contains("No space left"),
+        "{failed:#}"
+    );
+    assert!(
+        audited(&sandbox, Duration::from_secs(2), |e| e["event"]
+            == "state_save_failed")
+        .is_some(),
+        "{:#?}",
+        sandbox.audit()
+    );
+    let status = sandbox.json(&["status"]);
+    assert_eq!(status["spool_depth"], 1, "{status:#}");
+    assert_eq!(status["spool_unsynced"], 1, "{status:#}");
+    assert!(status["spool_error"]["error"].is_string(), "{status:#}");
+    assert!(status["state_error"]["error"].is_string(), "{status:#}");
+    let text = sandbox.ok(&["status"]);
+    assert!(
+        text.contains("SPOOL FAILING: 1 alerts held in memory only"),
+        "{text}"
+    );
+    assert!(text.contains("STATE NOT SAVED"), "{text}");
+    let metrics = ureq::get(&format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(metrics.contains("stopguard_spool_unsynced 1"), "{metrics}");
+    assert!(
+        !metrics.contains("stopguard_spool_write_errors_total 0"),
+        "{metrics}"
+    );
+
+    // Retried from memory: the receiver gets it once it is up.
+    receiver.up();
+    let got = receiver.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got[0].headers["webhook-id"], id);
+
+    // The agent dies before state.json could name the frozen process; the
+    // next one finds it in its frozen cgroup, holds it and can thaw it.
+    sandbox.agent.as_mut().unwrap().kill9();
+    sandbox.start_agent_with("freeze", &agent_lines, &hook);
+    let adopted = audited(&sandbox, Duration::from_secs(2), |e| {
+        e["event"] == "frozen_adopted" && e["pid"] == respawned
+    })
+    .unwrap_or_else(|| panic!("not adopted; audit: {:#?}", sandbox.audit()));
+    assert_eq!(adopted["service"], "sgdaemon");
+    let status = sandbox.json(&["status"]);
+    assert_eq!(
+        status["frozen"],
+        serde_json::json!([respawned]),
+        "{status:#}"
+    );
+    assert_eq!(state_of(respawned), 'T');
+    sandbox.ok(&["thaw", &respawned.to_string()]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ne!(state_of(respawned), 'T', "pid {respawned} still stopped");
+    assert!(!in_frozen_cgroup(respawned));
+
+    // Space again: the state is saved and status says all is well.
+    disk.free();
+    assert!(
+        audited(&sandbox, Duration::from_secs(3), |e| e["event"]
+            == "state_saved")
+        .is_some(),
+        "{:#?}",
+        sandbox.audit()
+    );
+    let status = sandbox.json(&["status"]);
+    assert!(status["state_error"].is_null(), "{status:#}");
+    assert!(status["spool_error"].is_null(), "{status:#}");
 }

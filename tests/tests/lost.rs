@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::Value;
 use stopguard_tests::{
-    Sandbox, assert_clean, bash, in_frozen_cgroup, operator_kill, root_test, state_of,
-    stopguard_bin,
+    Receiver, Sandbox, assert_clean, bash, in_frozen_cgroup, operator_kill, root_test, sinks,
+    state_of, stopguard_bin,
 };
 
 /// A process the test stopped with SIGSTOP, continued when this drops, so
@@ -78,7 +78,14 @@ fn a_respawn_hidden_by_lost_records_is_found_frozen_and_thawed() {
     };
     let mut sandbox = Sandbox::new("lost-respawn");
     let first = sandbox.start_runsv();
-    sandbox.start_agent_with("freeze", "ring_bytes = 4096", "");
+    let receiver = Receiver::start();
+    fs::write(sandbox.dir.join("pd.key"), "R0UTING").unwrap();
+    let pagerduty = format!("secret_file = \"{}/pd.key\"", sandbox.dir.display());
+    sandbox.start_agent_with(
+        "freeze",
+        "ring_bytes = 4096",
+        &sinks(&receiver, &[("pagerduty", "/pd", &pagerduty)]),
+    );
     let bin = fs::canonicalize(stopguard_bin()).unwrap();
     let agent = child("agent", |_, exe| exe == bin);
     // runsv held back: its respawn must come once the ring is full.
@@ -176,6 +183,19 @@ fn a_respawn_hidden_by_lost_records_is_found_frozen_and_thawed() {
         format!("thawed [{respawn}]")
     );
     assert_eq!(sandbox.wait_for_daemon(Some(first)), respawn);
+    // The alert ends with the hold: a paging service closes it.
+    let resolved = wait_until("the events_lost alert resolved at the receiver", || {
+        receiver
+            .received()
+            .into_iter()
+            .map(|r| r.json())
+            .find(|pd| pd["event_action"] == "resolve")
+    });
+    assert_eq!(
+        resolved["dedup_key"].as_str(),
+        Some("test-host/sgdaemon/none"),
+        "{resolved:#}"
+    );
     let dir = sandbox.dir.clone();
     drop(sandbox);
     assert_clean(&dir, &[respawn]);

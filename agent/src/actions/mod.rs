@@ -118,6 +118,37 @@ pub fn freeze(pid: u32, freezer: Freezer) -> Result<Frozen> {
     Ok(frozen)
 }
 
+/// The processes held in `stopguard/frozen-*` cgroups (v2, and the v1
+/// freezer): what this agent froze, found again when its saved state is
+/// lost or behind. The cgroup they came from is not known any more: a thaw
+/// puts them in the hierarchy's root.
+pub fn frozen_in_cgroups() -> Vec<Frozen> {
+    let roots = [cgroup2_root().map(Path::to_path_buf), freezer_v1_root()];
+    let mut found = Vec::new();
+    for root in roots.into_iter().flatten() {
+        let Ok(entries) = fs::read_dir(root.join("stopguard")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !name.to_string_lossy().starts_with("frozen-") {
+                continue;
+            }
+            let cgroup = entry.path();
+            let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                found.push(Frozen {
+                    pid,
+                    start_ticks: start_ticks(pid),
+                    cgroup: Some(cgroup.clone()),
+                    previous_cgroup: Some(PathBuf::new()),
+                });
+            }
+        }
+    }
+    found
+}
+
 /// Lets a frozen process run again, and puts it back where it was.
 pub fn thaw(frozen: &Frozen) -> Result<()> {
     if let Some(cgroup) = &frozen.cgroup {

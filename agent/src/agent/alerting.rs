@@ -101,11 +101,10 @@ impl Alerting {
                 );
             }
             // In the spool, synced, before anyone hears of it.
-            if let Err(err) = self.delivery.deliver(&record) {
-                tracing::error!("spooling alert {}: {err:#}", record.id);
-            }
+            let spooled = self.delivery.deliver(&record);
+            self.spool_failed(&record, spooled);
         }
-        if record.kind.resolves_later() {
+        if record.resolves_later() {
             self.firing.push(record.clone());
             // Bounded: the oldest unresolved alerts are the least likely
             // to be resolved by a thaw now.
@@ -150,9 +149,31 @@ impl Alerting {
                 ..latest.clone()
             };
             tracing::warn!("{}", follow_up.summary);
-            if let Err(err) = self.delivery.deliver(&follow_up) {
-                tracing::error!("spooling the follow-up for {service}: {err:#}");
-            }
+            let spooled = self.delivery.deliver(&follow_up);
+            self.spool_failed(&follow_up, spooled);
+        }
+    }
+
+    /// Says so, loudly, when the disk refused an alert: it is held in
+    /// memory and delivered from there, but a restart now would lose it.
+    fn spool_failed(&self, alert: &Alert, spooled: anyhow::Result<()>) {
+        if let Err(err) = spooled {
+            let error = format!("{err:#}");
+            tracing::error!("{error}; held in memory, delivered from there");
+            self.audit.write(AgentEvent::SpoolFailed {
+                service: alert.service.clone(),
+                id: alert.id.clone(),
+                error,
+            });
+        }
+    }
+
+    /// Writes out the alerts the disk refused before, once it takes them.
+    pub fn retry_spool(&self) {
+        let count = self.delivery.retry_unsynced();
+        if count > 0 {
+            tracing::info!("{count} alerts held in memory written to the spool");
+            self.audit.write(AgentEvent::SpoolWritten { count });
         }
     }
 
@@ -172,9 +193,8 @@ impl Alerting {
             .partition(ended);
         self.firing = firing;
         for alert in done {
-            if let Err(err) = self.delivery.resolve(&alert) {
-                tracing::error!("spooling the resolution of {}: {err:#}", alert.id);
-            }
+            let spooled = self.delivery.resolve(&alert);
+            self.spool_failed(&alert, spooled);
         }
     }
 }

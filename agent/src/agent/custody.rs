@@ -90,6 +90,45 @@ impl Custody {
         saved.guarded
     }
 
+    /// Holds again a process found in a frozen cgroup of ours that custody
+    /// does not know (the saved state lost, or behind): frozen processes
+    /// are never forgotten. False when it was known already.
+    pub fn adopt(&mut self, service: &str, frozen: Frozen) -> bool {
+        if self.held.contains_key(&frozen.pid) {
+            return false;
+        }
+        let cgroup = frozen
+            .cgroup
+            .as_ref()
+            .map(|c| c.display().to_string())
+            .unwrap_or_default();
+        tracing::warn!(
+            "pid {} ({service}) found frozen in {cgroup}, unknown to the saved state: held again; thaw with: stopguard thaw {}",
+            frozen.pid,
+            frozen.pid
+        );
+        self.audit.write(AgentEvent::FrozenAdopted {
+            service: service.to_string(),
+            pid: frozen.pid,
+            cgroup,
+        });
+        self.trains.insert(
+            service.to_string(),
+            Train {
+                frozen_pid: frozen.pid,
+                retries: 0,
+            },
+        );
+        self.held.insert(
+            frozen.pid,
+            Held {
+                service: service.to_string(),
+                frozen,
+            },
+        );
+        true
+    }
+
     pub fn guarded(&self) -> &BTreeSet<String> {
         &self.guarded
     }

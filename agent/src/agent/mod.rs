@@ -36,6 +36,7 @@ use crate::{
     control::{self, server::Answer},
     detect::{AtRisk, Detector, Finding},
     events::{Event, RecordKind},
+    files::WriteFailure,
     kernel::ProbeOptions,
     metrics::Metrics,
     monitor::{Counts, Monitor},
@@ -65,6 +66,8 @@ struct Agent {
     audit: AuditLog,
     audit_path: PathBuf,
     state_path: PathBuf,
+    /// Why state.json could not be saved last, until a save works again.
+    state_failure: Option<WriteFailure>,
     metrics: Metrics,
     /// Event counts already added to the metrics.
     counted: Counts,
@@ -115,6 +118,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         audit,
         audit_path: config.agent.audit_log.clone(),
         state_path: config.agent.state_dir.join("state.json"),
+        state_failure: None,
         metrics,
         counted: Counts::default(),
         lost: 0,
@@ -130,6 +134,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     control::server::serve(&socket, config.agent.control_group.as_deref(), call_tx)?;
     agent.detector.adopt(monitor.table());
     let restored = agent.restore(&mut monitor)?;
+    agent.adopt_frozen(&mut monitor);
     let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     tracing::info!(
         host = %config.agent.host,
@@ -171,6 +176,10 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
             _ = summary.tick() => log_summary(&monitor),
             _ = second.tick() => {
                 agent.alerting.follow_up_groups();
+                agent.alerting.retry_spool();
+                if agent.state_failure.is_some() {
+                    agent.save();
+                }
                 continue;
             }
             Some(call) = calls.recv() => {
@@ -222,14 +231,33 @@ fn log_summary(monitor: &Monitor) {
 }
 
 impl Agent {
-    fn save(&self) {
+    /// Saves the state; a failure (a full disk) is logged, audited and
+    /// shown in status once, and the save retried every second until it
+    /// works.
+    fn save(&mut self) {
         let state = State {
             detector: self.detector.snapshot(),
             custody: self.custody.snapshot(),
             firing: self.alerting.firing().to_vec(),
         };
-        if let Err(err) = state.save(&self.state_path) {
-            tracing::error!("saving state to {}: {err:#}", self.state_path.display());
+        match state.save(&self.state_path) {
+            Ok(()) => {
+                if self.state_failure.take().is_some() {
+                    tracing::info!("state saved again to {}", self.state_path.display());
+                    self.audit.write(AgentEvent::StateSaved);
+                }
+            }
+            Err(err) => {
+                let err = err.context(format!("saving state to {}", self.state_path.display()));
+                if self.state_failure.is_none() {
+                    tracing::error!("{err:#}; retrying every second");
+                    self.audit.write(AgentEvent::StateSaveFailed {
+                        error: format!("{err:#}"),
+                    });
+                }
+                self.metrics.state_save_errors.inc();
+                self.state_failure = Some(WriteFailure::now(&err));
+            }
         }
     }
 
@@ -266,6 +294,32 @@ impl Agent {
             self.custody.held_pids().len(),
             self.custody.guarded()
         )))
+    }
+
+    /// Holds again what sits in our frozen cgroups but the saved state does
+    /// not name (lost, corrupt, or not saved before a crash), and guards
+    /// its service as a held respawn's is guarded.
+    fn adopt_frozen(&mut self, monitor: &mut Monitor) {
+        let mut adopted = false;
+        for frozen in actions::frozen_in_cgroups() {
+            let process = monitor.table().live(frozen.pid);
+            let service = process.and_then(|p| self.detector.service_name_of(p));
+            let name = match (service, process) {
+                (Some(service), _) => service.to_string(),
+                (None, Some(p)) => p.comm.clone(),
+                (None, None) => format!("pid {}", frozen.pid),
+            };
+            let known = service.is_some();
+            if self.custody.adopt(&name, frozen) && known {
+                adopted = true;
+                if !self.custody.guarded().contains(&name) {
+                    self.guard(monitor, &name, true);
+                }
+            }
+        }
+        if adopted {
+            self.save();
+        }
     }
 
     /// The name the kernel guard matches for a service: its running main

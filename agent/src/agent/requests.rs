@@ -186,6 +186,7 @@ impl Agent {
                 }
             })
             .collect();
+        let spool_failure = self.alerting.delivery().spool_failure();
         Status {
             host: self.host.clone(),
             services,
@@ -194,6 +195,9 @@ impl Agent {
             events: monitor.counts(),
             lost: self.lost,
             spool_depth: self.alerting.delivery().spool_depth(),
+            spool_unsynced: spool_failure.as_ref().map_or(0, |(n, _)| *n),
+            spool_error: spool_failure.map(|(_, f)| f),
+            state_error: self.state_failure.clone(),
             sinks: self.alerting.delivery().status(),
         }
     }

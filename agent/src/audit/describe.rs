@@ -217,5 +217,28 @@ fn agent_words(event: &AgentEvent) -> (String, String) {
             service.clone(),
             format!("alert {id} undeliverable to {sink}: given up after {attempts} attempts"),
         ),
+        AgentEvent::SpoolFailed { service, id, error } => (
+            service.clone(),
+            format!("alert {id} not spooled ({error}): held in memory, delivered from there"),
+        ),
+        AgentEvent::SpoolWritten { count } => (
+            none(),
+            format!("{count} alerts held in memory written to the spool"),
+        ),
+        AgentEvent::StateSaveFailed { error } => (
+            none(),
+            format!("state not saved ({error}): retrying every second"),
+        ),
+        AgentEvent::StateSaved => (none(), "state saved again".to_string()),
+        AgentEvent::FrozenAdopted {
+            service,
+            pid,
+            cgroup,
+        } => (
+            service.clone(),
+            format!(
+                "pid {pid} found frozen in {cgroup}: held again; thaw with: stopguard thaw {pid}"
+            ),
+        ),
     }
 }

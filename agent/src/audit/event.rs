@@ -94,6 +94,29 @@ pub enum AgentEvent {
         id: String,
         attempts: u32,
     },
+    /// The disk refused an alert (state_dir full or read-only): it is held
+    /// in memory and delivered from there.
+    SpoolFailed {
+        service: String,
+        id: String,
+        error: String,
+    },
+    /// The disk took the alerts held in memory again.
+    SpoolWritten {
+        count: usize,
+    },
+    /// state.json could not be saved; the agent keeps trying.
+    StateSaveFailed {
+        error: String,
+    },
+    StateSaved,
+    /// A process found held in a frozen cgroup at start that the saved
+    /// state did not name: held again, thawable.
+    FrozenAdopted {
+        service: String,
+        pid: u32,
+        cgroup: String,
+    },
 }
 
 impl From<Finding> for AuditEvent {

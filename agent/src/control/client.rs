@@ -181,6 +181,20 @@ impl fmt::Display for Status {
             self.lost,
             self.spool_depth
         )?;
+        if let Some(failure) = &self.spool_error {
+            write!(
+                f,
+                "\n  SPOOL FAILING: {} alerts held in memory only (a restart now loses them): {} at {}",
+                self.spool_unsynced, failure.error, failure.at
+            )?;
+        }
+        if let Some(failure) = &self.state_error {
+            write!(
+                f,
+                "\n  STATE NOT SAVED (a restart now loses the latest windows and operator stops): {} at {}",
+                failure.error, failure.at
+            )?;
+        }
         for s in &self.sinks {
             let h = &s.health;
             write!(

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::request::{MAX_REQUEST, Peer, Request};
 use crate::{
-    alert::WindowInfo, audit::Timeline, detect::OperatorStop, monitor::Counts, sinks::TestResult,
+    alert::WindowInfo, audit::Timeline, detect::OperatorStop, files::WriteFailure, monitor::Counts,
+    sinks::TestResult,
 };
 
 /// `window open`: the window opened.
@@ -97,6 +98,14 @@ pub struct Status {
     pub events: Counts,
     pub lost: u64,
     pub spool_depth: usize,
+    /// Alerts the disk refused, held in memory, and the last refusal.
+    #[serde(default)]
+    pub spool_unsynced: usize,
+    #[serde(default)]
+    pub spool_error: Option<WriteFailure>,
+    /// Why state.json could not be saved, while it cannot.
+    #[serde(default)]
+    pub state_error: Option<WriteFailure>,
     pub sinks: Vec<crate::sinks::SinkStatus>,
 }
 

@@ -126,6 +126,12 @@ impl Detector {
             .find_map(|path| self.service_of(path))
     }
 
+    /// The service whose program `process` runs.
+    pub fn service_name_of(&self, process: &Process) -> Option<&str> {
+        self.service_of_process(process)
+            .map(|index| self.services[index].name.as_str())
+    }
+
     /// A process is a service's main process when it runs the service, is
     /// not a query of it (`postgres -V`, which pg_ctl runs before each
     /// start), and its parent does not run it (a postmaster, not one of its

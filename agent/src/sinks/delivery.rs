@@ -20,6 +20,7 @@ use crate::{
     alert::Alert,
     audit::{AgentEvent, AuditLog},
     config::{Severity, SinkKind},
+    files::WriteFailure,
     metrics::Metrics,
 };
 
@@ -229,14 +230,42 @@ impl Delivery {
                 .map(|(sink, _)| (sink.name.clone(), SinkState::pending()))
                 .collect(),
         };
-        let spool = self.spool.lock().expect("spool lock");
-        spool.write(&entry)?;
-        self.metrics.spool_depth.set(spool.depth() as i64);
+        let mut spool = self.spool.lock().expect("spool lock");
+        let written = spool.write(&entry);
+        self.spool_metrics(&spool);
+        if written.is_err() {
+            self.metrics.spool_write_errors.inc();
+        }
         drop(spool);
+        // Queued even when the disk refused it: the spool holds it in
+        // memory, and the sinks deliver it from there.
         for (_, queue) in wanted {
             let _ = queue.send(alert.id.clone());
         }
-        Ok(())
+        written
+    }
+
+    fn spool_metrics(&self, spool: &Spool) {
+        self.metrics.spool_depth.set(spool.depth() as i64);
+        self.metrics.spool_unsynced.set(spool.unsynced() as i64);
+    }
+
+    /// Writes out the alerts the disk refused before; returns how many it
+    /// took now.
+    pub fn retry_unsynced(&self) -> usize {
+        let mut spool = self.spool.lock().expect("spool lock");
+        if spool.unsynced() == 0 {
+            return 0;
+        }
+        let written = spool.retry_unsynced();
+        self.spool_metrics(&spool);
+        written
+    }
+
+    /// How many alerts are held in memory only, and why, when any is.
+    pub fn spool_failure(&self) -> Option<(usize, WriteFailure)> {
+        let spool = self.spool.lock().expect("spool lock");
+        spool.failure().map(|f| (spool.unsynced(), f.clone()))
     }
 
     /// Alerts still waiting for at least one sink.
@@ -290,11 +319,12 @@ async fn run(sink: Sink, mut queue: mpsc::UnboundedReceiver<String>, shared: Sha
             .inc();
     };
     let update = |id: &str, state: SinkState| {
-        let spool = spool.lock().expect("spool lock");
+        let mut spool = spool.lock().expect("spool lock");
         if let Err(err) = spool.update(id, &sink.name, state) {
             tracing::error!("spool: {err:#}");
         }
         metrics.spool_depth.set(spool.depth() as i64);
+        metrics.spool_unsynced.set(spool.unsynced() as i64);
     };
     let note = |f: &dyn Fn(&mut Health)| {
         if let Some(h) = health.lock().expect("health lock").get_mut(&sink.name) {

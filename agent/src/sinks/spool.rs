@@ -1,10 +1,11 @@
 //! The spool: every alert not yet delivered everywhere, one synced file
 //! each, so neither a dead receiver nor a `kill -9` of the agent loses one.
+//! An alert the disk refuses (full, read-only) is kept in memory, delivered
+//! from there, and written out as soon as the disk takes it.
 
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -12,7 +13,10 @@ use std::{
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::alert::Alert;
+use crate::{
+    alert::Alert,
+    files::{self, WriteFailure},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -64,6 +68,11 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 /// Alerts not yet delivered everywhere, one synced file each.
 pub struct Spool {
     dir: PathBuf,
+    /// Entries the disk refused, by alert id: delivered from here, written
+    /// out when the disk takes them again.
+    unsynced: BTreeMap<String, Spooled>,
+    /// Why the last write failed, while an entry is held in memory.
+    failure: Option<WriteFailure>,
 }
 
 impl Spool {
@@ -71,6 +80,8 @@ impl Spool {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Spool {
             dir: dir.to_path_buf(),
+            unsynced: BTreeMap::new(),
+            failure: None,
         })
     }
 
@@ -89,19 +100,54 @@ impl Spool {
     }
 
     /// Writes `entry` under its alert's id: synced, then renamed into place,
-    /// so a crash leaves the old entry or the new, never half of one.
-    pub fn write(&self, entry: &Spooled) -> Result<()> {
-        let path = self.path(&entry.alert.id);
-        let tmp = path.with_extension("json.tmp");
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec(entry)?)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(&self.dir)?.sync_all()?;
-        Ok(())
+    /// so a crash leaves the old entry or the new, never half of one. When
+    /// the disk refuses it, the entry is kept in memory (and read from
+    /// there) and the error returned: nothing is lost while the agent runs.
+    pub fn write(&mut self, entry: &Spooled) -> Result<()> {
+        let id = &entry.alert.id;
+        match self.write_file(entry) {
+            Ok(()) => {
+                self.unsynced.remove(id);
+                if self.unsynced.is_empty() {
+                    self.failure = None;
+                }
+                Ok(())
+            }
+            Err(err) => {
+                self.unsynced.insert(id.clone(), entry.clone());
+                self.failure = Some(WriteFailure::now(&err));
+                Err(err.context(format!("spooling alert {id} in {}", self.dir.display())))
+            }
+        }
+    }
+
+    fn write_file(&self, entry: &Spooled) -> Result<()> {
+        files::replace(&self.path(&entry.alert.id), &serde_json::to_vec(entry)?)
+    }
+
+    /// Writes out the entries held in memory; returns how many the disk
+    /// took.
+    pub fn retry_unsynced(&mut self) -> usize {
+        let held: Vec<Spooled> = self.unsynced.values().cloned().collect();
+        held.iter()
+            .filter(|entry| self.write(entry).is_ok())
+            .count()
+    }
+
+    /// Entries held in memory because the disk refused them.
+    pub fn unsynced(&self) -> usize {
+        self.unsynced.len()
+    }
+
+    /// The last write failure, while an entry is held in memory.
+    pub fn failure(&self) -> Option<&WriteFailure> {
+        self.failure.as_ref()
     }
 
     pub fn read(&self, id: &str) -> Option<Spooled> {
+        if let Some(entry) = self.unsynced.get(id) {
+            return Some(entry.clone());
+        }
         serde_json::from_slice(&fs::read(self.path(id)).ok()?).ok()
     }
 
@@ -115,9 +161,15 @@ impl Spool {
         all
     }
 
-    /// How many alerts are spooled: a directory listing, nothing parsed.
+    /// How many alerts are spooled: a directory listing, nothing parsed,
+    /// and those held in memory.
     pub fn depth(&self) -> usize {
-        self.files().count()
+        let in_memory_only = self
+            .unsynced
+            .keys()
+            .filter(|id| !self.path(id).exists())
+            .count();
+        self.files().count() + in_memory_only
     }
 
     fn files(&self) -> impl Iterator<Item = PathBuf> {
@@ -131,14 +183,20 @@ impl Spool {
 
     /// Records what happened to `id` at `sink`; the file goes once no sink
     /// is pending.
-    pub fn update(&self, id: &str, sink: &str, state: SinkState) -> Result<()> {
+    pub fn update(&mut self, id: &str, sink: &str, state: SinkState) -> Result<()> {
         let Some(mut entry) = self.read(id) else {
             return Ok(());
         };
         entry.sinks.insert(sink.to_string(), state);
         if entry.sinks.values().all(|s| s.status != Status::Pending) {
-            fs::remove_file(self.path(id))?;
-            Ok(())
+            self.unsynced.remove(id);
+            if self.unsynced.is_empty() {
+                self.failure = None;
+            }
+            match fs::remove_file(self.path(id)) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
+                _ => Ok(()),
+            }
         } else {
             self.write(&entry)
         }
@@ -195,8 +253,8 @@ mod tests {
 
     #[test]
     fn spool_write_then_pending_lists_it_per_sink() {
-        let temp = TempSpool::new("pending");
-        let spool = &temp.spool;
+        let mut temp = TempSpool::new("pending");
+        let spool = &mut temp.spool;
         spool.write(&entry(2, &["webhook", "slack"])).unwrap();
         spool.write(&entry(1, &["webhook"])).unwrap();
         assert_eq!(spool.depth(), 2);
@@ -210,7 +268,7 @@ mod tests {
 
     #[test]
     fn spool_keeps_the_on_disk_shape() {
-        let temp = TempSpool::new("shape");
+        let mut temp = TempSpool::new("shape");
         temp.spool.write(&entry(7, &["webhook"])).unwrap();
         let text = fs::read_to_string(temp.dir.join("db-3-test-7.json")).unwrap();
         let on_disk: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -222,7 +280,7 @@ mod tests {
 
     #[test]
     fn spool_resumes_after_reopen() {
-        let temp = TempSpool::new("reopen");
+        let mut temp = TempSpool::new("reopen");
         temp.spool.write(&entry(3, &["webhook"])).unwrap();
         let reopened = Spool::open(&temp.dir).unwrap();
         let pending = reopened.pending();
@@ -233,8 +291,8 @@ mod tests {
 
     #[test]
     fn spool_removes_an_entry_when_every_sink_is_done() {
-        let temp = TempSpool::new("done");
-        let spool = &temp.spool;
+        let mut temp = TempSpool::new("done");
+        let spool = &mut temp.spool;
         spool.write(&entry(4, &["webhook", "slack"])).unwrap();
         spool
             .update("db-3-test-4", "webhook", delivered(1))
@@ -252,5 +310,48 @@ mod tests {
         assert_eq!(spool.depth(), 0);
         // An update for an entry already gone is no error.
         spool.update("db-3-test-4", "slack", delivered(2)).unwrap();
+    }
+
+    #[test]
+    fn spool_keeps_in_memory_what_the_disk_refuses_and_writes_it_later() {
+        let mut temp = TempSpool::new("refused");
+        fs::remove_dir_all(&temp.dir).unwrap();
+        let spool = &mut temp.spool;
+        let err = spool.write(&entry(5, &["webhook"])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("spooling alert db-3-test-5"),
+            "{err:#}"
+        );
+        assert_eq!((spool.unsynced(), spool.depth()), (1, 1));
+        assert!(spool.failure().is_some());
+        // Delivery goes on from memory.
+        assert!(spool.read("db-3-test-5").unwrap().pending_for("webhook"));
+        spool
+            .update(
+                "db-3-test-5",
+                "webhook",
+                SinkState {
+                    attempts: 1,
+                    ..SinkState::pending()
+                },
+            )
+            .unwrap_err();
+        assert_eq!(
+            spool.read("db-3-test-5").unwrap().sinks["webhook"].attempts,
+            1
+        );
+        assert_eq!(spool.retry_unsynced(), 0, "still no directory");
+        fs::create_dir_all(&temp.dir).unwrap();
+        let spool = &mut temp.spool;
+        assert_eq!(spool.retry_unsynced(), 1);
+        assert_eq!((spool.unsynced(), spool.depth()), (0, 1));
+        assert!(spool.failure().is_none());
+        let on_disk = Spool::open(&temp.dir).unwrap().pending();
+        assert_eq!(on_disk[0].sinks["webhook"].attempts, 1);
+        // Done from memory: nothing left anywhere.
+        spool
+            .update("db-3-test-5", "webhook", delivered(2))
+            .unwrap();
+        assert_eq!(spool.depth(), 0);
     }
 }
