@@ -26,7 +26,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use self::{alerting::Alerting, custody::Custody, policy::Decision, state::State};
+use self::{alerting::Alerting, custody::Custody, policy::Decision};
 use crate::{
     actions,
     alert::{self, Alert},
@@ -231,97 +231,6 @@ fn log_summary(monitor: &Monitor) {
 }
 
 impl Agent {
-    /// Saves the state; a failure (a full disk) is logged, audited and
-    /// shown in status once, and the save retried every second until it
-    /// works.
-    fn save(&mut self) {
-        let state = State {
-            detector: self.detector.snapshot(),
-            custody: self.custody.snapshot(),
-            firing: self.alerting.firing().to_vec(),
-        };
-        match state.save(&self.state_path) {
-            Ok(()) => {
-                if self.state_failure.take().is_some() {
-                    tracing::info!("state saved again to {}", self.state_path.display());
-                    self.audit.write(AgentEvent::StateSaved);
-                }
-            }
-            Err(err) => {
-                let err = err.context(format!("saving state to {}", self.state_path.display()));
-                if self.state_failure.is_none() {
-                    tracing::error!("{err:#}; retrying every second");
-                    self.audit.write(AgentEvent::StateSaveFailed {
-                        error: format!("{err:#}"),
-                    });
-                }
-                self.metrics.state_save_errors.inc();
-                self.state_failure = Some(WriteFailure::now(&err));
-            }
-        }
-    }
-
-    /// Takes back the state of a previous run: windows, operator stops,
-    /// frozen processes (those still alive and still the same process), and
-    /// the guard map. Returns what was restored, in words.
-    fn restore(&mut self, monitor: &mut Monitor) -> Result<Option<String>> {
-        let state = match State::load(&self.state_path)? {
-            state::Saved::None => return Ok(None),
-            state::Saved::State(state) => *state,
-            state::Saved::Corrupt { kept, error } => {
-                tracing::error!(
-                    "the saved state {} is unreadable ({error}): kept as {kept}; starting without it",
-                    self.state_path.display()
-                );
-                let record = alert::state_lost(&self.host, &kept, &error, &self.clock, boot_ns());
-                self.alerting.raise(record);
-                return Ok(Some(format!("saved state lost (kept as {kept})")));
-            }
-        };
-        self.detector.restore(state.detector);
-        self.alerting.restore_firing(state.firing);
-        for service in self.custody.restore(state.custody) {
-            self.guard(monitor, &service, true);
-        }
-        self.audit.write(AgentEvent::StateRestored {
-            windows: self.detector.windows().to_vec(),
-            frozen: self.custody.held_pids(),
-        });
-        Ok(Some(format!(
-            "state restored from {}: {} windows, {} frozen, guarding {:?}",
-            self.state_path.display(),
-            self.detector.windows().len(),
-            self.custody.held_pids().len(),
-            self.custody.guarded()
-        )))
-    }
-
-    /// Holds again what sits in our frozen cgroups but the saved state does
-    /// not name (lost, corrupt, or not saved before a crash), and guards
-    /// its service as a held respawn's is guarded.
-    fn adopt_frozen(&mut self, monitor: &mut Monitor) {
-        let mut adopted = false;
-        for frozen in actions::frozen_in_cgroups() {
-            let process = monitor.table().live(frozen.pid);
-            let service = process.and_then(|p| self.detector.service_name_of(p));
-            let name = match (service, process) {
-                (Some(service), _) => service.to_string(),
-                (None, Some(p)) => p.comm.clone(),
-                (None, None) => format!("pid {}", frozen.pid),
-            };
-            let known = service.is_some();
-            if self.custody.adopt(&name, frozen) && known {
-                adopted = true;
-                if !self.custody.guarded().contains(&name) {
-                    self.guard(monitor, &name, true);
-                }
-            }
-        }
-        if adopted {
-            self.save();
-        }
-    }
-
     /// The name the kernel guard matches for a service: its running main
     /// process's comm, else its first exe glob's file name.
     fn guard_name(&self, service: &str, table: &ProcessTable) -> Option<String> {
