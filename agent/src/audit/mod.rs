@@ -98,11 +98,21 @@ pub fn read(path: &Path, since: Option<Duration>, service: Option<&str>) -> Resu
         }
         Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
     };
+    read_from(BufReader::new(file), since, service)
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// `read` on the log's lines from `log`; fails only when reading fails.
+pub fn read_from(
+    log: impl BufRead,
+    since: Option<Duration>,
+    service: Option<&str>,
+) -> std::io::Result<Timeline> {
     let after = since.and_then(|s| SystemTime::now().checked_sub(s));
     let mut entries = std::collections::VecDeque::new();
     let (mut left_out, mut unreadable) = (0, 0);
-    for line in BufReader::new(file).lines() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
+    for line in log.lines() {
+        let line = line?;
         if line.trim().is_empty() {
             continue;
         }
