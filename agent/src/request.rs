@@ -66,6 +66,15 @@ pub fn check_window(secs: u64) -> Result<(), String> {
 }
 
 impl Request {
+    /// One line read from the control socket, parsed and checked; the error
+    /// is the answer to send back.
+    pub fn from_line(line: &str) -> Result<Request, String> {
+        let request: Request =
+            serde_json::from_str(line.trim()).map_err(|err| format!("malformed request: {err}"))?;
+        request.check()?;
+        Ok(request)
+    }
+
     /// Checks the values a request carries; the error says what is wrong.
     pub fn check(&self) -> Result<(), String> {
         match self {

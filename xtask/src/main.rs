@@ -2,6 +2,7 @@
 //! first, so a fresh machine needs nothing beyond the Rust toolchain.
 mod bench;
 mod demo;
+mod fuzz;
 mod toolchain;
 
 use std::{
@@ -45,6 +46,15 @@ enum Task {
     /// Needs root (it loads eBPF programs and runs a database); installs monit
     /// and PostgreSQL when missing.
     Demo,
+    /// Fuzz the parsers of outside input (the config file, control requests,
+    /// kernel ring records, the audit log) with cargo-fuzz on nightly, from
+    /// and into the corpus in fuzz/corpus/; fails naming the input of any
+    /// crash.
+    ///
+    /// Installs cargo-fuzz when missing. Not run by `cargo xtask test`: too long.
+    ///
+    /// Example: cargo xtask fuzz config --secs 600
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +81,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Test { args } => test(&args),
         Task::Demo => demo::run(),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench(args) => {
             build_ebpf()?;
             let agent = build_agent()?;

@@ -98,11 +98,29 @@ pub fn read(path: &Path, since: Option<Duration>, service: Option<&str>) -> Resu
         }
         Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
     };
+    read_from(BufReader::new(file), since, service)
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// `read` on the lines from `log`; fails only when reading fails.
+pub fn read_from(
+    log: impl BufRead,
+    since: Option<Duration>,
+    service: Option<&str>,
+) -> std::io::Result<Timeline> {
     let after = since.and_then(|s| SystemTime::now().checked_sub(s));
     let mut entries = std::collections::VecDeque::new();
     let (mut left_out, mut unreadable) = (0, 0);
-    for line in BufReader::new(file).lines() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
+    for line in log.split(b'\n') {
+        // A damaged line (not UTF-8, or torn inside a character) is
+        // unreadable like a torn one; the rest of the log still reads.
+        let Ok(mut line) = String::from_utf8(line?) else {
+            unreadable += 1;
+            continue;
+        };
+        if line.ends_with('\r') {
+            line.pop();
+        }
         if line.trim().is_empty() {
             continue;
         }
@@ -230,6 +248,25 @@ mod tests {
             }),
             "T  pg           alert a2 held back: one follow-up will follow alert a1"
         );
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_unreadable_and_the_rest_still_reads() {
+        let dir = std::env::temp_dir().join(format!("sg-audit-utf8-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        // A line torn inside a multi-byte character, between two good ones.
+        let mut log = b"{\"event\":\"guard_released\",\"pid\":1}\n".to_vec();
+        log.extend_from_slice(b"{\"event\":\"config_refused\",\"error\":\"caf\xc3\n");
+        log.extend_from_slice(b"{\"event\":\"guard_released\",\"pid\":2}\r\n");
+        fs::write(&path, log).unwrap();
+        let timeline = read(&path, None, None).unwrap();
+        assert_eq!((timeline.entries.len(), timeline.unreadable), (2, 1));
+        assert_eq!(
+            timeline.entries[1].get(),
+            r#"{"event":"guard_released","pid":2}"#
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -172,28 +172,25 @@ async fn handle(
         Err(_) => error("no request within 5 s"),
         Ok(Err(err)) => error(format!("reading the request: {err}")),
         Ok(Ok(n)) if n as u64 > MAX_REQUEST => error(format!("request over {MAX_REQUEST} bytes")),
-        Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-            Err(err) => error(format!("malformed request: {err}")),
-            Ok(request) => match request.check() {
-                Err(why) => error(why),
-                Ok(()) => {
-                    let permitted = !request.changes_state()
-                        || peer.uid == 0
-                        || allowed_gid.is_some_and(|g| in_group(peer.uid, peer.gid, g));
-                    let (reply, answer) = oneshot::channel();
-                    calls
-                        .send(Call {
-                            request,
-                            peer,
-                            permitted,
-                            reply,
-                        })
-                        .await?;
-                    answer
-                        .await
-                        .unwrap_or_else(|_| error("the agent is shutting down"))
-                }
-            },
+        Ok(Ok(_)) => match Request::from_line(&line) {
+            Err(why) => error(why),
+            Ok(request) => {
+                let permitted = !request.changes_state()
+                    || peer.uid == 0
+                    || allowed_gid.is_some_and(|g| in_group(peer.uid, peer.gid, g));
+                let (reply, answer) = oneshot::channel();
+                calls
+                    .send(Call {
+                        request,
+                        peer,
+                        permitted,
+                        reply,
+                    })
+                    .await?;
+                answer
+                    .await
+                    .unwrap_or_else(|_| error("the agent is shutting down"))
+            }
         },
     };
     write.write_all(format!("{answer}\n").as_bytes()).await?;
