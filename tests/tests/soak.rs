@@ -507,7 +507,7 @@ fn scenario(t: &mut Trial, first: u32) {
     match plan.scenario {
         Scenario::Respawn(StopPath::Kill(signal)) => operator_signal(first, signal),
         Scenario::Respawn(StopPath::StopguardStop) => {
-            as_operator(&t.sandbox, "stop sgdaemon --reason soak --wait 15");
+            as_operator(&t.sandbox, "stop sgdaemon --reason soak --wait 15s");
         }
         Scenario::Respawn(StopPath::SupervisorStop)
         | Scenario::OperatorRestart {
@@ -786,6 +786,8 @@ fn soak() {
             .as_secs()
     });
     println!("soak: {trials} trials from seed {seed}");
+    // A trial's panic is its outcome, told in one line with the trial.
+    std::panic::set_hook(Box::new(|_| {}));
     let started = Instant::now();
     let (mut missed, mut false_alarm, mut lost) = (0, 0, 0);
     let mut failed = Vec::new();
@@ -800,7 +802,8 @@ fn soak() {
                         .downcast_ref::<String>()
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "panicked".into()),
+                        .unwrap_or_else(|| "panicked".into())
+                        .replace('\n', " "),
                 ],
                 ..Outcome::default()
             });
