@@ -68,3 +68,21 @@ pub fn bash(script: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A process the test stopped with SIGSTOP, continued when this drops, so
+/// that a failing test leaves nothing stopped (a stopped agent would never
+/// see the SIGTERM that ends it).
+pub struct Stopped(u32);
+
+impl Stopped {
+    pub fn new(pid: u32) -> Stopped {
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}

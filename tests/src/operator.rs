@@ -9,9 +9,19 @@ use crate::{Sandbox, bash, stopguard_bin};
 
 /// An operator (loginuid 1000) stops `pid` with /bin/kill.
 pub fn operator_kill(pid: u32) {
-    bash(&format!(
-        "echo 1000 > /proc/self/loginuid && /bin/kill -TERM {pid}"
-    ));
+    operator_signal(pid, "TERM");
+}
+
+/// An operator (loginuid 1000) sends `signal` (TERM, INT...) to `pid` with
+/// /bin/kill.
+pub fn operator_signal(pid: u32, signal: &str) {
+    as_person(&format!("/bin/kill -{signal} {pid}"));
+}
+
+/// Runs a bash script from an operator's shell (loginuid 1000); returns its
+/// stdout.
+pub fn as_person(script: &str) -> String {
+    bash(&format!("echo 1000 > /proc/self/loginuid && {script}"))
 }
 
 /// How the agent names a uid: "name (uid N)", or "uid N" when the host

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Agent, Supervisor, bash, fixture, remove_frozen_cgroups, start_monit, stopguard_bin};
+use crate::{Agent, Supervisor, bash, fixture, remove_frozen_cgroups, stopguard_bin};
 
 /// A sandbox: a data file, the daemon's copy, a service dir for runsv,
 /// s6-supervise and supervise.
@@ -98,15 +98,7 @@ impl Sandbox {
     /// monit with a 1 s cycle, checking the daemon by its pidfile, as a
     /// pg_ctl-managed database would be.
     pub fn start_monit(&mut self) -> u32 {
-        let d = self.dir.display();
-        self.supervisor = Some(start_monit(
-            &self.dir,
-            &format!(
-                "check process sgdaemon with pidfile {d}/daemon.pid\n  \
-                 start program = \"/bin/sh -c '{d}/bin/sgdaemon {d}/data {d}/daemon.pid &'\" with timeout 2 seconds"
-            ),
-        ));
-        self.wait_for_daemon(None)
+        self.start_supervisor(Supervisor::Monit)
     }
 
     pub fn start_runsv(&mut self) -> u32 {
@@ -116,6 +108,11 @@ impl Sandbox {
     pub fn start_supervisor(&mut self, kind: Supervisor) -> u32 {
         self.supervisor = Some(kind.start(&self.dir));
         self.wait_for_daemon(None)
+    }
+
+    /// The pid of the supervisor the sandbox started, if any.
+    pub fn supervisor_pid(&self) -> Option<u32> {
+        self.supervisor.as_ref().map(Child::id)
     }
 
     /// The daemon's pid once it has written its start line (not `old`).

@@ -10,27 +10,9 @@ use std::{
 
 use serde_json::Value;
 use stopguard_tests::{
-    Receiver, Sandbox, assert_clean, bash, in_frozen_cgroup, operator_kill, root_test, sinks,
-    state_of, stopguard_bin,
+    Receiver, Sandbox, Stopped, assert_clean, bash, in_frozen_cgroup, operator_kill, root_test,
+    sinks, state_of, stopguard_bin,
 };
-
-/// A process the test stopped with SIGSTOP, continued when this drops, so
-/// that a failing test leaves nothing stopped (a stopped agent would never
-/// see the SIGTERM that ends it).
-struct Stopped(u32);
-
-impl Stopped {
-    fn new(pid: u32) -> Stopped {
-        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
-    }
-}
 
 /// The one child of this test process that `is_it` picks, by its comm and
 /// its executable.

@@ -11,8 +11,8 @@ use std::{
 
 use serde_json::Value;
 use stopguard_tests::{
-    Sandbox, as_operator, assert_clean, bash, in_frozen_cgroup, operator_kill, person, root_test,
-    state_of, stopguard_bin,
+    Sandbox, Stopped, as_operator, assert_clean, bash, in_frozen_cgroup, operator_kill, person,
+    root_test, state_of, stopguard_bin,
 };
 
 #[test]
@@ -144,6 +144,33 @@ fn stopguard_stop_opens_a_window_stops_the_service_and_the_respawn_is_frozen() {
     let dir = sandbox.dir.clone();
     drop(sandbox);
     assert_clean(&dir, &[respawned]);
+}
+
+#[test]
+fn stopguard_stop_returns_once_the_main_process_exited_even_before_it_is_reaped() {
+    let test = "stopguard_stop_returns_once_the_main_process_exited_even_before_it_is_reaped";
+    let Some(_probes) = root_test(test) else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("stop-unreaped");
+    let first = sandbox.start_runsv();
+    sandbox.start_agent("alert");
+    // runsv held: the daemon, once it exits, stays a zombie until runsv
+    // reaps it, as under a busy supervisor or PID 1 for a reparented one.
+    let runsv = Stopped::new(sandbox.supervisor_pid().unwrap());
+    let started = Instant::now();
+    let out = as_operator(&sandbox, "stop sgdaemon --wait 5s");
+    assert!(
+        out.contains(&format!("stopped sgdaemon (pid {first}, SIGTERM) in ")),
+        "{out}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(state_of(first), 'Z', "not reaped yet");
+    drop(runsv);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod soak;
 mod toolchain;
 
 use std::{
@@ -38,6 +39,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The randomized soak (root): each trial picks a supervisor, a stop
+    /// path, delays and faults, and counts missed respawns, false alerts
+    /// and lost alerts; fails when any is non-zero.
+    ///
+    /// Example: cargo xtask soak --trials 100 --seed 7 (a failing trial
+    /// prints the `--seed S --trials 1` that replays it)
+    Soak(soak::Args),
     /// Measure the agent's overhead on a fork+exec storm.
     Bench(bench::Args),
     /// Replay the incident in a sandbox: PostgreSQL under monit, an operator
@@ -82,6 +90,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Demo => demo::run(),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Soak(args) => soak::run(&args),
         Task::Bench(args) => {
             build_ebpf()?;
             let agent = build_agent()?;
@@ -102,7 +111,7 @@ pub fn ebpf_object() -> PathBuf {
     workspace_root().join(agent_common::OBJECT_PATH)
 }
 
-fn build_ebpf() -> Result<PathBuf> {
+pub fn build_ebpf() -> Result<PathBuf> {
     let linker_dir = toolchain::ensure_bpf_toolchain()?;
     step("building the kernel programs (agent-ebpf)");
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -147,7 +156,7 @@ fn build_ebpf() -> Result<PathBuf> {
     Ok(object)
 }
 
-fn build_agent() -> Result<PathBuf> {
+pub fn build_agent() -> Result<PathBuf> {
     step("building the agent (release)");
     cargo(&["build", "--release", "--package", "stopguard"])?;
     Ok(workspace_root().join("target/release/stopguard"))

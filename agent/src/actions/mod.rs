@@ -182,6 +182,15 @@ pub fn kill(pid: u32) -> Result<()> {
         .with_context(|| format!("SIGKILL to pid {pid}"))
 }
 
+/// Whether the process `pid` that started at `ticks` still runs. A zombie
+/// does not: it has exited, whenever its parent gets round to reaping it
+/// (a busy or stopped supervisor, PID 1 for a reparented daemon).
+pub fn still_runs(pid: u32, ticks: u64) -> bool {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| s.starttime == ticks && s.state != 'Z')
+}
+
 /// A process's start time from /proc, in clock ticks since boot.
 pub fn start_ticks(pid: u32) -> Option<u64> {
     procfs::process::Process::new(pid as i32)

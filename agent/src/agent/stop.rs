@@ -118,7 +118,7 @@ async fn stop_service(
         answer.signal = Some("SIGTERM".into());
     }
     if let Some((pid, ticks)) = main {
-        while actions::start_ticks(pid) == Some(ticks) {
+        while actions::still_runs(pid, ticks) {
             if started.elapsed() > wait {
                 return error(format!(
                     "{service} (pid {pid}) still runs {} s later; {stays}",

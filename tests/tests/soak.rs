@@ -1,0 +1,834 @@
+//! The randomized soak: `cargo xtask soak --trials N [--seed S]`.
+//!
+//! Each trial draws, from its own seed, a supervisor, a scenario (an
+//! operator stop the supervisor answers with a respawn, the operator's own
+//! restart, a crash restart), the agent's policy, random delays and
+//! injected faults (a kill -9 of the agent before the stop, after it or
+//! after the respawn; a ring overflow hiding the respawn; the receiver down
+//! until the alerts are out), runs it in a fresh sandbox and sorts what
+//! went wrong into missed (a respawn after an operator stop without its
+//! alert or its action), false (an alert or a freeze for the operator's
+//! own restart or a crash restart) and lost (an alert the agent raised that
+//! never reached the receiver). The one test is ignored, so `cargo xtask
+//! test` leaves it out; STOPGUARD_SOAK_TRIALS and STOPGUARD_SOAK_SEED say
+//! how many trials and from which seed. Trial i of seed S runs on seed
+//! S + i, so `--seed S+i --trials 1` replays it alone.
+
+use std::{
+    collections::BTreeSet,
+    fmt, fs,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use stopguard_tests::{
+    Receiver, Sandbox, Stopped, Supervisor, Verb, as_operator, as_person, bash, in_frozen_cgroup,
+    operator_signal, root_test, sinks,
+};
+
+/// splitmix64: a seed in, a stream of well-mixed numbers out.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in 0..n.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    /// True with probability `percent` %.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn millis(&mut self, max: u64) -> Duration {
+        Duration::from_millis(self.below(max + 1))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Scenario {
+    /// An operator stops the service; the supervisor brings it back.
+    Respawn(StopPath),
+    /// A person stops and starts it again through the supervisor (inside a
+    /// window they opened, or not).
+    OperatorRestart { restart: Restart, window: bool },
+    /// It dies with nobody's stop, and the supervisor restarts it.
+    Crash(Crash),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum StopPath {
+    /// kill -SIGNAL from a login shell.
+    Kill(&'static str),
+    /// `stopguard stop` (a window, then SIGTERM from the agent).
+    StopguardStop,
+    /// The supervisor's own stop command run by a person; later a script
+    /// (config management, a cron job) runs its start command.
+    SupervisorStop,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Restart {
+    /// The supervisor's stop command, then its start command.
+    StopThenStart,
+    /// The supervisor's restart command.
+    RestartCommand,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Crash {
+    /// kill -SIGNAL from a process with no login identity.
+    Kill(&'static str),
+    /// The service exits by itself.
+    Exit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kill9 {
+    BeforeStop,
+    /// After the agent saw the stop, before the supervisor acts on it.
+    AfterStop,
+    /// After the respawn (or the restart) was reported.
+    AfterRespawn,
+}
+
+/// One trial, all drawn from its seed.
+struct Plan {
+    seed: u64,
+    supervisor: Supervisor,
+    scenario: Scenario,
+    /// on_unexpected_respawn: "freeze" or "alert".
+    policy: &'static str,
+    kill9: Option<Kill9>,
+    overflow: bool,
+    receiver_down: bool,
+    /// Before the stop, between the stop and the start, before the
+    /// receiver comes back.
+    delays: [Duration; 3],
+}
+
+impl Plan {
+    fn new(seed: u64) -> Plan {
+        let mut rng = Rng(seed);
+        let supervisor = rng.pick(&Supervisor::ALL);
+        // A daemon that monit starts in the background of a shell ignores
+        // SIGINT and SIGQUIT, as any `cmd &` of a non-interactive shell does.
+        let signals: &[&str] = match supervisor {
+            Supervisor::Monit => &["TERM", "KILL"],
+            _ => &["TERM", "INT", "QUIT", "KILL"],
+        };
+        let scenario = match rng.below(10) {
+            0..=5 => Scenario::Respawn(match rng.below(4) {
+                0 | 1 => StopPath::Kill(rng.pick(signals)),
+                2 => StopPath::StopguardStop,
+                _ => StopPath::SupervisorStop,
+            }),
+            6 | 7 => Scenario::OperatorRestart {
+                restart: if supervisor.control(Path::new("/"), Verb::Restart).is_some()
+                    && rng.chance(50)
+                {
+                    Restart::RestartCommand
+                } else {
+                    Restart::StopThenStart
+                },
+                window: rng.chance(30),
+            },
+            _ => Scenario::Crash(if rng.chance(30) {
+                Crash::Exit
+            } else {
+                Crash::Kill(rng.pick(signals))
+            }),
+        };
+        let policy = if rng.chance(75) { "freeze" } else { "alert" };
+        let mut kill9 = match rng.below(10) {
+            0 => Some(Kill9::BeforeStop),
+            1 => Some(Kill9::AfterStop),
+            2 => Some(Kill9::AfterRespawn),
+            _ => None,
+        };
+        // The operator's own start must be seen to be told from a respawn:
+        // records lost over it leave the agent nothing to tell them apart.
+        let overflow = !matches!(scenario, Scenario::OperatorRestart { .. }) && rng.chance(25);
+        if overflow && kill9 == Some(Kill9::AfterStop) {
+            kill9 = None;
+        }
+        if matches!(
+            scenario,
+            Scenario::OperatorRestart {
+                restart: Restart::RestartCommand,
+                ..
+            }
+        ) && kill9 == Some(Kill9::AfterStop)
+        {
+            kill9 = Some(Kill9::AfterRespawn);
+        }
+        let receiver_down = rng.chance(25);
+        let delays = [rng.millis(1500), rng.millis(3000), rng.millis(3000)];
+        Plan {
+            seed,
+            supervisor,
+            scenario,
+            policy,
+            kill9,
+            overflow,
+            receiver_down,
+            delays,
+        }
+    }
+
+    /// Whether the supervisor restarts the service on its own after the
+    /// stop (it is then held with SIGSTOP when the restart must wait).
+    fn supervisor_restarts(&self) -> bool {
+        matches!(
+            self.scenario,
+            Scenario::Respawn(StopPath::Kill(_) | StopPath::StopguardStop) | Scenario::Crash(_)
+        )
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scenario = match self.scenario {
+            Scenario::Respawn(StopPath::Kill(s)) => format!("respawn after kill -{s} by a person"),
+            Scenario::Respawn(StopPath::StopguardStop) => "respawn after `stopguard stop`".into(),
+            Scenario::Respawn(StopPath::SupervisorStop) => {
+                "respawn after the supervisor's stop by a person, start by a script".into()
+            }
+            Scenario::OperatorRestart { restart, window } => format!(
+                "operator restart ({}){}",
+                match restart {
+                    Restart::StopThenStart => "stop, then start",
+                    Restart::RestartCommand => "restart command",
+                },
+                if window { " in a window" } else { "" }
+            ),
+            Scenario::Crash(Crash::Kill(s)) => format!("crash restart after kill -{s} by a script"),
+            Scenario::Crash(Crash::Exit) => "crash restart after an exit".into(),
+        };
+        let mut faults = Vec::new();
+        if let Some(k) = self.kill9 {
+            faults.push(format!("agent kill -9 {k:?}"));
+        }
+        if self.overflow {
+            faults.push("ring overflow".into());
+        }
+        if self.receiver_down {
+            faults.push("receiver down".into());
+        }
+        if faults.is_empty() {
+            faults.push("none".into());
+        }
+        write!(
+            f,
+            "{:?}, {scenario}, policy {}, faults: {}, delays {:?}",
+            self.supervisor,
+            self.policy,
+            faults.join(" + "),
+            self.delays.map(|d| d.as_millis())
+        )
+    }
+}
+
+/// What went wrong in one trial, by kind.
+#[derive(Default)]
+struct Outcome {
+    missed: Vec<String>,
+    false_alarm: Vec<String>,
+    lost: Vec<String>,
+    /// The trial could not run as planned (a harness or set-up problem).
+    error: Vec<String>,
+}
+
+impl Outcome {
+    fn ok(&self) -> bool {
+        self.missed.is_empty()
+            && self.false_alarm.is_empty()
+            && self.lost.is_empty()
+            && self.error.is_empty()
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ok() {
+            return write!(f, "ok");
+        }
+        let mut parts = Vec::new();
+        for (what, list) in [
+            ("missed", &self.missed),
+            ("false", &self.false_alarm),
+            ("lost", &self.lost),
+            ("error", &self.error),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{what}: {}", list.join("; ")));
+            }
+        }
+        write!(f, "{}", parts.join(" | "))
+    }
+}
+
+/// One trial's world: the sandbox, the receiver, every alert any of its
+/// agents printed.
+struct Trial<'a> {
+    plan: &'a Plan,
+    sandbox: Sandbox,
+    receiver: Receiver,
+    hook: String,
+    agent_extra: String,
+    printed: Vec<Value>,
+    out: Outcome,
+}
+
+impl Trial<'_> {
+    fn start_agent(&mut self) {
+        self.sandbox
+            .start_agent_with(self.plan.policy, &self.agent_extra, &self.hook);
+    }
+
+    /// Alerts printed within `timeout`, kept in `printed`.
+    fn alerts_within(&mut self, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while let Some(alert) = self
+            .sandbox
+            .next_alert(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.printed.push(alert.clone());
+            got.push(alert);
+        }
+        got
+    }
+
+    /// The first alert naming a process started after `first`, within
+    /// `timeout`; alerts before it (a loss with nothing started) are kept.
+    fn alert_naming_a_start(&mut self, first: u32, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let alert = self.sandbox.next_alert(left)?;
+            self.printed.push(alert.clone());
+            if alert["process"]["pid"]
+                .as_u64()
+                .is_some_and(|p| p != first as u64)
+            {
+                return Some(alert);
+            }
+        }
+    }
+
+    /// kill -9 of the agent and a new one on the same config and state.
+    fn restart_agent(&mut self) {
+        self.alerts_within(Duration::from_millis(100));
+        self.sandbox.agent.as_mut().unwrap().kill9();
+        self.alerts_within(Duration::from_millis(200));
+        self.start_agent();
+    }
+
+    fn agent_pid(&self) -> u32 {
+        self.sandbox.agent.as_ref().unwrap().pid()
+    }
+
+    /// Waits until the agent's status says `state` for the service.
+    fn wait_for_state(&mut self, state: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let status = self.sandbox.json(&["status"]);
+            if status["services"][0]["state"] == state {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.out.error.push(format!(
+            "the agent's status never said {state}: {}",
+            self.sandbox.json(&["status"])
+        ));
+        false
+    }
+
+    /// The daemon processes (by comm: not the shells that start them).
+    fn daemons(&self) -> Vec<u32> {
+        self.sandbox
+            .daemon_pids()
+            .into_iter()
+            .filter(|p| {
+                fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sgdaemon")
+            })
+            .collect()
+    }
+
+    /// Waits until a daemon other than `first` has exec'd.
+    fn wait_for_new_daemon(&self, first: u32) -> Option<u32> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(pid) = self.daemons().into_iter().find(|&p| p != first) {
+                return Some(pid);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Waits until `pid` has written its start line: it runs.
+    fn runs(&self, pid: u32, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.sandbox.data().contains(&format!("start {pid}\n")) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A start after `first` that nothing should have held: it runs, is
+    /// not stopped or frozen, and no alert says it was a respawn.
+    fn expect_not_alerted(&mut self, first: u32, what: &str) -> Option<u32> {
+        let Some(pid) = self.wait_for_new_daemon(first) else {
+            self.out
+                .error
+                .push(format!("the supervisor did not start it again ({what})"));
+            return None;
+        };
+        if !self.runs(pid, Duration::from_secs(5)) {
+            self.out.false_alarm.push(format!(
+                "{what}: pid {pid} held (state {:?}, frozen cgroup {})",
+                state(pid),
+                in_frozen_cgroup(pid)
+            ));
+        }
+        for alert in self.alerts_within(Duration::from_secs(2)) {
+            self.out.false_alarm.push(format!(
+                "{what}: alert {} {}",
+                alert["kind"], alert["summary"]
+            ));
+        }
+        if state(pid) == Some('T') || in_frozen_cgroup(pid) {
+            self.out
+                .false_alarm
+                .push(format!("{what}: pid {pid} stopped or frozen"));
+        }
+        Some(pid)
+    }
+
+    /// The stop: waits until the main process `first` has exited (a zombie
+    /// counts: its supervisor may be held).
+    fn wait_exited(&mut self, first: u32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(state(first), None | Some('Z')) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.out
+            .error
+            .push(format!("pid {first} did not exit after the stop"));
+        false
+    }
+}
+
+/// The state letter of /proc/PID/stat, None once it is gone.
+fn state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim().chars().next()
+}
+
+fn run_trial(plan: &Plan, name: &str) -> Outcome {
+    let mut receiver = Receiver::start();
+    if plan.receiver_down {
+        receiver.down();
+    }
+    let hook = sinks(&receiver, &[("webhook", "/hook", "")]);
+    let mut agent_extra = "group_interval = \"0s\"\n".to_string();
+    if plan.overflow {
+        agent_extra.push_str("ring_bytes = 4096\n");
+    }
+    let mut sandbox = Sandbox::new(name);
+    let first = sandbox.start_supervisor(plan.supervisor);
+    let mut t = Trial {
+        plan,
+        sandbox,
+        receiver,
+        hook,
+        agent_extra,
+        printed: Vec::new(),
+        out: Outcome::default(),
+    };
+    t.start_agent();
+    std::thread::sleep(plan.delays[0]);
+    if plan.kill9 == Some(Kill9::BeforeStop) {
+        t.restart_agent();
+    }
+    scenario(&mut t, first);
+    deliveries(&mut t);
+    let dir = t.sandbox.dir.clone();
+    let frozen: Vec<u32> = t
+        .printed
+        .iter()
+        .filter_map(|a| a["process"]["pid"].as_u64())
+        .map(|p| p as u32)
+        .collect();
+    let mut out = std::mem::take(&mut t.out);
+    drop(t);
+    out.error.extend(left_behind(&dir, &frozen));
+    out
+}
+
+/// Plays the scenario from the stop to the checks of what the agent did.
+fn scenario(t: &mut Trial, first: u32) {
+    let plan = t.plan;
+    let dir = t.sandbox.dir.clone();
+    let control = |verb| plan.supervisor.control(&dir, verb).unwrap();
+    // Held while the restart must wait: for the agent's restart, or until
+    // the agent is blind.
+    let hold =
+        (plan.kill9 == Some(Kill9::AfterStop) || plan.overflow) && plan.supervisor_restarts();
+    let held = hold.then(|| Stopped::new(t.sandbox.supervisor_pid().unwrap()));
+
+    if let Scenario::OperatorRestart { window: true, .. } = plan.scenario {
+        as_operator(&t.sandbox, "window open sgdaemon --reason soak");
+    }
+    match plan.scenario {
+        Scenario::Respawn(StopPath::Kill(signal)) => operator_signal(first, signal),
+        Scenario::Respawn(StopPath::StopguardStop) => {
+            as_operator(&t.sandbox, "stop sgdaemon --reason soak --wait 15s");
+        }
+        Scenario::Respawn(StopPath::SupervisorStop)
+        | Scenario::OperatorRestart {
+            restart: Restart::StopThenStart,
+            ..
+        } => {
+            as_person(&control(Verb::Stop));
+        }
+        Scenario::OperatorRestart {
+            restart: Restart::RestartCommand,
+            ..
+        } => {
+            as_person(&control(Verb::Restart));
+        }
+        Scenario::Crash(Crash::Kill(signal)) => {
+            bash(&format!("/bin/kill -{signal} {first}"));
+        }
+        Scenario::Crash(Crash::Exit) => {
+            fs::write(dir.join("data.exit"), "").unwrap();
+        }
+    }
+    let restart_command = matches!(
+        plan.scenario,
+        Scenario::OperatorRestart {
+            restart: Restart::RestartCommand,
+            ..
+        }
+    );
+    if !restart_command {
+        if !t.wait_exited(first) {
+            return;
+        }
+        let seen = match plan.scenario {
+            Scenario::Crash(_) => "not_running",
+            _ => "stopped_by_operator",
+        };
+        // Only a held or a manual restart leaves the state to be seen.
+        if (hold || !plan.supervisor_restarts()) && !t.wait_for_state(seen) {
+            return;
+        }
+    }
+    if plan.kill9 == Some(Kill9::AfterStop) {
+        t.restart_agent();
+    }
+    // Blind: the burst fills the 4 KiB ring many times over, so every
+    // record after it, the restart's among them, is lost.
+    let blind = plan.overflow.then(|| {
+        let blind = Stopped::new(t.agent_pid());
+        bash("perl -e 'kill q(CONT), $$ for 1..200000'");
+        blind
+    });
+    std::thread::sleep(plan.delays[1]);
+    match plan.scenario {
+        Scenario::Respawn(StopPath::SupervisorStop) => {
+            bash(&control(Verb::Start));
+        }
+        Scenario::OperatorRestart {
+            restart: Restart::StopThenStart,
+            ..
+        } => {
+            as_person(&control(Verb::Start));
+        }
+        _ => {}
+    }
+    drop(held);
+    if blind.is_some() {
+        // The restart's exec happens while the agent cannot read.
+        if t.wait_for_new_daemon(first).is_none() {
+            t.out
+                .error
+                .push("no restart while the agent was blind".into());
+        }
+        drop(blind);
+    }
+
+    match plan.scenario {
+        Scenario::Respawn(path) => respawn_caught(t, first, path),
+        Scenario::OperatorRestart { .. } => {
+            if let Some(pid) = t.expect_not_alerted(first, "operator restart") {
+                after_respawn_kill9(t, pid, false);
+            }
+        }
+        Scenario::Crash(_) => {
+            if let Some(pid) = t.expect_not_alerted(first, "crash restart") {
+                after_respawn_kill9(t, pid, false);
+            }
+        }
+    }
+}
+
+/// A respawn after an operator stop: an alert names it and the configured
+/// action was taken.
+fn respawn_caught(t: &mut Trial, first: u32, path: StopPath) {
+    let plan = t.plan;
+    let Some(alert) = t.alert_naming_a_start(first, Duration::from_secs(20)) else {
+        t.out.missed.push(format!(
+            "no alert naming a respawn (daemons now {:?})",
+            t.daemons()
+        ));
+        return;
+    };
+    let pid = alert["process"]["pid"].as_u64().unwrap() as u32;
+    let window = matches!(path, StopPath::StopguardStop);
+    let kinds: &[&str] = match (plan.overflow, window) {
+        (true, _) => &[
+            "events_lost",
+            "respawn_in_window",
+            "respawn_after_operator_stop",
+        ],
+        (false, true) => &["respawn_in_window"],
+        (false, false) => &["respawn_after_operator_stop"],
+    };
+    if !kinds.iter().any(|k| alert["kind"] == *k) {
+        t.out.missed.push(format!(
+            "alert of kind {} for pid {pid}: {}",
+            alert["kind"], alert["summary"]
+        ));
+    }
+    // Inside a window a respawn follows on_respawn (freeze by default).
+    let freezes = window || plan.policy == "freeze";
+    let action = alert["action"].as_str().unwrap_or_default();
+    if freezes {
+        if !action.starts_with("frozen") {
+            t.out
+                .missed
+                .push(format!("pid {pid} not frozen: action {action:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        if state(pid) != Some('T') || !in_frozen_cgroup(pid) {
+            t.out.missed.push(format!(
+                "pid {pid} state {:?}, in a frozen cgroup: {}",
+                state(pid),
+                in_frozen_cgroup(pid)
+            ));
+        }
+        if t.sandbox.data().contains(&format!("start {pid}\n")) {
+            t.out
+                .missed
+                .push(format!("pid {pid} ran before the freeze"));
+        }
+    } else if !t.runs(pid, Duration::from_secs(5)) {
+        t.out.false_alarm.push(format!(
+            "policy alert, yet pid {pid} was held (state {:?}); action {action:?}",
+            state(pid)
+        ));
+    }
+    after_respawn_kill9(t, pid, freezes);
+}
+
+/// kill -9 of the agent after the respawn: what it froze stays frozen and
+/// the next agent lists it.
+fn after_respawn_kill9(t: &mut Trial, pid: u32, frozen: bool) {
+    if t.plan.kill9 != Some(Kill9::AfterRespawn) {
+        return;
+    }
+    t.restart_agent();
+    let status = t.sandbox.json(&["status"]);
+    if frozen {
+        if state(pid) != Some('T') || !in_frozen_cgroup(pid) {
+            t.out.missed.push(format!(
+                "after the agent's kill -9, pid {pid} is no longer held (state {:?})",
+                state(pid)
+            ));
+        }
+        if !status["frozen"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|p| p == pid))
+        {
+            t.out.missed.push(format!(
+                "the restarted agent does not list pid {pid} as frozen: {status}"
+            ));
+        }
+    } else {
+        for alert in t.alerts_within(Duration::from_secs(1)) {
+            t.out.false_alarm.push(format!(
+                "after a restart of the agent: alert {} {}",
+                alert["kind"], alert["summary"]
+            ));
+        }
+    }
+}
+
+/// Every alert raised reached the receiver (once it was up), by id.
+fn deliveries(t: &mut Trial) {
+    t.alerts_within(Duration::from_millis(300));
+    let printed: BTreeSet<String> = t
+        .printed
+        .iter()
+        .filter_map(|a| a["id"].as_str().map(String::from))
+        .collect();
+    let audited: BTreeSet<String> = t
+        .sandbox
+        .audit()
+        .iter()
+        .filter_map(|a| a["alert"]["id"].as_str().map(String::from))
+        .collect();
+    for id in printed.difference(&audited) {
+        t.out
+            .lost
+            .push(format!("alert {id} printed but not in the audit log"));
+    }
+    let raised: BTreeSet<String> = printed.union(&audited).cloned().collect();
+    if t.plan.receiver_down {
+        std::thread::sleep(t.plan.delays[2]);
+        t.receiver.up();
+    }
+    // Retries back off from 1 s, doubling: 30 s covers a receiver down for
+    // up to about 15 s.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let received: BTreeSet<String> = t
+            .receiver
+            .received()
+            .iter()
+            .filter_map(|r| r.headers.get("webhook-id").cloned())
+            .collect();
+        let missing: Vec<&String> = raised.difference(&received).collect();
+        if missing.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            t.out.lost.push(format!(
+                "never received: {missing:?} (status {})",
+                t.sandbox.json(&["status"])
+            ));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the trial left behind: processes running from its directory,
+/// frozen cgroups.
+fn left_behind(dir: &Path, pids: &[u32]) -> Vec<String> {
+    let dir = dir.to_string_lossy();
+    let mut left: Vec<String> = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
+        .filter_map(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline
+                .contains(&*dir)
+                .then(|| format!("left running: {pid} {cmdline}"))
+        })
+        .collect();
+    for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/freezer"] {
+        for pid in pids {
+            let cgroup = format!("{root}/stopguard/frozen-{pid}");
+            if Path::new(&cgroup).exists() {
+                left.push(format!("{cgroup} left"));
+            }
+        }
+    }
+    left
+}
+
+#[test]
+#[ignore = "the randomized soak: cargo xtask soak --trials N"]
+fn soak() {
+    let Some(_probes) = root_test("soak") else {
+        return;
+    };
+    let env = |name: &str| {
+        std::env::var(name).ok().map(|v| {
+            v.parse::<u64>()
+                .unwrap_or_else(|e| panic!("{name}={v}: {e}"))
+        })
+    };
+    let trials = env("STOPGUARD_SOAK_TRIALS").unwrap_or(10);
+    let seed = env("STOPGUARD_SOAK_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    });
+    println!("soak: {trials} trials from seed {seed}");
+    // A trial's panic is its outcome, told in one line with the trial.
+    std::panic::set_hook(Box::new(|_| {}));
+    let started = Instant::now();
+    let (mut missed, mut false_alarm, mut lost) = (0, 0, 0);
+    let mut failed = Vec::new();
+    for i in 0..trials {
+        let plan = Plan::new(seed.wrapping_add(i));
+        println!("trial {}/{trials} seed {}: {plan}", i + 1, plan.seed);
+        let at = Instant::now();
+        let out = std::panic::catch_unwind(|| run_trial(&plan, &format!("soak{i}")))
+            .unwrap_or_else(|panic| Outcome {
+                error: vec![
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "panicked".into())
+                        .replace('\n', " "),
+                ],
+                ..Outcome::default()
+            });
+        println!("  {out} ({:.1} s)", at.elapsed().as_secs_f64());
+        missed += usize::from(!out.missed.is_empty());
+        false_alarm += usize::from(!out.false_alarm.is_empty());
+        lost += usize::from(!out.lost.is_empty());
+        if !out.ok() {
+            failed.push((plan.seed, out.to_string()));
+        }
+    }
+    println!(
+        "soak: {trials} trials, {missed} missed, {false_alarm} false, {lost} lost (seed {seed})"
+    );
+    println!(
+        "soak: {:.0} s; {} trials failed",
+        started.elapsed().as_secs_f64(),
+        failed.len()
+    );
+    for (seed, what) in &failed {
+        println!("  failed: cargo xtask soak --seed {seed} --trials 1   # {what}");
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {trials} trials failed",
+        failed.len()
+    );
+}
