@@ -86,3 +86,11 @@ impl Drop for Stopped {
         unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
     }
 }
+
+/// A loopback TCP port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a loopback port")
+        .port()
+}

@@ -11,7 +11,8 @@ use std::{
 };
 
 use stopguard_tests::{
-    Receiver, Sandbox, in_frozen_cgroup, operator_kill, root_test, sinks, state_of, stopguard_bin,
+    Receiver, Sandbox, free_port, in_frozen_cgroup, operator_kill, root_test, sinks, state_of,
+    stopguard_bin,
 };
 
 /// A pipe whose reading end is already closed: every write to the other
@@ -444,11 +445,7 @@ fn a_full_state_dir_loses_neither_the_alert_nor_the_frozen_process() {
     let mut sandbox = Sandbox::new("full-disk");
     let disk = SmallDisk::mount(sandbox.dir.join("state"));
     let first = sandbox.start_runsv();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let metrics_port = free_port();
     let agent_lines = format!("metrics_listen = \"127.0.0.1:{metrics_port}\"");
     let hook = sinks(&receiver, &[("webhook", "/hook", "")]);
     sandbox.start_agent_with("freeze", &agent_lines, &hook);

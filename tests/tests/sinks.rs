@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::Value;
 use stopguard_tests::{
-    Alertmanager, Receiver, Sandbox, operator_kill, respawns, root_test, sinks,
+    Alertmanager, Receiver, Sandbox, free_port, operator_kill, respawns, root_test, sinks,
     webhook_signature_valid,
 };
 
@@ -27,11 +27,7 @@ fn sinks_receive_the_alert_signed_and_shaped_and_no_secret_leaks() {
     fs::write(sandbox.dir.join("pd.key"), routing).unwrap();
     let d = sandbox.dir.display().to_string();
     let first = sandbox.start_runsv();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let metrics_port = free_port();
     sandbox.start_agent_with(
         "alert",
         &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),

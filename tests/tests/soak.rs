@@ -24,7 +24,7 @@ use std::{
 use serde_json::Value;
 use stopguard_tests::{
     Receiver, Sandbox, Stopped, Supervisor, Verb, as_operator, as_person, bash, in_frozen_cgroup,
-    operator_signal, root_test, sinks,
+    left_behind, operator_signal, root_test, sinks,
 };
 
 /// splitmix64: a seed in, a stream of well-mixed numbers out.
@@ -737,33 +737,6 @@ fn deliveries(t: &mut Trial) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// What the trial left behind: processes running from its directory,
-/// frozen cgroups.
-fn left_behind(dir: &Path, pids: &[u32]) -> Vec<String> {
-    let dir = dir.to_string_lossy();
-    let mut left: Vec<String> = fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != std::process::id())
-        .filter_map(|pid| {
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline
-                .contains(&*dir)
-                .then(|| format!("left running: {pid} {cmdline}"))
-        })
-        .collect();
-    for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/freezer"] {
-        for pid in pids {
-            let cgroup = format!("{root}/stopguard/frozen-{pid}");
-            if Path::new(&cgroup).exists() {
-                left.push(format!("{cgroup} left"));
-            }
-        }
-    }
-    left
 }
 
 #[test]
