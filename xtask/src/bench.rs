@@ -191,7 +191,9 @@ fn spool_throughput(agent: &Path, count: u32) -> Result<(f64, u32)> {
         let entry = serde_json::json!({
             "alert": {"version": 1, "id": format!("bench-{i:05}"), "kind": "respawn_after_operator_stop",
                       "severity": "critical", "host": "bench", "service": "sgdaemon",
-                      "summary": "bench alert", "action": "alerted", "at": "2026-01-01T00:00:00Z"},
+                      "summary": "bench alert", "action": "alerted", "at": "2026-01-01T00:00:00Z",
+                      "process": null, "respawned_by": null, "stopped_by": null, "window": null,
+                      "detected_after_ms": 0.0},
             "spooled_at_unix_ms": now_ms + i as u64,
             "sinks": {"webhook": {"status": "pending", "attempts": 0, "last_error": null}},
         });

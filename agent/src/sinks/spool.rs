@@ -151,11 +151,27 @@ impl Spool {
         serde_json::from_slice(&fs::read(self.path(id)).ok()?).ok()
     }
 
-    /// Every spooled alert, oldest first.
+    /// Every spooled alert, oldest first. An entry that cannot be read is
+    /// said so and kept aside (`.unreadable`), never dropped silently: it
+    /// no longer counts in the depth, but a person can still read it.
     pub fn pending(&self) -> Vec<Spooled> {
         let mut all: Vec<Spooled> = self
             .files()
-            .filter_map(|path| serde_json::from_slice(&fs::read(path).ok()?).ok())
+            .filter_map(|path| {
+                let read = fs::read(&path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?));
+                read.map_err(|err| {
+                    let kept = path.with_extension("json.unreadable");
+                    tracing::error!(
+                        "spool: {} is unreadable ({err:#}); kept as {}, not delivered",
+                        path.display(),
+                        kept.display()
+                    );
+                    let _ = fs::rename(&path, &kept);
+                })
+                .ok()
+            })
             .collect();
         all.sort_by_key(|s: &Spooled| s.spooled_at_unix_ms);
         all
@@ -353,5 +369,16 @@ mod tests {
             .update("db-3-test-5", "webhook", delivered(2))
             .unwrap();
         assert_eq!(spool.depth(), 0);
+    }
+
+    #[test]
+    fn spool_keeps_an_unreadable_entry_aside() {
+        let mut temp = TempSpool::new("unreadable");
+        temp.spool.write(&entry(6, &["webhook"])).unwrap();
+        fs::write(temp.dir.join("torn.json"), b"{\"alert\": {\"id\"").unwrap();
+        let pending = temp.spool.pending();
+        assert_eq!(pending.len(), 1);
+        assert!(temp.dir.join("torn.json.unreadable").exists());
+        assert_eq!(temp.spool.depth(), 1);
     }
 }
