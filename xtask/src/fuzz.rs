@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 
-use crate::{step, workspace_root};
+use crate::{step, toolchain, workspace_root};
 
 /// A fuzz target: one parser of input the agent reads from outside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -193,13 +193,16 @@ fn ensure_cargo_fuzz() -> Result<()> {
         .is_ok_and(|s| s.success());
     if !has_nightly {
         step("installing the nightly toolchain (cargo-fuzz builds with sanitizers)");
-        let status = Command::new("rustup")
-            .args(["toolchain", "install", "nightly", "--profile", "minimal"])
-            .status()
-            .context("running rustup")?;
-        if !status.success() {
-            bail!("rustup toolchain install nightly failed ({status})");
-        }
+        toolchain::run(
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]),
+            "rustup toolchain install nightly",
+        )?;
     }
     let has_fuzz = Command::new("cargo")
         .args(["fuzz", "--version"])
@@ -211,12 +214,8 @@ fn ensure_cargo_fuzz() -> Result<()> {
         return Ok(());
     }
     step("installing cargo-fuzz (about a minute, once)");
-    let status = Command::new("cargo")
-        .args(["install", "cargo-fuzz", "--locked"])
-        .status()
-        .context("running cargo install cargo-fuzz")?;
-    if !status.success() {
-        bail!("installing cargo-fuzz failed ({status})");
-    }
-    Ok(())
+    toolchain::run(
+        Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]),
+        "installing cargo-fuzz",
+    )
 }

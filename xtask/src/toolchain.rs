@@ -34,6 +34,15 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
 ];
 
+/// Runs an install step, its output shown; an error names `what`.
+pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
@@ -62,13 +71,10 @@ pub fn ensure_bpf_toolchain() -> Result<PathBuf> {
     let sysroot = PathBuf::from(output(Command::new("rustc").args(["--print", "sysroot"]))?);
     if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
         step("installing rust-src (needed to build core for the BPF target)");
-        let status = Command::new("rustup")
-            .args(["component", "add", "rust-src"])
-            .status()
-            .context("running rustup")?;
-        if !status.success() {
-            bail!("rustup component add rust-src failed ({status})");
-        }
+        run(
+            Command::new("rustup").args(["component", "add", "rust-src"]),
+            "rustup component add rust-src",
+        )?;
     }
     let llvm = find_libllvm(&sysroot)?;
     let name = llvm.file_name().unwrap().to_string_lossy().to_string();
@@ -89,7 +95,8 @@ pub fn ensure_bpf_toolchain() -> Result<PathBuf> {
         fs::copy(&llvm, &target)
             .with_context(|| format!("copying {} to {}", llvm.display(), target.display()))?;
     }
-    let status = Command::new("cargo")
+    let mut install = Command::new("cargo");
+    install
         .args([
             "install",
             &format!("bpf-linker@{BPF_LINKER_VERSION}"),
@@ -100,12 +107,8 @@ pub fn ensure_bpf_toolchain() -> Result<PathBuf> {
             "--root",
         ])
         .arg(&dir)
-        .env("LLVM_PREFIX", &dir)
-        .status()
-        .context("running cargo install bpf-linker")?;
-    if !status.success() {
-        bail!("building bpf-linker failed ({status})");
-    }
+        .env("LLVM_PREFIX", &dir);
+    run(&mut install, "building bpf-linker")?;
     Ok(bin)
 }
 
@@ -145,22 +148,15 @@ pub fn ensure_test_packages() -> Result<()> {
         "installing Debian packages: {}",
         missing.join(" ")
     ));
-    let status = Command::new("apt-get")
-        .arg("update")
-        .arg("-q")
-        .status()
-        .context("running apt-get update")?;
-    if !status.success() {
-        bail!("apt-get update failed ({status})");
-    }
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("running apt-get install")?;
-    if !status.success() {
-        bail!("apt-get install {} failed ({status})", missing.join(" "));
-    }
-    Ok(())
+    run(
+        Command::new("apt-get").args(["update", "-q"]),
+        "apt-get update",
+    )?;
+    run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        &format!("apt-get install {}", missing.join(" ")),
+    )
 }
