@@ -13,7 +13,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 
-pub const LOCK_PATH: &str = "/run/stopguard.lock";
+/// In the runtime directory: the only part of /run a hardened unit may
+/// write (`RuntimeDirectory=stopguard`).
+pub const LOCK_PATH: &str = "/run/stopguard/agent.lock";
 
 /// Held while the agent runs.
 pub struct HostLock {
@@ -24,6 +26,9 @@ pub struct HostLock {
 /// so that a second agent can say which one runs.
 pub fn acquire(socket: &Path) -> Result<HostLock> {
     let path = Path::new(LOCK_PATH);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let file = fs::OpenOptions::new()
         .read(true)
         .write(true)
