@@ -17,6 +17,7 @@
 //!   its socket, and the answers.
 //! - `config`: the TOML configuration and its embedded default.
 //! - `trace`: the `trace` command; `metrics`: Prometheus metrics.
+//! - `notify`: telling systemd the agent is ready, reloading, stopping.
 //! - `files`, `identity`, `clock`: safe writes, user names, the boot clock.
 
 pub mod actions;
@@ -33,6 +34,7 @@ pub mod identity;
 pub mod kernel;
 pub mod metrics;
 pub mod monitor;
+pub mod notify;
 pub mod process;
 pub mod request;
 pub mod sinks;
