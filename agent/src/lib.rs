@@ -17,7 +17,8 @@
 //!   its socket, and the answers.
 //! - `config`: the TOML configuration and its embedded default.
 //! - `trace`: the `trace` command; `metrics`: Prometheus metrics.
-//! - `notify`: telling systemd the agent is ready, reloading, stopping.
+//! - `notify`, `logging`: telling systemd the agent is ready, and log lines
+//!   the journal reads with their priority.
 //! - `files`, `identity`, `clock`: safe writes, user names, the boot clock.
 
 pub mod actions;
@@ -32,6 +33,7 @@ pub mod events;
 pub mod files;
 pub mod identity;
 pub mod kernel;
+pub mod logging;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;

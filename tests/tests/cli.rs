@@ -54,6 +54,40 @@ fn run_refuses_a_bad_config_naming_line_and_key() {
     assert!(stderr.contains("unknown field `on_respwan`"), "{stderr}");
 }
 
+/// Under systemd, stderr is the journal's stream: lines carry their syslog
+/// priority. A stderr that is not the stream named by $JOURNAL_STREAM (a
+/// child's redirected stderr) gets plain lines.
+#[test]
+fn errors_carry_their_priority_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::env::temp_dir().join(format!("stopguard-journal-{}", std::process::id()));
+    let stream = std::fs::File::create(&path).unwrap();
+    let meta = stream.metadata().unwrap();
+    let status = Command::new(stopguard_bin())
+        .args(["run", "--config", "/nonexistent/stopguard.toml"])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(stream)
+        .status()
+        .unwrap();
+    let written = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        written.trim(),
+        "<3>stopguard: reading /nonexistent/stopguard.toml: No such file or directory (os error 2)"
+    );
+
+    let out = Command::new(stopguard_bin())
+        .args(["run", "--config", "/nonexistent/stopguard.toml"])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("stopguard: reading"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn a_bad_ring_size_is_refused_before_anything_loads() {
     let (code, _, stderr) = run(&["trace", "--ring-bytes", "5000"]);
