@@ -1,7 +1,9 @@
+mod manual;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Result, anyhow};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use stopguard::{
     config::{Config, RingBytes},
     control::{
@@ -128,6 +130,18 @@ enum Command {
         /// One JSON object per line, as written to the audit log.
         #[arg(long)]
         json: bool,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:\n  \
+        stopguard completions bash > ~/.local/share/bash-completion/completions/stopguard\n  \
+        stopguard completions fish > ~/.config/fish/completions/stopguard.fish\n\n\
+        The Debian package installs them for bash, zsh and fish already.")]
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (section 8) into DIR, one per command.
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -290,6 +304,21 @@ fn run(cli: Cli) -> Result<()> {
                     "  sink {:<12} {:?}, min_severity {:?}",
                     sink.name, sink.kind, sink.min_severity
                 );
+            }
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "stopguard",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { dir } => {
+            for page in manual::write_pages(Cli::command(), &dir)? {
+                println!("{}", page.display());
             }
             Ok(())
         }

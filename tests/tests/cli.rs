@@ -181,3 +181,53 @@ fn check_config_and_run_refuse_the_same_unusable_settings() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn completions_and_manual_pages_cover_every_command() {
+    let (code, bash, stderr) = run(&["completions", "bash"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(bash.contains("complete -F _stopguard"), "{bash}");
+    assert!(
+        bash.contains("stopguard__subcmd__window__subcmd__open"),
+        "subcommands completed: {bash}"
+    );
+    let (code, _, stderr) = run(&["completions", "tcsh"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("invalid value 'tcsh'"), "{stderr}");
+
+    let dir = std::env::temp_dir().join(format!("stopguard-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (code, listed, stderr) = run(&["man", dir.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    pages.sort();
+    assert_eq!(listed.lines().count(), pages.len(), "{listed}");
+    for page in [
+        "stopguard.8",
+        "stopguard-run.8",
+        "stopguard-window-open.8",
+        "stopguard-alert-test.8",
+        "stopguard-completions.8",
+    ] {
+        assert!(pages.iter().any(|p| p == page), "{page} missing: {pages:?}");
+    }
+    assert!(
+        !pages.iter().any(|p| p.contains("-man.")),
+        "the hidden command has no page"
+    );
+    let root = std::fs::read_to_string(dir.join("stopguard.8")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(root.contains(".TH stopguard 8"), "{root}");
+    for section in [
+        "SUBCOMMANDS",
+        "EXAMPLES",
+        "FILES",
+        "/etc/stopguard/stopguard.toml",
+    ] {
+        assert!(root.contains(section), "{section} missing:\n{root}");
+    }
+}
