@@ -247,8 +247,9 @@ impl Agent {
         let mut services: Vec<&str> = self.services.keys().map(String::as_str).collect();
         services.sort_unstable();
         format!(
-            "watching {} services ({})",
+            "watching {} service{} ({})",
             services.len(),
+            if services.len() == 1 { "" } else { "s" },
             services.join(", ")
         )
     }
