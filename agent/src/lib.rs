@@ -17,6 +17,8 @@
 //!   its socket, and the answers.
 //! - `config`: the TOML configuration and its embedded default.
 //! - `trace`: the `trace` command; `metrics`: Prometheus metrics.
+//! - `notify`, `logging`: telling systemd the agent is ready, and log lines
+//!   the journal reads with their priority.
 //! - `files`, `identity`, `clock`: safe writes, user names, the boot clock.
 
 pub mod actions;
@@ -31,8 +33,10 @@ pub mod events;
 pub mod files;
 pub mod identity;
 pub mod kernel;
+pub mod logging;
 pub mod metrics;
 pub mod monitor;
+pub mod notify;
 pub mod process;
 pub mod request;
 pub mod sinks;

@@ -1,7 +1,9 @@
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+mod manual;
+
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Result, anyhow};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use stopguard::{
     config::{Config, RingBytes},
     control::{
@@ -129,6 +131,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:\n  \
+        stopguard completions bash > ~/.local/share/bash-completion/completions/stopguard\n  \
+        stopguard completions fish > ~/.config/fish/completions/stopguard.fish\n\n\
+        The Debian package installs them for bash, zsh and fish already.")]
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (section 8) into DIR, one per command.
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -206,18 +220,11 @@ fn main() -> ExitCode {
         // thread is started.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    stopguard::logging::init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("stopguard: {err:#}");
+            eprintln!("{}", stopguard::logging::fatal(&err));
             ExitCode::FAILURE
         }
     }
@@ -297,6 +304,21 @@ fn run(cli: Cli) -> Result<()> {
                     "  sink {:<12} {:?}, min_severity {:?}",
                     sink.name, sink.kind, sink.min_severity
                 );
+            }
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "stopguard",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { dir } => {
+            for page in manual::write_pages(Cli::command(), &dir)? {
+                println!("{}", page.display());
             }
             Ok(())
         }

@@ -54,6 +54,40 @@ fn run_refuses_a_bad_config_naming_line_and_key() {
     assert!(stderr.contains("unknown field `on_respwan`"), "{stderr}");
 }
 
+/// Under systemd, stderr is the journal's stream: lines carry their syslog
+/// priority. A stderr that is not the stream named by $JOURNAL_STREAM (a
+/// child's redirected stderr) gets plain lines.
+#[test]
+fn errors_carry_their_priority_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::env::temp_dir().join(format!("stopguard-journal-{}", std::process::id()));
+    let stream = std::fs::File::create(&path).unwrap();
+    let meta = stream.metadata().unwrap();
+    let status = Command::new(stopguard_bin())
+        .args(["run", "--config", "/nonexistent/stopguard.toml"])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(stream)
+        .status()
+        .unwrap();
+    let written = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        written.trim(),
+        "<3>stopguard: reading /nonexistent/stopguard.toml: No such file or directory (os error 2)"
+    );
+
+    let out = Command::new(stopguard_bin())
+        .args(["run", "--config", "/nonexistent/stopguard.toml"])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("stopguard: reading"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn a_bad_ring_size_is_refused_before_anything_loads() {
     let (code, _, stderr) = run(&["trace", "--ring-bytes", "5000"]);
@@ -146,4 +180,54 @@ fn check_config_and_run_refuse_the_same_unusable_settings() {
         assert!(started.contains(expected), "{started}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn completions_and_manual_pages_cover_every_command() {
+    let (code, bash, stderr) = run(&["completions", "bash"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(bash.contains("complete -F _stopguard"), "{bash}");
+    assert!(
+        bash.contains("stopguard__subcmd__window__subcmd__open"),
+        "subcommands completed: {bash}"
+    );
+    let (code, _, stderr) = run(&["completions", "tcsh"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("invalid value 'tcsh'"), "{stderr}");
+
+    let dir = std::env::temp_dir().join(format!("stopguard-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (code, listed, stderr) = run(&["man", dir.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    pages.sort();
+    assert_eq!(listed.lines().count(), pages.len(), "{listed}");
+    for page in [
+        "stopguard.8",
+        "stopguard-run.8",
+        "stopguard-window-open.8",
+        "stopguard-alert-test.8",
+        "stopguard-completions.8",
+    ] {
+        assert!(pages.iter().any(|p| p == page), "{page} missing: {pages:?}");
+    }
+    assert!(
+        !pages.iter().any(|p| p.contains("-man.")),
+        "the hidden command has no page"
+    );
+    let root = std::fs::read_to_string(dir.join("stopguard.8")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(root.contains(".TH stopguard 8"), "{root}");
+    for section in [
+        "SUBCOMMANDS",
+        "EXAMPLES",
+        "FILES",
+        "/etc/stopguard/stopguard.toml",
+    ] {
+        assert!(root.contains(section), "{section} missing:\n{root}");
+    }
 }

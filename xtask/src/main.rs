@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <command>`. Each one installs what it needs
 //! first, so a fresh machine needs nothing beyond the Rust toolchain.
 mod bench;
+mod deb;
 mod demo;
 mod fuzz;
 mod soak;
@@ -63,6 +64,14 @@ enum Task {
     ///
     /// Example: cargo xtask fuzz config --secs 600
     Fuzz(fuzz::Args),
+    /// Build the Debian package target/stopguard_VERSION_amd64.deb (the
+    /// agent as a hardened systemd service, its config, manual pages and
+    /// completions) and check it with lintian; prints its path last.
+    ///
+    /// Installs lintian and dpkg-dev when missing (root).
+    ///
+    /// Example: cargo xtask deb && apt install ./target/stopguard_0.1.0-1_amd64.deb
+    Deb(deb::Args),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +100,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Demo => demo::run(),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Soak(args) => soak::run(&args),
+        Task::Deb(args) => deb::run(&args),
         Task::Bench(args) => {
             build_ebpf()?;
             let agent = build_agent()?;

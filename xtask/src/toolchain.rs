@@ -2,6 +2,7 @@
 
 use std::{
     fs,
+    os::fd::AsFd,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -34,9 +35,14 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
 ];
 
-/// Runs an install step, its output shown; an error names `what`.
+/// Runs an install step, its output shown with the progress on stderr
+/// (stdout is for a task's results); an error names `what`.
 pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {what}"))?;
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
+    let status = cmd
+        .stdout(stderr)
+        .status()
+        .with_context(|| format!("running {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
@@ -131,16 +137,21 @@ fn find_libllvm(sysroot: &Path) -> Result<PathBuf> {
 
 /// Installs the Debian packages the end-to-end tests use (root only).
 pub fn ensure_test_packages() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        })
-        .collect();
+    ensure_packages(TEST_PACKAGES)
+}
+
+/// Whether the Debian package `name` is installed.
+pub fn installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs those of `packages` that are missing (root only), waiting for
+/// another apt or dpkg run to finish rather than failing on its lock.
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -148,12 +159,14 @@ pub fn ensure_test_packages() -> Result<()> {
         "installing Debian packages: {}",
         missing.join(" ")
     ));
+    let wait = ["-o", "DPkg::Lock::Timeout=600"];
     run(
-        Command::new("apt-get").args(["update", "-q"]),
+        Command::new("apt-get").args(wait).args(["update", "-q"]),
         "apt-get update",
     )?;
     run(
         Command::new("apt-get")
+            .args(wait)
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),

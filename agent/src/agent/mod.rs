@@ -40,6 +40,7 @@ use crate::{
     kernel::ProbeOptions,
     metrics::Metrics,
     monitor::{Counts, Monitor},
+    notify::{Notice, Notifier},
     process::ProcessTable,
     sinks::Delivery,
 };
@@ -136,6 +137,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     let restored = agent.restore(&mut monitor)?;
     agent.adopt_frozen(&mut monitor);
     let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    let mut notifier = Notifier::from_env();
     tracing::info!(
         host = %config.agent.host,
         config = %config.source,
@@ -149,6 +151,9 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     if let Some(restored) = restored {
         tracing::info!("{restored}");
     }
+    notifier.send(Notice::Ready {
+        status: &agent.watching(),
+    });
     let mut summary = tokio::time::interval(SUMMARY_EVERY);
     summary.tick().await;
     let mut second = tokio::time::interval(Duration::from_secs(1));
@@ -169,12 +174,17 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
+                notifier.reloading();
                 agent.reload(path.as_deref(), &monitor);
                 agent.save();
+                notifier.send(Notice::Ready {
+                    status: &agent.watching(),
+                });
                 continue;
             }
             _ = summary.tick() => log_summary(&monitor),
             _ = second.tick() => {
+                notifier.keep_alive();
                 agent.alerting.follow_up_groups();
                 agent.alerting.retry_spool();
                 if agent.state_failure.is_some() {
@@ -210,6 +220,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
             agent.save();
         }
     }
+    notifier.send(Notice::Stopping);
     let mut tail = Vec::new();
     monitor.flush(|e, t| tail.extend(agent.detector.observe(e, t)))?;
     for finding in tail {
@@ -231,6 +242,18 @@ fn log_summary(monitor: &Monitor) {
 }
 
 impl Agent {
+    /// One line for `systemctl status`: what is watched.
+    fn watching(&self) -> String {
+        let mut services: Vec<&str> = self.services.keys().map(String::as_str).collect();
+        services.sort_unstable();
+        format!(
+            "watching {} service{} ({})",
+            services.len(),
+            if services.len() == 1 { "" } else { "s" },
+            services.join(", ")
+        )
+    }
+
     /// The name the kernel guard matches for a service: its running main
     /// process's comm, else its first exe glob's file name.
     fn guard_name(&self, service: &str, table: &ProcessTable) -> Option<String> {

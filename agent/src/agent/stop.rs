@@ -144,6 +144,9 @@ async fn run_as_operator(
     cmd.args(&argv[1..])
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
+    for name in crate::notify::ENV_VARS {
+        cmd.env_remove(name);
+    }
     if let Some(uid) = loginuid {
         let digits = uid.to_string().into_bytes();
         // SAFETY: between fork and exec only async-signal-safe calls:

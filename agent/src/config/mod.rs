@@ -27,6 +27,7 @@ pub use self::{
 
 pub const DEFAULT_PATH: &str = "/etc/stopguard/stopguard.toml";
 pub const EMBEDDED: &str = include_str!("../default-config.toml");
+const EMBEDDED_SOURCE: &str = "the embedded default config";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -181,7 +182,7 @@ impl Config {
     }
 
     pub fn embedded() -> Config {
-        Config::parse(EMBEDDED, "the embedded default config").expect("the embedded config parses")
+        Config::parse(EMBEDDED, EMBEDDED_SOURCE).expect("the embedded config parses")
     }
 
     /// `path` when given (it must exist), else /etc/stopguard/stopguard.toml
@@ -218,6 +219,70 @@ mod tests {
             ]
         );
         assert!(!config.agent.host.is_empty());
+    }
+
+    /// The Debian package's /etc/stopguard/stopguard.toml.
+    const PACKAGED: &str = include_str!("../../../packaging/stopguard.toml");
+
+    #[test]
+    fn the_packaged_config_is_the_embedded_one() {
+        let packaged = Config::parse(PACKAGED, "packaging/stopguard.toml").unwrap();
+        assert_eq!(
+            Config {
+                source: EMBEDDED_SOURCE.into(),
+                ..packaged
+            },
+            Config::embedded()
+        );
+    }
+
+    /// Every key it shows commented out is spelled right and takes the
+    /// value shown; a new `[agent]` key fails to compile here until the
+    /// packaged file shows it.
+    #[test]
+    fn the_packaged_config_shows_every_optional_key() {
+        // `#key = value` is a key commented out; `# words` explain.
+        let uncommented: String = PACKAGED
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(key) if !key.starts_with([' ', '#']) && !key.is_empty() => key,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config = Config::parse(&uncommented, "uncommented").unwrap();
+        let Settings {
+            host,
+            state_dir: _,
+            socket: _,
+            audit_log: _,
+            control_group,
+            ring_bytes,
+            freezer,
+            group_interval,
+            metrics_listen,
+        } = config.agent;
+        assert_eq!(host, "db-3");
+        assert_eq!(control_group.as_deref(), Some("dba"));
+        assert_eq!(ring_bytes, RingBytes::DEFAULT);
+        assert_eq!(freezer, Freezer::Auto);
+        assert_eq!(group_interval, Duration::from_secs(300));
+        assert_eq!(metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let postgres = &config.services[0];
+        assert_eq!(postgres.on_respawn, InWindow::default());
+        assert_eq!(postgres.on_unexpected_respawn, UnexpectedRespawn::default());
+        assert!(postgres.stop_command.is_some());
+        let kinds: Vec<SinkKind> = config.sinks.iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                SinkKind::Webhook,
+                SinkKind::Slack,
+                SinkKind::Teams,
+                SinkKind::Alertmanager,
+                SinkKind::Pagerduty
+            ]
+        );
     }
 
     #[test]
