@@ -32,7 +32,7 @@ const FILES: &[(&str, &str)] = &[
         "The control socket the other commands use.",
     ),
     (
-        "/run/stopguard.lock",
+        "/run/stopguard/agent.lock",
         "Held by the running agent: one agent per host. Its first line is the agent's pid.",
     ),
 ];

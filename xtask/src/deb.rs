@@ -39,7 +39,6 @@ const FILES: &[(&str, &str, u32)] = &[
         "lib/systemd/system/stopguard.service",
         0o644,
     ),
-    ("tmpfiles.conf", "usr/lib/tmpfiles.d/stopguard.conf", 0o644),
     ("copyright", "usr/share/doc/stopguard/copyright", 0o644),
     ("postinst", "DEBIAN/postinst", 0o755),
     ("prerm", "DEBIAN/prerm", 0o755),
