@@ -137,6 +137,10 @@ enum Command {
         stopguard completions fish > ~/.config/fish/completions/stopguard.fish\n\n\
         The Debian package installs them for bash, zsh and fish already.")]
     Completions { shell: clap_complete::Shell },
+    /// Create the cgroup that holds frozen processes (the packaged unit
+    /// runs it with full privileges before the agent).
+    #[command(hide = true)]
+    PrepareFreezer,
     /// Write the manual pages (section 8) into DIR, one per command.
     #[command(hide = true)]
     Man {
@@ -314,6 +318,12 @@ fn run(cli: Cli) -> Result<()> {
                 "stopguard",
                 &mut std::io::stdout(),
             );
+            Ok(())
+        }
+        Command::PrepareFreezer => {
+            for dir in stopguard::actions::prepare_freezer()? {
+                println!("created {}", dir.display());
+            }
             Ok(())
         }
         Command::Man { dir } => {

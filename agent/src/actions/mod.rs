@@ -73,6 +73,26 @@ fn current_cgroup(pid: u32, v1: bool) -> Option<PathBuf> {
         .map(|p| PathBuf::from(p.trim_start_matches('/')))
 }
 
+/// Creates the agent's `stopguard/` cgroup in every hierarchy it may
+/// freeze in (cgroup v2, the v1 freezer); returns the ones it made. A
+/// hierarchy's root directory is read-only (0555) to root without
+/// CAP_DAC_OVERRIDE: the packaged unit runs this with full privileges
+/// before the agent, which then needs no such capability.
+pub fn prepare_freezer() -> Result<Vec<PathBuf>> {
+    let mut made = Vec::new();
+    for root in [cgroup2_root().map(Path::to_path_buf), freezer_v1_root()]
+        .into_iter()
+        .flatten()
+    {
+        let dir = root.join("stopguard");
+        if !dir.is_dir() {
+            fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            made.push(dir);
+        }
+    }
+    Ok(made)
+}
+
 /// Moves `pid` into a new cgroup `frozen-PID` under `root/stopguard` and
 /// freezes it: v2 `cgroup.freeze`, or the v1 freezer's `freezer.state`.
 fn freeze_in(root: &Path, pid: u32, v1: bool, frozen: &mut Frozen) -> Result<()> {
