@@ -4,6 +4,7 @@ mod bench;
 mod deb;
 mod demo;
 mod fuzz;
+mod lab;
 mod soak;
 mod toolchain;
 
@@ -72,6 +73,18 @@ enum Task {
     ///
     /// Example: cargo xtask deb && apt install ./target/stopguard_0.1.0-1_amd64.deb
     Deb(deb::Args),
+    /// Prove the package in Debian guests with systemd as PID 1 (qemu):
+    /// bookworm on kernels 5.10, 6.1 and 6.12, trixie on 6.12. Prints a
+    /// matrix of userland/kernel x scenario; fails when any cell fails.
+    ///
+    /// Needs root. Guest images are built once (a few minutes each) and kept
+    /// in ~/.cache/stopguard/lab.
+    ///
+    /// Examples:
+    ///   cargo xtask lab                      # the whole matrix
+    ///   cargo xtask lab --kernel 5.10        # only the rows on 5.10
+    ///   cargo xtask lab run --kernel 6.12 --userland trixie --script try.sh
+    Lab(lab::Args),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +114,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Soak(args) => soak::run(&args),
         Task::Deb(args) => deb::run(&args),
+        Task::Lab(args) => lab::run(&args),
         Task::Bench(args) => {
             build_ebpf()?;
             let agent = build_agent()?;

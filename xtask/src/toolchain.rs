@@ -49,7 +49,7 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -60,7 +60,7 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
-fn cache_root() -> PathBuf {
+pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("STOPGUARD_TOOLCHAIN_CACHE") {
         return PathBuf::from(dir);
     }
@@ -138,6 +138,23 @@ fn find_libllvm(sysroot: &Path) -> Result<PathBuf> {
 /// Installs the Debian packages the end-to-end tests use (root only).
 pub fn ensure_test_packages() -> Result<()> {
     ensure_packages(TEST_PACKAGES)
+}
+
+/// What the lab runs on the host: mmdebstrap builds the guests' root file
+/// systems, e2fsprogs makes disks of them without mounting anything,
+/// qemu boots them (qemu-utils for the overlays), dpkg-dev for dpkg-deb's
+/// helpers.
+const LAB_PACKAGES: &[&str] = &[
+    "mmdebstrap",
+    "e2fsprogs",
+    "qemu-system-x86",
+    "qemu-utils",
+    "dpkg-dev",
+];
+
+/// Installs what the lab needs on the host (root only).
+pub fn ensure_lab_packages() -> Result<()> {
+    ensure_packages(LAB_PACKAGES)
 }
 
 /// Whether the Debian package `name` is installed.

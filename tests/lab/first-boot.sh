@@ -1,0 +1,9 @@
+# The matrix's first boot: every scenario, in order (freeze leaves a frozen
+# respawn that restart checks; upgrade leaves a window reboot checks).
+. /lab/lib.sh
+scenario install /lab/install-check.sh /lab/stopguard-1.deb
+scenario trace /lab/trace.sh
+scenario freeze /lab/freeze.sh
+scenario restart /lab/restart.sh
+scenario postgres /lab/postgres.sh
+scenario upgrade /lab/upgrade.sh /lab/stopguard-2.deb

@@ -1,0 +1,87 @@
+# Shared by the lab's guest-side scripts. They run as root inside a Debian
+# guest whose PID 1 is systemd, from the payload disk mounted read-only at
+# /lab, with no login identity of their own (the runner is a system service).
+
+# The login uid the scripted operator gets, as PAM gives one at login.
+OPERATOR_UID=4242
+
+fail() {
+    echo "FAIL: $*"
+    exit 1
+}
+
+# wait_until SECONDS WHAT COMMAND...: polls COMMAND until it succeeds.
+wait_until() {
+    local secs=$1 what=$2
+    shift 2
+    local end=$((SECONDS + secs))
+    until "$@"; do
+        [ "$SECONDS" -lt "$end" ] || fail "waited ${secs} s for $what"
+        sleep 0.2
+    done
+}
+
+# as_operator COMMAND...: COMMAND run by a logged-in person.
+as_operator() {
+    (echo "$OPERATOR_UID" > /proc/self/loginuid && exec "$@")
+}
+
+# scenario NAME SCRIPT [ARGS...]: one matrix cell, timed.
+scenario() {
+    local name=$1 start status=pass
+    shift
+    start=$(date +%s%N)
+    echo "--- $name"
+    bash "$@" || status=fail
+    echo "LAB-RESULT $name $status $((($(date +%s%N) - start) / 1000000))"
+}
+
+# The alerts the agent raised, one JSON object per line.
+alerts() {
+    jq -c 'select(.alert) | .alert' /var/log/stopguard/audit.jsonl
+}
+
+# has_alert JQ-CONDITION: whether an alert matches. (jq 1.6's -e goes by
+# the last input only: each test gathers its inputs first.)
+has_alert() {
+    alerts | jq -n -e "[inputs | select($1)] | length > 0" > /dev/null
+}
+
+# status_has JQ-CONDITION: whether `stopguard status --json` satisfies it.
+status_has() {
+    stopguard status --json | jq -e "$1" > /dev/null
+}
+
+# Whether PID sits alone in its own frozen cgroup of the agent's.
+in_frozen_cgroup() {
+    grep -qx "0::/stopguard/frozen-$1" "/proc/$1/cgroup" &&
+        grep -qx "frozen 1" "/sys/fs/cgroup/stopguard/frozen-$1/cgroup.events"
+}
+
+# The unit as installed: enabled, active, hardened, logging in the journal's
+# conventions; prints its exposure score as a LAB-EXPOSURE line.
+check_unit() {
+    wait_until 120 "stopguard.service to be active" systemctl is-active --quiet stopguard
+    [ "$(systemctl is-enabled stopguard)" = enabled ] || fail "stopguard.service is not enabled"
+    [ "$(systemctl show -P Type stopguard)" = notify ] || fail "stopguard.service is not Type=notify"
+    for setting in ProtectSystem=strict ProtectHome=yes PrivateTmp=yes NoNewPrivileges=yes; do
+        [ "$(systemctl show -P "${setting%%=*}" stopguard)" = "${setting#*=}" ] ||
+            fail "stopguard.service lacks $setting"
+    done
+    stopguard status > /dev/null || fail "stopguard status does not answer"
+    local score
+    score=$(systemd-analyze security stopguard.service --no-pager 2>/dev/null |
+        sed -n 's/.*Overall exposure level for stopguard.service: \([0-9.]*\) \([A-Z]*\).*/\1 \2/p')
+    [ -n "$score" ] || fail "systemd-analyze security gave no exposure score"
+    echo "LAB-EXPOSURE $score"
+    # The journal adds its own time and takes the level from a <N> prefix.
+    local ready
+    ready=$(journalctl -u stopguard -o json --no-pager |
+        jq -r 'select(.MESSAGE | type == "string" and test("stopguard running")) | "\(.PRIORITY) \(.MESSAGE)"' | tail -1)
+    [ -n "$ready" ] || fail "no 'stopguard running' line in the journal"
+    case "$ready" in
+        "6 "[0-9][0-9][0-9][0-9]-*) fail "the journal line carries a timestamp of its own: $ready" ;;
+        "6 "*) ;;
+        *) fail "the journal line is not at priority 6 (info): $ready" ;;
+    esac
+}

@@ -1,0 +1,295 @@
+//! Booting a guest: qemu on a copy-on-write overlay of the image, a payload
+//! disk with what to run, and the serial line read for the runner's output.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use super::{Kernel, image::Image};
+use crate::{step, toolchain::run};
+
+const UP: &str = "stopguard-lab: up ";
+const EXIT: &str = "stopguard-lab: exit ";
+
+/// A guest's disk: changes land in an overlay, the image stays as built, and
+/// a second boot of the same guest sees what the first left (a reboot).
+pub struct Guest<'a> {
+    image: &'a Image,
+    kernel: Kernel,
+    work: PathBuf,
+}
+
+/// One boot's outcome.
+pub struct Boot {
+    /// The payload's exit status; None when the guest never reported one
+    /// (it did not come up, crashed or ran out of time).
+    pub exit: Option<i32>,
+    pub secs: f64,
+    /// Everything the serial line carried, for a failure's reader.
+    pub log: PathBuf,
+}
+
+/// What a line of the serial output is.
+pub enum Line<'a> {
+    /// The runner's own output: the payload's.
+    Payload(&'a str),
+    /// The kernel's and systemd's, before and after.
+    Console(&'a str),
+}
+
+impl<'a> Guest<'a> {
+    /// A fresh guest of `image` booting `kernel`, its files under `work`.
+    pub fn new(image: &'a Image, kernel: Kernel, work: &Path) -> Result<Guest<'a>> {
+        image.boot_files(kernel)?;
+        if work.exists() {
+            fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display()))?;
+        }
+        fs::create_dir_all(work)?;
+        let overlay = work.join("overlay.qcow2");
+        run(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(image.rootfs())
+                .arg(&overlay),
+            "qemu-img create (the guest's overlay)",
+        )?;
+        Ok(Guest {
+            image,
+            kernel,
+            work: work.to_path_buf(),
+        })
+    }
+
+    /// Boots the guest with `payload` (a directory whose `boot.sh` the
+    /// runner executes) as its second disk; each serial line goes to `on_line`.
+    pub fn boot(
+        &self,
+        payload: &Path,
+        timeout: Duration,
+        on_line: &mut dyn FnMut(Line),
+    ) -> Result<Boot> {
+        let (kernel, initrd) = self.image.boot_files(self.kernel)?;
+        let disk = self.work.join("payload.img");
+        let _ = fs::remove_file(&disk);
+        run(
+            Command::new("mke2fs")
+                .args(["-q", "-t", "ext4", "-d"])
+                .arg(payload)
+                .arg(&disk)
+                .arg("512M"),
+            "mke2fs (the payload disk)",
+        )?;
+        let boots = fs::read_dir(&self.work)?
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("serial-"))
+            })
+            .count();
+        let log_path = self.work.join(format!("serial-{}.log", boots + 1));
+        let mut log = fs::File::create(&log_path)?;
+        let started = Instant::now();
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(accel_args())
+            .args(["-m", "2048", "-smp", "2", "-kernel"])
+            .arg(&kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=qcow2",
+                self.work.join("overlay.qcow2").display()
+            ))
+            .arg("-drive")
+            .arg(format!("file={},if=virtio,format=raw", disk.display()))
+            .args([
+                "-append",
+                "root=/dev/vda rw console=ttyS0 quiet",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-monitor",
+                "none",
+                "-no-reboot",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
+        let lines = serial_lines(child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let mut exit = None;
+        let mut in_payload = false;
+        let deadline = started + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    let line = line.trim_end_matches('\r');
+                    writeln!(log, "{line}")?;
+                    if line.starts_with(UP) {
+                        in_payload = true;
+                        on_line(Line::Console(line));
+                    } else if let Some(code) = line.strip_prefix(EXIT) {
+                        in_payload = false;
+                        exit = code.trim().parse().ok();
+                        on_line(Line::Console(line));
+                    } else if in_payload {
+                        on_line(Line::Payload(line));
+                    } else {
+                        on_line(Line::Console(line));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    writeln!(log, "(the host stopped the guest after {timeout:?})")?;
+                    on_line(Line::Console(&format!(
+                        "the guest ran out of time ({} s): stopped",
+                        timeout.as_secs()
+                    )));
+                    let _ = child.kill();
+                    exit = None;
+                    break;
+                }
+            }
+        }
+        let _ = child.wait();
+        Ok(Boot {
+            exit,
+            secs: started.elapsed().as_secs_f64(),
+            log: log_path,
+        })
+    }
+}
+
+/// qemu's stdout and stderr as one stream of lines.
+fn serial_lines(
+    stdout: std::process::ChildStdout,
+    stderr: std::process::ChildStderr,
+) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let err_tx = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            if tx
+                .send(String::from_utf8_lossy(&line).into_owned())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if err_tx.send(format!("qemu: {line}")).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// KVM when this machine can run a guest with it, software emulation (TCG)
+/// otherwise. Nested virtualization may offer /dev/kvm and still hang a
+/// guest right after its kernel decompresses, so the answer comes from
+/// booting a kernel once, and is kept.
+fn accel_args() -> Vec<&'static str> {
+    static ACCEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let kvm = *ACCEL.get_or_init(kvm_works);
+    if kvm {
+        vec!["-accel", "kvm", "-cpu", "max"]
+    } else {
+        vec!["-accel", "tcg", "-cpu", "max"]
+    }
+}
+
+fn kvm_works() -> bool {
+    if fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        step("lab: no usable /dev/kvm: guests run under software emulation (TCG)");
+        return false;
+    }
+    let verdict = super::image::cache_dir().join(format!("kvm-{}", host_release()));
+    if let Ok(text) = fs::read_to_string(&verdict) {
+        return text.trim() == "works";
+    }
+    let works = probe_kvm();
+    let _ = fs::create_dir_all(verdict.parent().unwrap());
+    let _ = fs::write(&verdict, if works { "works\n" } else { "hangs\n" });
+    step(if works {
+        "lab: KVM boots a guest here: using it"
+    } else {
+        "lab: a KVM guest does not come up here (nested virtualization?): using software emulation (TCG)"
+    });
+    works
+}
+
+/// Boots any kernel the lab has under KVM and waits a few seconds for its
+/// first console line.
+fn probe_kvm() -> bool {
+    let Some(kernel) = fs::read_dir(super::image::cache_dir())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| fs::read_dir(e.path().join("boot")).ok())
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+    else {
+        return false;
+    };
+    let Ok(mut child) = Command::new("qemu-system-x86_64")
+        .args(["-accel", "kvm", "-cpu", "max", "-m", "256", "-kernel"])
+        .arg(kernel)
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            if String::from_utf8_lossy(&line).contains("Linux version") {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    });
+    let up = rx.recv_timeout(Duration::from_secs(15)).is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    up
+}
+
+fn host_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
