@@ -175,12 +175,28 @@ pub fn ensure(userland: Userland) -> Result<Image> {
     fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
     fs::rename(&building, &dir)
         .with_context(|| format!("moving {} to {}", building.display(), dir.display()))?;
+    remove_older(userland, &dir);
     step(&format!(
         "built the {} guest image in {:.0} s",
         userland.as_str(),
         started.elapsed().as_secs_f64()
     ));
     Ok(Image { userland, dir })
+}
+
+/// Images of `userland` built from earlier recipes: gigabytes nothing uses.
+fn remove_older(userland: Userland, current: &Path) {
+    let prefix = format!("{}-", userland.as_str());
+    let Ok(entries) = fs::read_dir(cache_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path != current && entry.file_name().to_string_lossy().starts_with(&prefix) {
+            step(&format!("removing the outdated image {}", path.display()));
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
 }
 
 pub fn cache_dir() -> PathBuf {
