@@ -18,6 +18,17 @@ use crate::{step, toolchain::run};
 const UP: &str = "stopguard-lab: up ";
 const EXIT: &str = "stopguard-lab: exit ";
 
+/// No screen or monitor: the serial line on stdio, and a reboot ends qemu.
+const HEADLESS: [&str; 7] = [
+    "-display",
+    "none",
+    "-serial",
+    "stdio",
+    "-monitor",
+    "none",
+    "-no-reboot",
+];
+
 /// A guest's disk: changes land in an overlay, the image stays as built, and
 /// a second boot of the same guest sees what the first left (a reboot).
 pub struct Guest<'a> {
@@ -108,17 +119,8 @@ impl<'a> Guest<'a> {
             ))
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=raw", disk.display()))
-            .args([
-                "-append",
-                "root=/dev/vda rw console=ttyS0 quiet",
-                "-display",
-                "none",
-                "-serial",
-                "stdio",
-                "-monitor",
-                "none",
-                "-no-reboot",
-            ])
+            .args(["-append", "root=/dev/vda rw console=ttyS0 quiet"])
+            .args(HEADLESS)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -131,8 +133,9 @@ impl<'a> Guest<'a> {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {
                 Ok(line) => {
-                    let line = line.trim_end_matches('\r');
                     writeln!(log, "{line}")?;
+                    let line = plain(&line);
+                    let line = line.trim_end_matches('\r');
                     if line.starts_with(UP) {
                         in_payload = true;
                         on_line(Line::Console(line));
@@ -166,6 +169,39 @@ impl<'a> Guest<'a> {
             log: log_path,
         })
     }
+}
+
+/// `line` without terminal control sequences: systemd 257 resets the
+/// console (`ESC [ ! p`, `ESC ] 104 BEL`...) before a service writes to it.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            // CSI: parameters and intermediates up to a final byte @..~
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            // OSC: up to BEL or ESC \
+            Some(']') => {
+                while let Some(c) = chars.next() {
+                    if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// qemu's stdout and stderr as one stream of lines.
@@ -254,17 +290,8 @@ fn probe_kvm() -> bool {
     let Ok(mut child) = Command::new("qemu-system-x86_64")
         .args(["-accel", "kvm", "-cpu", "max", "-m", "256", "-kernel"])
         .arg(kernel)
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-monitor",
-            "none",
-            "-no-reboot",
-        ])
+        .args(["-append", "console=ttyS0 panic=-1"])
+        .args(HEADLESS)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -292,4 +319,19 @@ fn host_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain;
+
+    #[test]
+    fn plain_drops_the_console_reset_of_systemd_257() {
+        assert_eq!(
+            plain("\x1b[!p\x1b]104\x07\x1b[?7hstopguard-lab: up 6.12.117"),
+            "stopguard-lab: up 6.12.117"
+        );
+        assert_eq!(plain("\x1b[0;31mFAIL\x1b[0m: x"), "FAIL: x");
+        assert_eq!(plain("no escapes"), "no escapes");
+    }
 }
