@@ -50,6 +50,10 @@ struct Watched {
     /// A main process reported as started unseen after lost records: its
     /// exec record, if it was still in the ring, may come after.
     unseen: Option<ProcessKey>,
+    /// When its latest main process was seen to start (exec record time);
+    /// None for one found running. A request to systemd made before it is
+    /// not about it: it was served by that start or asked of its predecessor.
+    started_ns: Option<u64>,
 }
 
 pub struct Detector {
@@ -77,6 +81,7 @@ impl Detector {
                 stop: None,
                 crashed: false,
                 unseen: None,
+                started_ns: None,
             })
             .collect();
         Detector {
@@ -292,11 +297,17 @@ impl Detector {
     }
 
     /// The latest recent request to systemd about `unit` with a fitting
-    /// intent.
-    fn request_for(&self, unit: &str, fits: fn(Intent) -> bool) -> Option<&UnitRequest> {
+    /// intent, made at or after `since_ns`.
+    fn request_for(
+        &self,
+        unit: &str,
+        fits: fn(Intent) -> bool,
+        since_ns: Option<u64>,
+    ) -> Option<&UnitRequest> {
         self.requests
             .iter()
             .rev()
+            .take_while(|r| r.time_ns >= since_ns.unwrap_or(0))
             .find(|r| fits(r.intent) && r.names(unit))
     }
 
@@ -316,10 +327,11 @@ impl Detector {
     /// `unit` by a sender without a login (PID 1, the unit's ExecStop=):
     /// a person's request about that unit, else a person's command naming
     /// the service.
-    fn unit_stop_command(&self, unit: &str, service: &str) -> Option<ControlCommand> {
-        self.request_for(unit, Intent::stops)
+    fn unit_stop_command(&self, unit: &str, index: usize) -> Option<ControlCommand> {
+        let service = &self.services[index];
+        self.request_for(unit, Intent::stops, service.started_ns)
             .and_then(UnitRequest::by_person)
-            .or_else(|| self.named_control(service, Intent::stops).cloned())
+            .or_else(|| self.named_control(&service.name, Intent::stops).cloned())
     }
 
     fn signalled(&mut self, signal: &Signal, table: &ProcessTable) -> Option<Finding> {
@@ -335,7 +347,7 @@ impl Detector {
             .and_then(|p| p.unit.as_deref());
         let via = match (sender_login, unit) {
             (Some(_), _) => None,
-            (None, Some(unit)) => self.unit_stop_command(unit, &name),
+            (None, Some(unit)) => self.unit_stop_command(unit, index),
             (None, None) => self.control_for(&name, Intent::stops).cloned(),
         };
         let window = self.window_on(&name);
@@ -389,7 +401,9 @@ impl Detector {
             // who asked, a person or what ran systemctl; with none,
             // systemd started it by itself (Restart=, a dependency).
             Some(unit) => {
-                let request = self.request_for(unit, Intent::starts);
+                // One made before the previous start was served by it.
+                let since = self.services[index].started_ns;
+                let request = self.request_for(unit, Intent::starts, since);
                 let operator = process
                     .loginuid
                     .or(request.and_then(|r| r.loginuid))
@@ -424,6 +438,7 @@ impl Detector {
         }
         self.mains.insert(process.key, index);
         let crashed = std::mem::take(&mut service.crashed);
+        service.started_ns = Some(time_ns);
         match (operator, service.stop.take()) {
             (Some(loginuid), _) => Finding::OperatorStart { started, loginuid },
             (None, Some(stopped_by)) => {

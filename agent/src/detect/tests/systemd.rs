@@ -419,3 +419,40 @@ fn a_persons_monit_stop_through_systemctl_is_theirs() {
         "monit stop postgres"
     );
 }
+
+#[test]
+fn a_request_served_by_one_start_does_not_explain_the_next() {
+    let mut host = systemd_host();
+    let (monit, _) = host.spawn(INIT, 100, "/usr/bin/monit", &["monit", "-I"]);
+    // monit starts redis through systemctl: its request is served then.
+    monit_runs_systemctl_start(&mut host, monit, 150, "redis-server");
+    let (redis, findings) = systemd_starts_redis(&mut host, 200);
+    let [Finding::Start { started }] = &findings[..] else {
+        panic!("{findings:#?}");
+    };
+    assert_eq!(started.supervisor.as_ref().unwrap().comm, "monit");
+    let shell = alice_shell(&mut host);
+    run(
+        &mut host,
+        shell,
+        400,
+        "/usr/bin/systemctl",
+        &["systemctl", "kill", "redis-server"],
+    );
+    assert!(matches!(
+        &host.signal(INIT, redis, 15)[..],
+        [Finding::OperatorStop(_)]
+    ));
+    host.exit(redis, None, Some(15));
+    // Restart=always, seconds later: systemd's own, not monit's again.
+    let (redis, findings) = systemd_starts_redis(&mut host, 300);
+    let [Finding::Respawn { started, .. }] = &findings[..] else {
+        panic!("{findings:#?}");
+    };
+    assert_eq!(started.requested, None);
+    assert_eq!(started.supervisor.as_ref().unwrap().comm, "systemd");
+    // Nor is the person's kill, asked of the process before, about this
+    // one: a crash now is no operator stop.
+    let (killer, _) = host.spawn(INIT, 500, "/usr/bin/kill", &["kill", "-9", "300"]);
+    assert!(host.signal(killer, redis, 9).is_empty());
+}
