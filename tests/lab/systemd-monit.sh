@@ -37,4 +37,7 @@ pid=$(stopguard status --json | jq -r '.services[] | select(.name == "postgres")
 ! serves || fail "the frozen PostgreSQL serves"
 has_alert ".service == \"postgres\" and .kind == \"respawn_after_operator_stop\" and .respawned_by.supervisor == \"monit\" and .respawned_by.unit == \"$unit.service\" and (.respawned_by.via // \"\" | test(\"systemctl start $unit\")) and .stopped_by.loginuid == $OPERATOR_UID and (.stopped_by.via // \"\" | test(\"systemctl.* stop $unit\"))" ||
     fail "no alert naming monit, $unit and the operator's systemctl: $(alerts)"
-echo "systemd-monit: monit's systemctl start of $unit frozen ($pid) before serving; alert names monit and uid $OPERATOR_UID via systemctl stop"
+cleanup
+stopguard thaw "$pid"
+wait_until 120 "PostgreSQL to serve once thawed" serves
+echo "systemd-monit: monit's systemctl start of $unit frozen ($pid) before serving; alert names monit and uid $OPERATOR_UID via systemctl stop; thawed, it serves"
