@@ -80,6 +80,14 @@ fn run(host: &mut Host, parent: ProcessKey, pid: u32, exe: &str, argv: &[&str]) 
     host.exit(command, Some(0), None);
 }
 
+/// `systemctl ARGS...` run by `parent` as `pid`, and done.
+fn systemctl(host: &mut Host, parent: ProcessKey, pid: u32, args: &[&str]) {
+    let argv: Vec<&str> = std::iter::once("systemctl")
+        .chain(args.iter().copied())
+        .collect();
+    run(host, parent, pid, "/usr/bin/systemctl", &argv);
+}
+
 /// monit (no login) running `systemctl start UNIT` as its start program.
 fn monit_runs_systemctl_start(host: &mut Host, monit: ProcessKey, pid: u32, unit: &str) {
     run(
@@ -119,12 +127,11 @@ fn pg_ctlcluster_stop_by_a_person_then_monit_systemctl_start_is_a_respawn_by_mon
             "stop",
         ],
     );
-    run(
+    systemctl(
         &mut host,
         pg_ctlcluster,
         401,
-        "/usr/bin/systemctl",
-        &["systemctl", "stop", "postgresql@15-main"],
+        &["stop", "postgresql@15-main"],
     );
     let findings = host.signal(INIT, postgres, 15);
     let [Finding::OperatorStop(stop)] = &findings[..] else {
@@ -179,13 +186,7 @@ fn the_units_own_exec_stop_signalling_after_a_persons_systemctl_stop_is_theirs()
     let mut host = systemd_host();
     let postgres = started_cluster(&mut host);
     let shell = alice_shell(&mut host);
-    run(
-        &mut host,
-        shell,
-        400,
-        "/usr/bin/systemctl",
-        &["systemctl", "stop", "postgresql@15-main"],
-    );
+    systemctl(&mut host, shell, 400, &["stop", "postgresql@15-main"]);
     // ExecStop=pg_ctlcluster --skip-systemctl-redirect -m fast 15-main stop
     let child = host.fork(INIT, 410);
     host.exec_in(
@@ -223,24 +224,12 @@ fn a_persons_systemctl_for_one_unit_does_not_explain_a_stop_of_another() {
     let postgres = started_cluster(&mut host);
     let shell = alice_shell(&mut host);
     // Another cluster: its name contains the service's, the unit differs.
-    run(
-        &mut host,
-        shell,
-        400,
-        "/usr/bin/systemctl",
-        &["systemctl", "stop", "postgresql@16-main"],
-    );
+    systemctl(&mut host, shell, 400, &["stop", "postgresql@16-main"]);
     let findings = host.signal(INIT, postgres, 15);
     assert!(findings.is_empty(), "{findings:#?}");
     host.exit(postgres, Some(0), None);
     // Nor does its start make this cluster's start theirs.
-    run(
-        &mut host,
-        shell,
-        420,
-        "/usr/bin/systemctl",
-        &["systemctl", "start", "postgresql@16-main"],
-    );
+    systemctl(&mut host, shell, 420, &["start", "postgresql@16-main"]);
     let (_, findings) = systemd_starts_cluster(&mut host, CLUSTER, 500);
     assert!(
         matches!(&findings[..], [Finding::CrashRestart { .. }]),
@@ -253,13 +242,7 @@ fn a_stop_or_start_asked_by_monit_is_not_a_person() {
     let mut host = systemd_host();
     let (monit, _) = host.spawn(INIT, 100, "/usr/bin/monit", &["monit", "-I"]);
     let postgres = started_cluster(&mut host);
-    run(
-        &mut host,
-        monit,
-        300,
-        "/usr/bin/systemctl",
-        &["systemctl", "restart", "postgresql@15-main"],
-    );
+    systemctl(&mut host, monit, 300, &["restart", "postgresql@15-main"]);
     assert!(host.signal(INIT, postgres, 15).is_empty());
     host.exit(postgres, Some(0), None);
     let (_, findings) = systemd_starts_cluster(&mut host, CLUSTER, 500);
@@ -274,13 +257,7 @@ fn a_persons_systemctl_start_is_theirs() {
     let mut host = systemd_host();
     let postgres = started_cluster(&mut host);
     let shell = alice_shell(&mut host);
-    run(
-        &mut host,
-        shell,
-        400,
-        "/usr/bin/systemctl",
-        &["systemctl", "stop", "postgresql@15-main"],
-    );
+    systemctl(&mut host, shell, 400, &["stop", "postgresql@15-main"]);
     host.signal(INIT, postgres, 15);
     host.exit(postgres, Some(0), None);
     run(
@@ -308,13 +285,7 @@ fn a_persons_systemctl_restart_is_their_stop_and_their_start() {
     let mut host = systemd_host();
     let postgres = started_cluster(&mut host);
     let shell = alice_shell(&mut host);
-    run(
-        &mut host,
-        shell,
-        400,
-        "/usr/bin/systemctl",
-        &["systemctl", "restart", "postgresql@15-main"],
-    );
+    systemctl(&mut host, shell, 400, &["restart", "postgresql@15-main"]);
     let findings = host.signal(INIT, postgres, 15);
     assert!(
         matches!(&findings[..], [Finding::OperatorStop(s)] if s.loginuid == Some(1000)),
@@ -340,12 +311,11 @@ fn restart_policy_after_a_persons_systemctl_kill_is_a_respawn_by_systemd() {
         "{findings:#?}"
     );
     let shell = alice_shell(&mut host);
-    run(
+    systemctl(
         &mut host,
         shell,
         400,
-        "/usr/bin/systemctl",
-        &["systemctl", "kill", "-s", "TERM", "redis-server"],
+        &["kill", "-s", "TERM", "redis-server"],
     );
     let findings = host.signal(INIT, redis, 15);
     let [Finding::OperatorStop(stop)] = &findings[..] else {
@@ -432,13 +402,7 @@ fn a_request_served_by_one_start_does_not_explain_the_next() {
     };
     assert_eq!(started.supervisor.as_ref().unwrap().comm, "monit");
     let shell = alice_shell(&mut host);
-    run(
-        &mut host,
-        shell,
-        400,
-        "/usr/bin/systemctl",
-        &["systemctl", "kill", "redis-server"],
-    );
+    systemctl(&mut host, shell, 400, &["kill", "redis-server"]);
     assert!(matches!(
         &host.signal(INIT, redis, 15)[..],
         [Finding::OperatorStop(_)]
