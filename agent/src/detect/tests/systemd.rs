@@ -420,3 +420,31 @@ fn a_request_served_by_one_start_does_not_explain_the_next() {
     let (killer, _) = host.spawn(INIT, 500, "/usr/bin/kill", &["kill", "-9", "300"]);
     assert!(host.signal(killer, redis, 9).is_empty());
 }
+
+#[test]
+fn a_thawed_respawn_ends_the_operator_stop_so_the_next_boot_start_is_no_respawn() {
+    let mut host = systemd_host();
+    let (redis, _) = systemd_starts_redis(&mut host, 200);
+    let shell = alice_shell(&mut host);
+    systemctl(&mut host, shell, 400, &["kill", "redis-server"]);
+    host.signal(INIT, redis, 15);
+    host.exit(redis, None, Some(15));
+    let (respawn, findings) = systemd_starts_redis(&mut host, 300);
+    assert!(
+        matches!(&findings[..], [Finding::Respawn { .. }]),
+        "{findings:#?}"
+    );
+    // The operator thaws it: it runs, and their stop is over.
+    host.detector.release("redis");
+    assert!(host.detector.stop_of("redis").is_none());
+    // Shut down by PID 1 and started again at the next boot, nobody asking.
+    host.signal(INIT, respawn, 15);
+    host.exit(respawn, Some(0), None);
+    let (_, findings) = systemd_starts_redis(&mut host, 500);
+    assert!(
+        !findings
+            .iter()
+            .any(|f| matches!(f, Finding::Respawn { .. })),
+        "{findings:#?}"
+    );
+}
