@@ -153,10 +153,45 @@ pub struct RespawnedBy {
     /// The nearest supervisor in the chain, and its pid.
     pub supervisor: Option<String>,
     pub supervisor_pid: Option<u32>,
-    /// The process that started it (its parent at the exec).
+    /// The process that started it (its parent at the exec); when PID 1
+    /// started it on a request (`systemctl start`), what ran that request.
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub chain: Vec<Link>,
+    /// The systemd unit it was started in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The request to systemd that had PID 1 start it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
+
+impl RespawnedBy {
+    fn new(started: &Started) -> RespawnedBy {
+        let (pid, comm, chain, via) = match &started.requested {
+            Some(request) => (
+                request.chain.first().map(|l| l.pid),
+                request.chain.first().map(|l| l.comm.clone()),
+                request.chain.clone(),
+                Some(request.args.join(" ")),
+            ),
+            None => (
+                started.chain.first().map(|l| l.pid),
+                started.chain.first().map(|l| l.comm.clone()),
+                started.chain.clone(),
+                None,
+            ),
+        };
+        RespawnedBy {
+            supervisor: started.supervisor.as_ref().map(|s| s.comm.clone()),
+            supervisor_pid: started.supervisor.as_ref().map(|s| s.pid),
+            pid,
+            comm,
+            chain,
+            unit: started.unit.clone(),
+            via,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -195,10 +230,15 @@ pub fn respawn(
     now_boot_ns: u64,
 ) -> Alert {
     let now: SystemTime = clock.wall(now_boot_ns);
-    let supervisor = started
+    let mut supervisor = started
         .supervisor
         .as_ref()
         .map_or_else(|| "an unknown starter".to_string(), |s| s.comm.clone());
+    match (&started.requested, &started.unit) {
+        (Some(request), _) => supervisor.push_str(&format!(" (`{}`)", request.args.join(" "))),
+        (None, Some(unit)) => supervisor.push_str(&format!(" (unit {unit})")),
+        (None, None) => {}
+    }
     let after = started.time_ns.saturating_sub(stop.time_ns) as f64 / 1e9;
     let via = stop.via.as_ref().map(|c| c.args.join(" "));
     let how = match &via {
@@ -234,13 +274,7 @@ pub fn respawn(
             exe: started.exe.clone(),
             cmdline: started.args.clone(),
         }),
-        respawned_by: Some(RespawnedBy {
-            supervisor: started.supervisor.as_ref().map(|s| s.comm.clone()),
-            supervisor_pid: started.supervisor.as_ref().map(|s| s.pid),
-            pid: started.chain.first().map(|l| l.pid),
-            comm: started.chain.first().map(|l| l.comm.clone()),
-            chain: started.chain.clone(),
-        }),
+        respawned_by: Some(RespawnedBy::new(started)),
         stopped_by: Some(StoppedBy::new(stop)),
         window: window.map(|w| WindowInfo::new(w, clock)),
         at: humantime::format_rfc3339_millis(now).to_string(),
@@ -395,5 +429,58 @@ mod tests {
             "{text}"
         );
         assert_eq!(serde_json::from_str::<Alert>(&text).unwrap(), resolved);
+    }
+
+    #[test]
+    fn a_respawn_pid_1_made_on_request_names_what_asked() {
+        let link = |pid, comm: &str| Link {
+            pid,
+            comm: comm.into(),
+        };
+        let request = crate::detect::UnitRequest {
+            pid: 500,
+            comm: "systemctl".into(),
+            args: vec![
+                "/usr/bin/systemctl".into(),
+                "start".into(),
+                "postgresql@15-main".into(),
+            ],
+            intent: crate::detect::Intent::Start,
+            units: vec!["postgresql@15-main.service".into()],
+            loginuid: None,
+            chain: vec![link(100, "monit"), link(1, "systemd")],
+            supervisor: Some(link(100, "monit")),
+            time_ns: 5,
+        };
+        let started = Started {
+            service: "postgres".into(),
+            pid: 512,
+            exe: "/usr/lib/postgresql/15/bin/postgres".into(),
+            args: vec!["postgres".into()],
+            chain: vec![link(511, "pg_ctl"), link(1, "systemd")],
+            supervisor: Some(link(100, "monit")),
+            unit: Some("postgresql@15-main.service".into()),
+            requested: Some(Box::new(request)),
+            time_ns: 6,
+        };
+        let stop = OperatorStop::example("postgres");
+        let alert = respawn("db-3", &started, &stop, None, "frozen", &Clock::now(), 7);
+        let by = alert.respawned_by.unwrap();
+        assert_eq!(
+            (by.supervisor.as_deref(), by.pid, by.comm.as_deref()),
+            (Some("monit"), Some(100), Some("monit"))
+        );
+        assert_eq!(by.unit.as_deref(), Some("postgresql@15-main.service"));
+        assert_eq!(
+            by.via.as_deref(),
+            Some("/usr/bin/systemctl start postgresql@15-main")
+        );
+        assert!(
+            alert.summary.starts_with(
+                "postgres respawned by monit (`/usr/bin/systemctl start postgresql@15-main`)"
+            ),
+            "{}",
+            alert.summary
+        );
     }
 }

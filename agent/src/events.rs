@@ -69,6 +69,10 @@ pub struct Exec {
     pub args_truncated: bool,
     /// The kernel stopped it at exec because its name is guarded.
     pub guard_stopped: bool,
+    /// Its systemd unit, from its cgroup: not in the kernel record, read
+    /// from /proc by the monitor as the record is handled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -341,6 +345,7 @@ impl Event {
                     args: split_args(&r.args[..(r.args_len as usize).min(r.args.len())]),
                     args_truncated: header.flags & flag::ARGS_TRUNCATED != 0,
                     guard_stopped: header.flags & flag::GUARD_STOPPED != 0,
+                    unit: None,
                 })
             }
             RecordKind::Exit => {

@@ -107,7 +107,7 @@ impl Monitor {
             }
         }
         let mut batch = std::mem::take(&mut self.batch);
-        for event in batch.drain(..) {
+        for mut event in batch.drain(..) {
             // Threads of one process exiting at once can each see the last
             // live count in the kernel: one exit per process reaches users.
             if let Event::Exit(exit) = &event
@@ -117,6 +117,11 @@ impl Monitor {
                     .is_some_and(|p| p.exited.is_some())
             {
                 continue;
+            }
+            if let Event::Exec(exec) = &mut event {
+                // Alive at its exec record (a guarded one is stopped), so
+                // its cgroup still says which unit it is in.
+                exec.unit = procfs::unit_of(exec.process.key);
             }
             self.counts.add(&event);
             self.table.apply(&event);

@@ -9,11 +9,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use nix::{sys::signal, unistd::Pid};
+use procfs::process::MountInfo;
 
 use crate::config::Freezer;
-
-/// cgroup v2 hierarchy as mounted on hybrid hosts, then the unified root.
-const CGROUP2_ROOTS: [&str; 2] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
 
 /// How a process was frozen, to undo it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -28,30 +26,35 @@ pub struct Frozen {
     pub previous_cgroup: Option<PathBuf>,
 }
 
-fn cgroup2_root() -> Option<&'static Path> {
-    CGROUP2_ROOTS
-        .iter()
-        .map(Path::new)
-        .find(|root| root.join("cgroup.freeze").exists() || root.join("cgroup.procs").exists())
-        .filter(|root| {
-            fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
-                m.lines().any(|l| {
-                    l.contains(" - cgroup2 ") && l.contains(&format!(" {} ", root.display()))
-                })
-            })
-        })
+/// The cgroup v2 hierarchy's mount point: `/sys/fs/cgroup` under systemd,
+/// `/sys/fs/cgroup/unified` on hybrid hosts, wherever the host put it.
+fn cgroup2_root() -> Option<PathBuf> {
+    cgroup2_mount(&fs::read_to_string("/proc/self/mountinfo").ok()?)
 }
 
 /// The cgroup v1 freezer hierarchy's mount point, when one is mounted.
 fn freezer_v1_root() -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mounts.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        let mut fs = fs.split_whitespace();
-        let (kind, options) = (fs.next()?, fs.nth(1)?);
-        let point = mount.split_whitespace().nth(4)?;
-        (kind == "cgroup" && options.split(',').any(|o| o == "freezer"))
-            .then(|| PathBuf::from(point))
+    freezer_v1_mount(&fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
+/// The first mount of the whole hierarchy (mount root `/`, not a bind
+/// mount of a sub-cgroup: cgroup paths in /proc/PID/cgroup are relative to
+/// the hierarchy's root) that `wanted` accepts, from a mountinfo text.
+fn hierarchy_mount(mountinfo: &str, wanted: impl Fn(&MountInfo) -> bool) -> Option<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| MountInfo::from_line(line).ok())
+        .find(|m| m.root == "/" && wanted(m))
+        .map(|m| m.mount_point)
+}
+
+fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    hierarchy_mount(mountinfo, |m| m.fs_type == "cgroup2")
+}
+
+fn freezer_v1_mount(mountinfo: &str) -> Option<PathBuf> {
+    hierarchy_mount(mountinfo, |m| {
+        m.fs_type == "cgroup" && m.super_options.contains_key("freezer")
     })
 }
 
@@ -80,10 +83,7 @@ fn current_cgroup(pid: u32, v1: bool) -> Option<PathBuf> {
 /// before the agent, which then needs no such capability.
 pub fn prepare_freezer() -> Result<Vec<PathBuf>> {
     let mut made = Vec::new();
-    for root in [cgroup2_root().map(Path::to_path_buf), freezer_v1_root()]
-        .into_iter()
-        .flatten()
-    {
+    for root in [cgroup2_root(), freezer_v1_root()].into_iter().flatten() {
         let dir = root.join("stopguard");
         if !dir.is_dir() {
             fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -124,7 +124,7 @@ pub fn freeze(pid: u32, freezer: Freezer) -> Result<Frozen> {
     let v2 = cgroup2_root().filter(|_| freezer != Freezer::Cgroup1);
     let v1 = freezer_v1_root().filter(|_| freezer != Freezer::Cgroup2);
     let mut errors = Vec::new();
-    for (root, is_v1) in [(v2.map(Path::to_path_buf), false), (v1, true)] {
+    for (root, is_v1) in [(v2, false), (v1, true)] {
         let Some(root) = root else { continue };
         match freeze_in(&root, pid, is_v1, &mut frozen) {
             Ok(()) => return Ok(frozen),
@@ -143,7 +143,7 @@ pub fn freeze(pid: u32, freezer: Freezer) -> Result<Frozen> {
 /// lost or behind. The cgroup they came from is not known any more: a thaw
 /// puts them in the hierarchy's root.
 pub fn frozen_in_cgroups() -> Vec<Frozen> {
-    let roots = [cgroup2_root().map(Path::to_path_buf), freezer_v1_root()];
+    let roots = [cgroup2_root(), freezer_v1_root()];
     let mut found = Vec::new();
     for root in roots.into_iter().flatten() {
         let Ok(entries) = fs::read_dir(root.join("stopguard")) else {
@@ -221,4 +221,53 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
 
 fn write(path: &Path, value: &str) -> Result<()> {
     fs::write(path, value).with_context(|| format!("writing {value} to {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// /proc/self/mountinfo of a systemd host (cgroup v2 only), trimmed.
+    const UNIFIED: &str = "\
+22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+24 22 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:2 - sysfs sysfs rw
+27 24 0:24 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+28 24 0:25 / /sys/fs/pstore rw,nosuid,nodev,noexec,relatime shared:5 - pstore pstore rw
+";
+
+    /// A hybrid host: v1 hierarchies under a tmpfs, v2 at `unified`.
+    const HYBRID: &str = "\
+25 24 0:22 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:4 - tmpfs tmpfs ro,mode=755
+26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 cgroup2 rw,nsdelegate
+27 25 0:24 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:6 - cgroup cgroup rw,xattr,name=systemd
+31 25 0:28 / /sys/fs/cgroup/freezer rw,nosuid,nodev,noexec,relatime shared:10 - cgroup cgroup rw,freezer
+32 25 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,cpu,cpuacct
+";
+
+    #[test]
+    fn cgroup2_is_found_where_the_host_mounted_it() {
+        assert_eq!(
+            cgroup2_mount(UNIFIED),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            cgroup2_mount(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(freezer_v1_mount(UNIFIED), None);
+        assert_eq!(
+            freezer_v1_mount(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/freezer"))
+        );
+    }
+
+    #[test]
+    fn a_bind_mount_of_a_sub_cgroup_is_not_the_hierarchy() {
+        let text = "\
+40 22 0:26 /system.slice/docker.service /mnt/x rw shared:9 - cgroup2 cgroup2 rw
+41 22 0:26 / /run/cg rw shared:9 - cgroup2 cgroup2 rw
+";
+        assert_eq!(cgroup2_mount(text), Some(PathBuf::from("/run/cg")));
+        assert_eq!(cgroup2_mount("garbage\n"), None);
+    }
 }

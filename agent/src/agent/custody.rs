@@ -172,6 +172,19 @@ impl Custody {
             .collect()
     }
 
+    /// The services whose held processes `target` (a service, or one pid)
+    /// names.
+    pub fn services_held_for(&self, target: &str) -> Vec<String> {
+        let mut services: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(pid, h)| h.service == target || pid.to_string() == target)
+            .map(|(_, h)| h.service.clone())
+            .collect();
+        services.dedup();
+        services
+    }
+
     /// A supervisor that sees no pidfile tries again each cycle: keep the
     /// first respawn frozen and end the retries. True when this was one.
     pub fn end_retry(&mut self, started: &Started) -> bool {

@@ -109,6 +109,8 @@ mod tests {
             args: vec!["db".into()],
             chain: Vec::new(),
             supervisor: None,
+            unit: None,
+            requested: None,
             time_ns: 2,
         }
     }

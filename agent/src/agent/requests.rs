@@ -156,11 +156,15 @@ impl Agent {
     }
 
     fn thaw(&mut self, monitor: &mut Monitor, target: &str) -> Value {
+        let services = self.custody.services_held_for(target);
         let thawed = self.let_go(target, false);
         if thawed.is_empty() {
             return error(format!("nothing frozen for `{target}`"));
         }
-        if let Some(service) = self.services.keys().find(|s| *s == target).cloned() {
+        // The operator let it run: their stop is over, and what starts it
+        // next (a reboot's start, a crash restart) is no respawn of it.
+        for service in services {
+            self.detector.release(&service);
             self.guard(monitor, &service, false);
         }
         ok(Thawed { thawed })

@@ -27,6 +27,58 @@ pub struct ControlCommand {
     pub time_ns: u64,
 }
 
+/// A request to systemd (PID 1) about named units: `systemctl stop
+/// postgresql@15-main`, or `service`/`pg_ctlcluster` that redirect there,
+/// by anyone. PID 1 carries it out (sends the signals, starts the
+/// processes), so the request is what names who asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitRequest {
+    pub pid: u32,
+    pub comm: String,
+    pub args: Vec<String>,
+    pub intent: Intent,
+    /// The units it names (a bare name being `NAME.service`).
+    pub units: Vec<String>,
+    /// Set when a person ran it; unset for monit, cron, a script.
+    pub loginuid: Option<u32>,
+    /// What ran it: its chain at the exec, parent first.
+    pub chain: Vec<Link>,
+    /// The supervisor behind it (monit), else what ran it: never systemd,
+    /// which only carries it out.
+    pub supervisor: Option<Link>,
+    #[serde(skip)]
+    pub time_ns: u64,
+}
+
+impl UnitRequest {
+    /// Whether it is about `unit`: by name or glob (`systemctl stop
+    /// 'postgresql@*'`), or through a unit that stops and starts its
+    /// template's instances (Debian's `postgresql.service` reaches
+    /// `postgresql@15-main.service` through PartOf=).
+    pub fn names(&self, unit: &str) -> bool {
+        let template = unit
+            .split_once('@')
+            .map(|(base, _)| format!("{base}.service"));
+        self.units.iter().any(|u| {
+            u == unit
+                || Some(u) == template.as_ref()
+                || glob::Pattern::new(u).is_ok_and(|p| p.matches(unit))
+        })
+    }
+
+    /// The control command it is, when a person ran it.
+    pub fn by_person(&self) -> Option<ControlCommand> {
+        Some(ControlCommand {
+            pid: self.pid,
+            comm: self.comm.clone(),
+            args: self.args.clone(),
+            intent: self.intent,
+            loginuid: self.loginuid?,
+            time_ns: self.time_ns,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperatorStop {
     pub service: String,
@@ -50,8 +102,16 @@ pub struct Started {
     pub args: Vec<String>,
     /// The starting chain at the exec, parent first.
     pub chain: Vec<Link>,
-    /// The nearest supervisor in that chain.
+    /// The nearest supervisor in that chain; for a start PID 1 made on
+    /// request, the supervisor behind the request.
     pub supervisor: Option<Link>,
+    /// Its systemd unit, when it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The request to systemd that had PID 1 start it (monit running
+    /// `systemctl start`), when one without a person behind it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<Box<UnitRequest>>,
     pub time_ns: u64,
 }
 

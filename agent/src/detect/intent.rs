@@ -2,9 +2,13 @@
 //! restart (read by its supervisor's parser, see `supervisors`), or a
 //! question put to a daemon binary rather than a start of it.
 
-use super::ControlCommand;
+use super::{ControlCommand, UnitRequest};
 pub use crate::supervisors::Intent;
-use crate::{events::Exec, supervisors};
+use crate::{
+    events::Exec,
+    process::{Link, ProcessTable},
+    supervisors,
+};
 
 /// Arguments with which a daemon binary answers a question and exits
 /// (`postgres -V`, `-C data_directory`, `mysqld --version`) instead of
@@ -31,6 +35,39 @@ pub(super) fn control_command(exec: &Exec) -> Option<ControlCommand> {
         args: exec.args.clone(),
         intent: control.intent_of(&exec.args),
         loginuid,
+        time_ns: exec.time_ns,
+    })
+}
+
+/// The request to systemd `exec` runs, by anyone (`systemctl start X` run
+/// by monit matters as much as one run by a person), with what ran it as
+/// the table shows it at the exec.
+pub(super) fn unit_request(exec: &Exec, table: &ProcessTable) -> Option<UnitRequest> {
+    let (intent, units) = supervisors::unit_request(&exec.process.comm, &exec.args)?;
+    let ancestors = table.ancestry(&exec.process.key);
+    let link = |p: &crate::process::Process| Link {
+        pid: p.pid,
+        comm: p.comm.clone(),
+    };
+    let chain: Vec<Link> = ancestors.iter().skip(1).map(|&p| link(p)).collect();
+    // systemd is an ancestor of everything on its host, and carries the
+    // request out: the supervisor behind it is another one (monit), else
+    // whatever ran it (cron, a script).
+    let supervisor = ancestors
+        .iter()
+        .skip(1)
+        .find(|p| supervisors::is_supervisor(&p.comm) && !supervisors::is_systemd(&p.comm))
+        .map(|&p| link(p))
+        .or_else(|| chain.first().cloned());
+    Some(UnitRequest {
+        pid: exec.process.pid,
+        comm: exec.process.comm.clone(),
+        args: exec.args.clone(),
+        intent,
+        units,
+        loginuid: exec.process.loginuid,
+        chain,
+        supervisor,
         time_ns: exec.time_ns,
     })
 }

@@ -18,7 +18,7 @@ mod windows;
 use std::collections::{HashMap, VecDeque};
 
 pub use self::{
-    findings::{Actor, AtRisk, ControlCommand, Finding, OperatorStop, Started},
+    findings::{Actor, AtRisk, ControlCommand, Finding, OperatorStop, Started, UnitRequest},
     intent::Intent,
     windows::{Saved, Window},
 };
@@ -26,6 +26,7 @@ use crate::{
     config,
     events::{Event, ProcessKey, Signal},
     process::{Link, Process, ProcessTable},
+    supervisors,
 };
 
 /// Signals that stop a service. SIGHUP is left out: databases take it as
@@ -49,6 +50,10 @@ struct Watched {
     /// A main process reported as started unseen after lost records: its
     /// exec record, if it was still in the ring, may come after.
     unseen: Option<ProcessKey>,
+    /// When its latest main process was seen to start (exec record time);
+    /// None for one found running. A request to systemd made before it is
+    /// not about it: it was served by that start or asked of its predecessor.
+    started_ns: Option<u64>,
 }
 
 pub struct Detector {
@@ -56,6 +61,8 @@ pub struct Detector {
     /// Main process → index in `services`.
     mains: HashMap<ProcessKey, usize>,
     control: VecDeque<ControlCommand>,
+    /// Recent requests to systemd, by anyone.
+    requests: VecDeque<UnitRequest>,
     windows: Vec<Window>,
     next_window: u64,
     /// The agent's own pid: its signals are sent for the person behind the
@@ -74,12 +81,14 @@ impl Detector {
                 stop: None,
                 crashed: false,
                 unseen: None,
+                started_ns: None,
             })
             .collect();
         Detector {
             services,
             mains: HashMap::new(),
             control: VecDeque::new(),
+            requests: VecDeque::new(),
             windows: Vec::new(),
             next_window: 1,
             agent_pid: None,
@@ -177,6 +186,9 @@ impl Detector {
                 if let Some(command) = intent::control_command(exec) {
                     self.control.push_back(command);
                 }
+                if let Some(request) = intent::unit_request(exec, table) {
+                    self.requests.push_back(request);
+                }
                 self.forget_old_control(exec.time_ns);
                 match self.main_service(process, table) {
                     // Already reported, by the resync after the loss.
@@ -188,7 +200,7 @@ impl Detector {
                     None => Vec::new(),
                 }
             }
-            Event::Signal(signal) => self.signalled(signal).into_iter().collect(),
+            Event::Signal(signal) => self.signalled(signal, table).into_iter().collect(),
             Event::Exit(exit) => {
                 let Some(index) = self.mains.remove(&exit.key) else {
                     return Vec::new();
@@ -265,6 +277,13 @@ impl Detector {
         {
             self.control.pop_front();
         }
+        while self
+            .requests
+            .front()
+            .is_some_and(|r| now_ns.saturating_sub(r.time_ns) > CONTROL_WINDOW_NS)
+        {
+            self.requests.pop_front();
+        }
     }
 
     /// The latest recent control command with a fitting intent, preferring
@@ -277,7 +296,45 @@ impl Detector {
             .or(latest)
     }
 
-    fn signalled(&mut self, signal: &Signal) -> Option<Finding> {
+    /// The latest recent request to systemd about `unit` with a fitting
+    /// intent, made at or after `since_ns`.
+    fn request_for(
+        &self,
+        unit: &str,
+        fits: fn(Intent) -> bool,
+        since_ns: Option<u64>,
+    ) -> Option<&UnitRequest> {
+        self.requests
+            .iter()
+            .rev()
+            .take_while(|r| r.time_ns >= since_ns.unwrap_or(0))
+            .find(|r| fits(r.intent) && r.names(unit))
+    }
+
+    /// A person's recent control command of another supervisor naming
+    /// `service` (`monit stop postgres`, whose stop program is a
+    /// systemctl): requests to systemd are matched by unit instead, and no
+    /// command naming something else is taken for it.
+    fn named_control(&self, service: &str, fits: fn(Intent) -> bool) -> Option<&ControlCommand> {
+        self.control.iter().rev().find(|c| {
+            fits(c.intent)
+                && !supervisors::asks_systemd(&c.comm)
+                && c.args.iter().any(|a| a.contains(service))
+        })
+    }
+
+    /// The person's command behind a stop of a process in systemd unit
+    /// `unit` by a sender without a login (PID 1, the unit's ExecStop=):
+    /// a person's request about that unit, else a person's command naming
+    /// the service.
+    fn unit_stop_command(&self, unit: &str, index: usize) -> Option<ControlCommand> {
+        let service = &self.services[index];
+        self.request_for(unit, Intent::stops, service.started_ns)
+            .and_then(UnitRequest::by_person)
+            .or_else(|| self.named_control(&service.name, Intent::stops).cloned())
+    }
+
+    fn signalled(&mut self, signal: &Signal, table: &ProcessTable) -> Option<Finding> {
         if !STOP_SIGNALS.contains(&signal.signal) {
             return None;
         }
@@ -285,9 +342,13 @@ impl Detector {
         let name = self.services[index].name.clone();
         let from_agent = Some(signal.sender.pid) == self.agent_pid;
         let sender_login = signal.sender.loginuid.filter(|_| !from_agent);
-        let via = match sender_login {
-            Some(_) => None,
-            None => self.control_for(&name, Intent::stops).cloned(),
+        let unit = table
+            .get(&signal.target.key)
+            .and_then(|p| p.unit.as_deref());
+        let via = match (sender_login, unit) {
+            (Some(_), _) => None,
+            (None, Some(unit)) => self.unit_stop_command(unit, index),
+            (None, None) => self.control_for(&name, Intent::stops).cloned(),
         };
         let window = self.window_on(&name);
         let loginuid = sender_login
@@ -327,30 +388,57 @@ impl Detector {
         if !chain.is_empty() {
             chain.remove(0);
         }
-        let service = &mut self.services[index];
+        let name = self.services[index].name.clone();
+        let (operator, requested) = match &process.unit {
+            None => (
+                process.loginuid.or_else(|| {
+                    // `monit start X` and friends: the supervisor does the start.
+                    self.control_for(&name, Intent::starts).map(|c| c.loginuid)
+                }),
+                None,
+            ),
+            // PID 1 starts what is in a unit: the request naming it says
+            // who asked, a person or what ran systemctl; with none,
+            // systemd started it by itself (Restart=, a dependency).
+            Some(unit) => {
+                // One made before the previous start was served by it.
+                let since = self.services[index].started_ns;
+                let request = self.request_for(unit, Intent::starts, since);
+                let operator = process
+                    .loginuid
+                    .or(request.and_then(|r| r.loginuid))
+                    .or_else(|| {
+                        self.named_control(&name, Intent::starts)
+                            .map(|c| c.loginuid)
+                    });
+                (operator, request.filter(|_| operator.is_none()).cloned())
+            }
+        };
+        let supervisor = match &requested {
+            Some(request) => request.supervisor.clone(),
+            None => table.nearest_supervisor(&process.key).map(|p| Link {
+                pid: p.pid,
+                comm: p.comm.clone(),
+            }),
+        };
         let started = Started {
-            service: service.name.clone(),
+            service: name.clone(),
             pid: process.pid,
             exe: process.exe.clone().unwrap_or_default(),
             args: process.cmdline.clone(),
             chain,
-            supervisor: table.nearest_supervisor(&process.key).map(|p| Link {
-                pid: p.pid,
-                comm: p.comm.clone(),
-            }),
+            supervisor,
+            unit: process.unit.clone(),
+            requested: requested.map(Box::new),
             time_ns,
         };
+        let service = &mut self.services[index];
         if let Some(old) = service.main.replace(process.key) {
             self.mains.remove(&old);
         }
         self.mains.insert(process.key, index);
         let crashed = std::mem::take(&mut service.crashed);
-        let name = service.name.clone();
-        let operator = process.loginuid.or_else(|| {
-            // `monit start X` and friends: the supervisor does the start.
-            self.control_for(&name, Intent::starts).map(|c| c.loginuid)
-        });
-        let service = &mut self.services[index];
+        service.started_ns = Some(time_ns);
         match (operator, service.stop.take()) {
             (Some(loginuid), _) => Finding::OperatorStart { started, loginuid },
             (None, Some(stopped_by)) => {

@@ -12,15 +12,27 @@ pub(super) struct Host {
     loginuids: HashMap<ProcessKey, Option<u32>>,
 }
 
+/// A watched service running `exe` (a glob).
+pub(super) fn service(name: &str, exe: &str) -> config::Service {
+    config::Service {
+        name: name.into(),
+        exe: vec![glob::Pattern::new(exe).unwrap()],
+        on_respawn: Default::default(),
+        on_unexpected_respawn: Default::default(),
+        stop_command: None,
+    }
+}
+
 impl Host {
     fn new() -> Host {
-        let services = [config::Service {
-            name: "postgres".into(),
-            exe: vec![glob::Pattern::new("/usr/lib/postgresql/*/bin/postgres").unwrap()],
-            on_respawn: Default::default(),
-            on_unexpected_respawn: Default::default(),
-            stop_command: None,
-        }];
+        Host::with(
+            "init",
+            &[service("postgres", "/usr/lib/postgresql/*/bin/postgres")],
+        )
+    }
+
+    /// A host whose PID 1 is `init_comm`, watching `services`.
+    pub(super) fn with(init_comm: &str, services: &[config::Service]) -> Host {
         let mut table = ProcessTable::default();
         let init = ProcessKey {
             pid: 1,
@@ -32,14 +44,15 @@ impl Host {
             parent: None,
             uid: 0,
             loginuid: None,
-            comm: "init".into(),
+            comm: init_comm.into(),
             exe: Some("/sbin/init".into()),
             cmdline: vec![],
+            unit: None,
             exited: None,
         }]);
         Host {
             table,
-            detector: Detector::new(&services),
+            detector: Detector::new(services),
             time_ns: 1_000_000_000,
             loginuids: HashMap::from([(init, None)]),
         }
@@ -64,7 +77,7 @@ impl Host {
         }
     }
 
-    fn fork(&mut self, parent: ProcessKey, pid: u32) -> ProcessKey {
+    pub(super) fn fork(&mut self, parent: ProcessKey, pid: u32) -> ProcessKey {
         let child = ProcessKey {
             pid,
             start_ticks: self.time_ns / 10_000_000,
@@ -81,7 +94,7 @@ impl Host {
     }
 
     /// Forks `parent` and execs `exe` in the child.
-    fn spawn(
+    pub(super) fn spawn(
         &mut self,
         parent: ProcessKey,
         pid: u32,
@@ -93,7 +106,21 @@ impl Host {
         (key, findings)
     }
 
-    fn exec(&mut self, key: ProcessKey, exe: &str, args: &[&str]) -> Vec<Finding> {
+    /// Execs `exe` in `key`, in the unit it inherited.
+    pub(super) fn exec(&mut self, key: ProcessKey, exe: &str, args: &[&str]) -> Vec<Finding> {
+        let unit = self.table.get(&key).unwrap().unit.clone();
+        self.exec_in(key, unit.as_deref(), exe, args)
+    }
+
+    /// Execs `exe` in `key` in systemd unit `unit` (a child of PID 1 moves
+    /// itself into its unit's cgroup before the exec).
+    pub(super) fn exec_in(
+        &mut self,
+        key: ProcessKey,
+        unit: Option<&str>,
+        exe: &str,
+        args: &[&str],
+    ) -> Vec<Finding> {
         let comm = exe.rsplit('/').next().unwrap().to_string();
         let mut process = self.who(key);
         process.comm = comm;
@@ -107,6 +134,7 @@ impl Host {
             args: args.iter().map(|a| a.to_string()).collect(),
             args_truncated: false,
             guard_stopped: false,
+            unit: unit.map(str::to_string),
         }))
     }
 
@@ -151,7 +179,7 @@ impl Host {
         }))
     }
 
-    fn login(&mut self, key: ProcessKey, loginuid: u32) {
+    pub(super) fn login(&mut self, key: ProcessKey, loginuid: u32) {
         self.loginuids.insert(key, Some(loginuid));
         // As PAM does: the table learns it from the next exec.
     }
@@ -191,7 +219,7 @@ impl Host {
     }
 }
 
-const INIT: ProcessKey = ProcessKey {
+pub(super) const INIT: ProcessKey = ProcessKey {
     pid: 1,
     start_ticks: 0,
 };
@@ -207,7 +235,7 @@ pub(super) fn setup() -> (Host, ProcessKey, ProcessKey) {
     (host, monit, postgres)
 }
 
-fn alice_shell(host: &mut Host) -> ProcessKey {
+pub(super) fn alice_shell(host: &mut Host) -> ProcessKey {
     let (sshd, _) = host.spawn(INIT, 300, "/usr/sbin/sshd", &["sshd"]);
     let shell = host.fork(sshd, 301);
     host.login(shell, 1000);
@@ -556,14 +584,10 @@ fn backends_reload_signals_and_other_processes_are_not_the_service() {
 #[test]
 fn running_services_are_adopted_from_the_table() {
     let (host, _, _) = setup();
-    let services = [config::Service {
-        name: "postgres".into(),
-        exe: vec![glob::Pattern::new("/usr/lib/postgresql/*/bin/postgres").unwrap()],
-        on_respawn: Default::default(),
-        on_unexpected_respawn: Default::default(),
-        stop_command: None,
-    }];
+    let services = [service("postgres", "/usr/lib/postgresql/*/bin/postgres")];
     let mut fresh = Detector::new(&services);
     fresh.adopt(&host.table);
     assert_eq!(fresh.running(), [("postgres", 202)]);
 }
+
+mod systemd;

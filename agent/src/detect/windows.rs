@@ -76,6 +76,14 @@ impl Detector {
         Some(window)
     }
 
+    /// Ends the service's operator stop without closing its window: the
+    /// operator thawed what a supervisor started.
+    pub fn release(&mut self, service: &str) {
+        if let Some(index) = self.index_of(service) {
+            self.services[index].stop = None;
+        }
+    }
+
     pub fn windows(&self) -> &[Window] {
         &self.windows
     }

@@ -26,6 +26,10 @@ pub struct Process {
     /// The executable: the exec'd filename, or /proc/PID/exe when seeded.
     pub exe: Option<String>,
     pub cmdline: Vec<String>,
+    /// The systemd unit it runs in (`postgresql@15-main.service`), from its
+    /// cgroup; None outside any service unit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
     #[serde(skip)]
     pub exited: Option<Exited>,
 }
@@ -42,6 +46,7 @@ impl Process {
             comm: comm.to_string(),
             exe: None,
             cmdline: Vec::new(),
+            unit: None,
             exited: None,
         }
     }
@@ -141,6 +146,8 @@ impl ProcessTable {
                     comm: fork.parent.comm.clone(),
                     exe: parent.and_then(|p| p.exe.clone()),
                     cmdline: parent.map(|p| p.cmdline.clone()).unwrap_or_default(),
+                    // A child starts in its parent's cgroup.
+                    unit: parent.and_then(|p| p.unit.clone()),
                     exited: None,
                 };
                 self.insert_live(child);
@@ -163,6 +170,7 @@ impl ProcessTable {
                 process.comm = exec.process.comm.clone();
                 process.exe = Some(exec.filename.clone());
                 process.cmdline = exec.args.clone();
+                process.unit = exec.unit.clone();
                 self.live.insert(key.pid, key);
             }
             Event::Exit(exit) => {
@@ -288,6 +296,7 @@ mod tests {
             comm: comm.into(),
             exe: None,
             cmdline: Vec::new(),
+            unit: None,
             exited: None,
         }
     }
@@ -311,6 +320,7 @@ mod tests {
             args: vec![comm.into()],
             args_truncated: false,
             guard_stopped: false,
+            unit: None,
         })
     }
 

@@ -46,14 +46,115 @@ fn read(p: &ProcProcess) -> Option<(Process, i32)> {
         comm: stat.comm,
         exe: p.exe().ok().map(|e| e.to_string_lossy().into_owned()),
         cmdline: p.cmdline().unwrap_or_default(),
+        unit: cgroups(stat.pid as u32)
+            .as_deref()
+            .and_then(unit_of_cgroups),
         exited: None,
     };
     Some((process, stat.ppid))
 }
 
+fn cgroups(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()
+}
+
+/// The systemd unit of the process `key` as /proc shows it now; None when
+/// it is in none, or has gone (its pid another process's or nobody's).
+pub fn unit_of(key: ProcessKey) -> Option<String> {
+    let cgroups = cgroups(key.pid)?;
+    let now = ProcProcess::new(key.pid as i32).ok()?.stat().ok()?;
+    (now.starttime == key.start_ticks)
+        .then(|| unit_of_cgroups(&cgroups))
+        .flatten()
+}
+
+/// The service unit in a /proc/PID/cgroup text: from the cgroup v2 line
+/// (`0::/system.slice/redis-server.service`), else systemd's own v1
+/// hierarchy (`1:name=systemd:/...`) on a legacy host.
+fn unit_of_cgroups(text: &str) -> Option<String> {
+    let path = |wanted: &str| {
+        text.lines().find_map(|line| {
+            let (_, rest) = line.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            (controllers == wanted).then_some(path)
+        })
+    };
+    path("")
+        .or_else(|| path("name=systemd"))
+        .and_then(unit_of_cgroup)
+}
+
+/// The system service unit a cgroup path is in: the first name below the
+/// slices (`/system.slice/system-postgresql.slice/postgresql@15-main.service`
+/// is `postgresql@15-main.service`, as is a sub-cgroup of it). None for a
+/// user's session or user manager, a scope, init.scope, or a cgroup
+/// systemd does not manage.
+fn unit_of_cgroup(path: &str) -> Option<String> {
+    let mut names = path.split('/').filter(|n| !n.is_empty());
+    let mut name = names.next()?;
+    if name == "user.slice" {
+        return None;
+    }
+    while name.ends_with(".slice") {
+        name = names.next()?;
+    }
+    name.ends_with(".service").then(|| name.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn units_from_cgroup_paths() {
+        let unit = |path| unit_of_cgroup(path);
+        assert_eq!(
+            unit("/system.slice/system-postgresql.slice/postgresql@15-main.service").as_deref(),
+            Some("postgresql@15-main.service")
+        );
+        assert_eq!(
+            unit("/system.slice/redis-server.service").as_deref(),
+            Some("redis-server.service")
+        );
+        assert_eq!(
+            unit("/system.slice/docker.service/payload").as_deref(),
+            Some("docker.service"),
+            "a sub-cgroup of a unit is in the unit"
+        );
+        for none in [
+            "/",
+            "/init.scope",
+            "/user.slice/user-1000.slice/session-3.scope",
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/x.service",
+            "/system.slice/run-r1.scope",
+            "/stopguard/frozen-42",
+            "/machine.slice",
+            "",
+        ] {
+            assert_eq!(unit(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn units_from_proc_cgroup_texts() {
+        assert_eq!(
+            unit_of_cgroups("0::/system.slice/redis-server.service\n").as_deref(),
+            Some("redis-server.service")
+        );
+        let hybrid = "\
+12:freezer:/
+1:name=systemd:/system.slice/postgresql@15-main.service
+0::/system.slice/postgresql@15-main.service
+";
+        assert_eq!(
+            unit_of_cgroups(hybrid).as_deref(),
+            Some("postgresql@15-main.service")
+        );
+        let legacy = "2:freezer:/\n1:name=systemd:/system.slice/cron.service\n";
+        assert_eq!(unit_of_cgroups(legacy).as_deref(), Some("cron.service"));
+        // No systemd: the v2 path is whatever the host made of it.
+        assert_eq!(unit_of_cgroups("0::/\n"), None);
+    }
 
     #[test]
     fn scan_finds_this_process_with_its_parent_and_command() {

@@ -10,6 +10,7 @@ pub const DAEMONTOOLS: Supervisor = Supervisor {
     control: &[Control {
         comm: "svc",
         intent: svc,
+        units: None,
     }],
 };
 

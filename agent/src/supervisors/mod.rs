@@ -53,12 +53,28 @@ pub struct Control {
     pub comm: &'static str,
     /// The intent of its arguments (argv without argv[0]).
     pub intent: fn(&[String]) -> Intent,
+    /// For a command that asks systemd (PID 1) to act (`systemctl`, and
+    /// what redirects there): the units its arguments name. What PID 1
+    /// then does is matched to it by unit, never by any other guess.
+    pub units: Option<Units>,
 }
+
+/// Reads the units a command's arguments name.
+pub type Units = fn(&[String]) -> Vec<String>;
 
 impl Control {
     /// What this command run with `argv` asks for.
     pub fn intent_of(&self, argv: &[String]) -> Intent {
-        (self.intent)(argv.get(1..).unwrap_or_default())
+        (self.intent)(self.arguments(argv))
+    }
+
+    /// Its own arguments in `argv`: after argv[0], or for a script after
+    /// the interpreter and its options too (`/bin/sh /usr/sbin/service pg
+    /// stop`, `/usr/bin/perl -wT /usr/bin/pg_ctlcluster 15 main stop`).
+    fn arguments<'a>(&self, argv: &'a [String]) -> &'a [String] {
+        let named_so = |a: &String| a.rsplit('/').next().is_some_and(|n| n == self.comm);
+        let own = argv.iter().take(3).position(named_so).unwrap_or(0);
+        argv.get(own + 1..).unwrap_or_default()
     }
 }
 
@@ -76,9 +92,29 @@ pub fn is_supervisor(comm: &str) -> bool {
     ALL.iter().any(|s| s.runs_as(comm))
 }
 
+/// Whether a process named `comm` is systemd (PID 1, or a user's manager).
+pub fn is_systemd(comm: &str) -> bool {
+    systemd::SYSTEMD.runs_as(comm)
+}
+
 /// The control command named `comm`, if it is one.
 pub fn control(comm: &str) -> Option<&'static Control> {
     ALL.iter().flat_map(|s| s.control).find(|c| c.comm == comm)
+}
+
+/// What a request to systemd asks and of which units, when `comm` run with
+/// `argv` is one (`systemctl stop postgresql@15-main`,
+/// `pg_ctlcluster 15 main stop`) and names a unit.
+pub fn unit_request(comm: &str, argv: &[String]) -> Option<(Intent, Vec<String>)> {
+    let control = control(comm)?;
+    let units = (control.units?)(control.arguments(argv));
+    (!units.is_empty()).then(|| (control.intent_of(argv), units))
+}
+
+/// Whether control command `comm` is a request to systemd (matched by
+/// unit, not by the service's name).
+pub fn asks_systemd(comm: &str) -> bool {
+    control(comm).is_some_and(|c| c.units.is_some())
 }
 
 /// What a control command asks for, from its arguments.
@@ -189,5 +225,47 @@ mod tests {
             Intent::Other,
             "not a control command"
         );
+        // Scripts: argv starts with the interpreter.
+        assert_eq!(
+            Intent::of(
+                "service",
+                &args(&["/bin/sh", "/usr/sbin/service", "pg", "status"])
+            ),
+            Intent::Other
+        );
+    }
+
+    #[test]
+    fn requests_to_systemd_name_their_units() {
+        let request = |argv: &[&str]| unit_request(argv[0], &args(argv));
+        assert_eq!(
+            request(&["systemctl", "stop", "postgresql@15-main"]),
+            Some((Intent::Stop, vec!["postgresql@15-main.service".into()]))
+        );
+        assert_eq!(
+            unit_request(
+                "pg_ctlcluster",
+                &args(&[
+                    "/usr/bin/perl",
+                    "-wT",
+                    "/usr/bin/pg_ctlcluster",
+                    "15",
+                    "main",
+                    "start"
+                ])
+            ),
+            Some((Intent::Start, vec!["postgresql@15-main.service".into()]))
+        );
+        assert_eq!(
+            unit_request(
+                "service",
+                &args(&["/bin/sh", "/usr/sbin/service", "redis-server", "restart"])
+            ),
+            Some((Intent::Restart, vec!["redis-server.service".into()]))
+        );
+        assert_eq!(request(&["systemctl", "status", "pg"]), None);
+        assert_eq!(request(&["monit", "stop", "pg"]), None, "not systemd");
+        assert!(asks_systemd("systemctl") && asks_systemd("pg_ctlcluster"));
+        assert!(!asks_systemd("monit") && !asks_systemd("pg_ctl"));
     }
 }

@@ -8,6 +8,7 @@ pub const MONIT: Supervisor = Supervisor {
     control: &[Control {
         comm: "monit",
         intent: verb,
+        units: None,
     }],
 };
 

@@ -9,6 +9,7 @@ pub const RUNIT: Supervisor = Supervisor {
     control: &[Control {
         comm: "sv",
         intent: verb,
+        units: None,
     }],
 };
 

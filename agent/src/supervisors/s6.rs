@@ -9,6 +9,7 @@ pub const S6: Supervisor = Supervisor {
     control: &[Control {
         comm: "s6-svc",
         intent: s6_svc,
+        units: None,
     }],
 };
 

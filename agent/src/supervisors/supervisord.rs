@@ -9,6 +9,7 @@ pub const SUPERVISORD: Supervisor = Supervisor {
     control: &[Control {
         comm: "supervisorctl",
         intent: verb,
+        units: None,
     }],
 };
 

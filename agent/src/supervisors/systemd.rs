@@ -1,7 +1,9 @@
 //! systemd: PID 1 restarts units with `Restart=`; `systemctl stop UNIT`,
-//! and the sysvinit `service NAME stop` that ends up there.
+//! and the sysvinit `service NAME stop` that ends up there. Both are
+//! requests to PID 1 about named units: PID 1 sends the signals and starts
+//! the processes, so the request is what names who asked.
 
-use super::{Control, Supervisor, verb};
+use super::{Control, Intent, Supervisor};
 
 pub const SYSTEMD: Supervisor = Supervisor {
     name: "systemd",
@@ -9,19 +11,157 @@ pub const SYSTEMD: Supervisor = Supervisor {
     control: &[
         Control {
             comm: "systemctl",
-            intent: verb,
+            intent: systemctl_intent,
+            units: Some(systemctl_units),
         },
         Control {
             comm: "service",
-            intent: verb,
+            intent: service_intent,
+            units: Some(service_units),
         },
     ],
 };
 
+/// The unit suffixes systemd knows; a name without one means `.service`.
+const UNIT_SUFFIXES: [&str; 11] = [
+    ".service",
+    ".socket",
+    ".target",
+    ".device",
+    ".mount",
+    ".automount",
+    ".swap",
+    ".timer",
+    ".path",
+    ".slice",
+    ".scope",
+];
+
+/// systemctl's options that take the next argument as their value when
+/// not given with `=` (`-s KILL`, `--signal KILL`).
+const SYSTEMCTL_VALUE_OPTIONS: [&str; 26] = [
+    "-t",
+    "--type",
+    "-s",
+    "--signal",
+    "-p",
+    "--property",
+    "-P",
+    "-n",
+    "--lines",
+    "-o",
+    "--output",
+    "--root",
+    "--image",
+    "--image-policy",
+    "--job-mode",
+    "--kill-whom",
+    "--kill-value",
+    "--what",
+    "--state",
+    "--timestamp",
+    "--message",
+    "--reboot-argument",
+    "--preset-mode",
+    "--drop-in",
+    "--when",
+    "--check-inhibitors",
+];
+
+/// Options that send the request somewhere other than this host's PID 1:
+/// the user's own manager, another host, a container.
+const SYSTEMCTL_ELSEWHERE: [&str; 5] = ["--user", "-H", "--host", "-M", "--machine"];
+
+/// A unit name as systemctl reads it: one without a unit suffix is a
+/// service (`postgresql@15-main` is `postgresql@15-main.service`).
+pub(super) fn unit_name(name: &str) -> String {
+    if UNIT_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+        name.to_string()
+    } else {
+        format!("{name}.service")
+    }
+}
+
+/// What a systemctl command line says: its verb, the words after it, and
+/// whether `--now` was given. None when it is not for this host's PID 1.
+fn systemctl(args: &[String]) -> Option<(&str, Vec<&str>, bool)> {
+    let mut words = Vec::new();
+    let mut now = false;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let option = arg.split_once('=').map_or(arg.as_str(), |(o, _)| o);
+        match arg.as_str() {
+            _ if SYSTEMCTL_ELSEWHERE.contains(&option) => return None,
+            "--now" => now = true,
+            value_option if SYSTEMCTL_VALUE_OPTIONS.contains(&value_option) => {
+                args.next();
+            }
+            option if option.starts_with('-') => {}
+            word => words.push(word),
+        }
+    }
+    let (&verb, units) = words.split_first()?;
+    Some((verb, units.to_vec(), now))
+}
+
+fn systemctl_intent(args: &[String]) -> Intent {
+    let Some((verb, _, now)) = systemctl(args) else {
+        return Intent::Other;
+    };
+    match verb {
+        "stop" | "kill" => Intent::Stop,
+        "disable" | "mask" if now => Intent::Stop,
+        "start" => Intent::Start,
+        "enable" if now => Intent::Start,
+        "restart"
+        | "try-restart"
+        | "condrestart"
+        | "reload-or-restart"
+        | "try-reload-or-restart"
+        | "force-reload" => Intent::Restart,
+        _ => Intent::Other,
+    }
+}
+
+/// The units a systemctl command line stops, starts or restarts.
+fn systemctl_units(args: &[String]) -> Vec<String> {
+    match (systemctl_intent(args), systemctl(args)) {
+        (Intent::Other, _) | (_, None) => Vec::new(),
+        (_, Some((_, units, _))) => units.into_iter().map(unit_name).collect(),
+    }
+}
+
+/// `service NAME ACTION` (or `service NAME --full-restart`): the name and
+/// the action.
+fn service(args: &[String]) -> Option<(&str, &str)> {
+    match args {
+        [name, action, ..] if !name.starts_with('-') => Some((name.as_str(), action.as_str())),
+        _ => None,
+    }
+}
+
+fn service_intent(args: &[String]) -> Intent {
+    match service(args).map(|(_, action)| action) {
+        Some("stop") => Intent::Stop,
+        Some("start") => Intent::Start,
+        Some("restart" | "try-restart" | "condrestart" | "force-reload" | "--full-restart") => {
+            Intent::Restart
+        }
+        _ => Intent::Other,
+    }
+}
+
+fn service_units(args: &[String]) -> Vec<String> {
+    match (service_intent(args), service(args)) {
+        (Intent::Other, _) | (_, None) => Vec::new(),
+        (_, Some((name, _))) => vec![unit_name(name)],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervisors::{Intent, args};
+    use crate::supervisors::args;
 
     #[test]
     fn systemctl_and_service_verbs() {
@@ -33,7 +173,66 @@ mod tests {
         assert_eq!(of(systemctl, &["--no-block", "start", "pg"]), Intent::Start);
         assert_eq!(of(systemctl, &["try-restart", "pg"]), Intent::Restart);
         assert_eq!(of(systemctl, &["status", "pg"]), Intent::Other);
+        assert_eq!(of(systemctl, &["-s", "KILL", "kill", "pg"]), Intent::Stop);
+        assert_eq!(of(systemctl, &["disable", "--now", "pg"]), Intent::Stop);
+        assert_eq!(of(systemctl, &["disable", "pg"]), Intent::Other);
+        assert_eq!(of(systemctl, &["--user", "stop", "pg"]), Intent::Other);
         assert_eq!(of(service, &["postgresql", "stop"]), Intent::Stop);
         assert_eq!(of(service, &["postgresql", "restart"]), Intent::Restart);
+        assert_eq!(of(service, &["--status-all"]), Intent::Other);
+    }
+
+    #[test]
+    fn systemctl_names_units_a_bare_name_being_a_service() {
+        let units = |a: &[&str]| systemctl_units(&args(a));
+        assert_eq!(
+            units(&["stop", "postgresql@15-main"]),
+            ["postgresql@15-main.service"]
+        );
+        assert_eq!(
+            units(&[
+                "-q",
+                "--no-block",
+                "restart",
+                "redis-server.service",
+                "nginx"
+            ]),
+            ["redis-server.service", "nginx.service"]
+        );
+        // An option's value is not a unit, given apart or with `=`.
+        assert_eq!(
+            units(&["kill", "-s", "SIGKILL", "redis-server"]),
+            ["redis-server.service"]
+        );
+        assert_eq!(
+            units(&[
+                "kill",
+                "--signal=KILL",
+                "--kill-whom",
+                "main",
+                "redis-server"
+            ]),
+            ["redis-server.service"]
+        );
+        assert_eq!(units(&["start", "pg.socket"]), ["pg.socket"]);
+        assert_eq!(units(&["enable", "--now", "pg"]), ["pg.service"]);
+        assert!(units(&["status", "pg"]).is_empty());
+        assert!(units(&["enable", "pg"]).is_empty());
+        assert!(units(&["--user", "stop", "pg"]).is_empty());
+        assert!(units(&["-H", "db2", "stop", "pg"]).is_empty());
+        assert!(units(&["--machine=c1", "stop", "pg"]).is_empty());
+        assert!(units(&[]).is_empty());
+    }
+
+    #[test]
+    fn service_names_its_unit() {
+        let units = |a: &[&str]| service_units(&args(a));
+        assert_eq!(units(&["postgresql", "stop"]), ["postgresql.service"]);
+        assert_eq!(
+            units(&["redis-server", "--full-restart"]),
+            ["redis-server.service"]
+        );
+        assert!(units(&["postgresql", "status"]).is_empty());
+        assert!(units(&["--status-all"]).is_empty());
     }
 }

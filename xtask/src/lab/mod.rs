@@ -118,7 +118,15 @@ impl Userland {
 
 /// The matrix's columns, in the order the guest runs them.
 const SCENARIOS: &[&str] = &[
-    "install", "trace", "freeze", "restart", "postgres", "upgrade", "reboot",
+    "install",
+    "trace",
+    "freeze",
+    "restart",
+    "postgres",
+    "systemd-monit",
+    "systemd-redis",
+    "upgrade",
+    "reboot",
 ];
 
 /// A boot has this long to come up, run its payload and power off; a
@@ -373,7 +381,7 @@ fn print_matrix(rows: &[Row]) {
     println!();
     print!("{:<22}", "userland / kernel");
     for scenario in SCENARIOS {
-        print!(" {scenario:>11}");
+        print!(" {scenario:>13}");
     }
     println!("  {:>9}  {:>12}", "exposure", "boots (s)");
     for row in rows {
@@ -387,7 +395,7 @@ fn print_matrix(rows: &[Row]) {
                 Some((false, ms)) => format!("FAIL {:.1}s", *ms as f64 / 1000.0),
                 None => "not run".to_string(),
             };
-            print!(" {cell:>11}");
+            print!(" {cell:>13}");
         }
         let boots: Vec<String> = row.boot_secs.iter().map(|s| format!("{s:.0}")).collect();
         println!(
