@@ -18,7 +18,7 @@ mod requests;
 mod state;
 mod stop;
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -32,7 +32,7 @@ use crate::{
     alert::{self, Alert},
     audit::{AgentEvent, AuditLog},
     clock::{Clock, boot_ns},
-    config::{Config, Service, Settings, SinkConfig},
+    config::{Config, Settings, SinkConfig},
     control::{self, server::Answer},
     detect::{AtRisk, Detector, Finding},
     events::{Event, RecordKind},
@@ -60,7 +60,6 @@ struct Batch {
 struct Agent {
     host: String,
     clock: Clock,
-    services: HashMap<String, Service>,
     detector: Detector,
     custody: Custody,
     alerting: Alerting,
@@ -103,11 +102,6 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     let mut agent = Agent {
         host: config.agent.host.clone(),
         clock: Clock::now(),
-        services: config
-            .services
-            .iter()
-            .map(|s| (s.name.clone(), s.clone()))
-            .collect(),
         detector: Detector::new(&config.services),
         custody: Custody::new(config.agent.freezer, audit.clone()),
         alerting: Alerting::new(
@@ -244,7 +238,7 @@ fn log_summary(monitor: &Monitor) {
 impl Agent {
     /// One line for `systemctl status`: what is watched.
     fn watching(&self) -> String {
-        let mut services: Vec<&str> = self.services.keys().map(String::as_str).collect();
+        let mut services: Vec<&str> = self.detector.services().iter().map(|s| s.name).collect();
         services.sort_unstable();
         format!(
             "watching {} service{} ({})",
@@ -255,17 +249,21 @@ impl Agent {
     }
 
     /// The name the kernel guard matches for a service: its running main
-    /// process's comm, else its first exe glob's file name.
+    /// process's comm, else its first exe glob's file name, else the name
+    /// its main process had last (a service known by its unit alone).
     fn guard_name(&self, service: &str, table: &ProcessTable) -> Option<String> {
         let running = self
             .main_pid(service)
             .and_then(|pid| table.live(pid))
             .map(|p| p.comm.clone());
-        running.or_else(|| {
-            let exe = self.services.get(service)?.exe.first()?.as_str();
+        let configured = || {
+            let exe = self.detector.config_of(service)?.exe.first()?.as_str();
             let name = exe.rsplit('/').next()?;
             (!name.contains(['*', '?', '['])).then(|| name.to_string())
-        })
+        };
+        running
+            .or_else(configured)
+            .or_else(|| self.detector.comm_of(service).map(str::to_string))
     }
 
     /// The main process of `service` as detection knows it.
@@ -279,14 +277,16 @@ impl Agent {
 
     fn guard(&mut self, monitor: &mut Monitor, service: &str, on: bool) {
         let Some(name) = self.guard_name(service, monitor.table()) else {
-            tracing::warn!("{service}: no name to guard (exe globs end in a wildcard)");
+            tracing::warn!(
+                "{service}: no name to guard (exe globs end in a wildcard, or its unit never ran)"
+            );
             return;
         };
         self.custody.guard(monitor.probes(), service, &name, on);
     }
 
     fn window_open(&self, service: &str) -> bool {
-        self.detector.windows().iter().any(|w| w.service == service)
+        self.detector.window_of(service).is_some()
     }
 
     fn act(&mut self, monitor: &mut Monitor, work: Batch) {
@@ -324,7 +324,7 @@ impl Agent {
         let Some(name) = finding_service(finding) else {
             return;
         };
-        let Some(service) = self.services.get(name) else {
+        let Some(service) = self.detector.config_of(name) else {
             return;
         };
         let decision = policy::decide(finding, service, self.window_open(name));
@@ -378,8 +378,8 @@ impl Agent {
     /// stopped at exec is let go, as its lost exec record would have had it.
     fn respond_lost(&mut self, monitor: &Monitor, count: u64, risk: &AtRisk) {
         let decision = self
-            .services
-            .get(&risk.service)
+            .detector
+            .config_of(&risk.service)
             .map_or(Decision::Alert, |s| policy::decide_unseen_start(risk, s));
         let held = match (risk.started_unseen, decision) {
             (Some(pid), Decision::Freeze) => {

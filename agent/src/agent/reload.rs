@@ -36,11 +36,6 @@ impl Agent {
         detector.adopt(monitor.table());
         detector.restore(self.detector.snapshot());
         self.detector = detector;
-        self.services = config
-            .services
-            .iter()
-            .map(|s| (s.name.clone(), s.clone()))
-            .collect();
         self.host = config.agent.host.clone();
         self.alerting
             .set_group_interval(config.agent.group_interval);
@@ -59,7 +54,7 @@ impl Agent {
         }
         self.settings.host = config.agent.host;
         self.settings.group_interval = config.agent.group_interval;
-        let services: Vec<String> = self.services.keys().cloned().collect();
+        let services: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
         tracing::info!(
             "configuration reloaded from {}: watching {} services ({})",
             config.source,

@@ -109,8 +109,8 @@ impl Agent {
             for_secs.map(|s| s.saturating_mul(1_000_000_000)),
         )?;
         if self
-            .services
-            .get(service)
+            .detector
+            .config_of(service)
             .is_some_and(super::policy::guards_in_window)
         {
             self.guard(monitor, service, true);
@@ -172,13 +172,14 @@ impl Agent {
 
     fn status(&self, monitor: &Monitor) -> Status {
         let services = self
-            .services
-            .keys()
-            .map(|name| {
-                let stop = self.detector.stop_of(name);
-                let pid = self.main_pid(name);
+            .detector
+            .services()
+            .into_iter()
+            .map(|view| {
+                let (name, stop, pid) = (view.name, view.stop, view.pid);
                 ServiceStatus {
-                    name: name.clone(),
+                    name: name.to_string(),
+                    unit: view.unit.map(str::to_string),
                     pid,
                     state: match (pid, stop) {
                         (Some(_), _) => ServiceState::Running,

@@ -151,12 +151,12 @@ impl Agent {
         for frozen in actions::frozen_in_cgroups() {
             let process = monitor.table().live(frozen.pid);
             let service = process.and_then(|p| self.detector.service_name_of(p));
+            let known = service.is_some();
             let name = match (service, process) {
-                (Some(service), _) => service.to_string(),
+                (Some(service), _) => service,
                 (None, Some(p)) => p.comm.clone(),
                 (None, None) => format!("pid {}", frozen.pid),
             };
-            let known = service.is_some();
             if self.custody.adopt(&name, frozen) && known {
                 adopted = true;
                 if !self.custody.guarded().contains(&name) {

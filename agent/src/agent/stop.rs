@@ -30,6 +30,19 @@ impl Agent {
         wait_secs: u64,
         peer: Peer,
     ) -> Answer {
+        let instances = self.detector.instances_of(&service);
+        if !instances.is_empty() && self.main_pid(&service).is_none() {
+            return Answer::Now(error(format!(
+                "`{service}` runs as {} units ({}): stop one of them, such as `stopguard stop {}`",
+                instances.len(),
+                instances.join(", "),
+                instances[0]
+            )));
+        }
+        let command = match self.stop_command(&service) {
+            Ok(command) => command,
+            Err(err) => return Answer::Now(error(err)),
+        };
         let open = self
             .detector
             .windows()
@@ -71,10 +84,6 @@ impl Agent {
             answer.held_frozen = Some(pid);
             return Answer::Now(ok(answer));
         }
-        let command = self
-            .services
-            .get(&answer.service)
-            .and_then(|s| s.stop_command.clone());
         Answer::Later(Box::pin(stop_service(
             answer,
             command,
@@ -83,6 +92,38 @@ impl Agent {
             Duration::from_secs(wait_secs),
         )))
     }
+}
+
+impl Agent {
+    /// The service's `stop_command`, its `{unit}` and `{instance}` filled in
+    /// for an instance (`postgresql@15-main.service`, `15-main`).
+    fn stop_command(&self, service: &str) -> Result<Option<Vec<String>>, String> {
+        let Some(argv) = self
+            .detector
+            .config_of(service)
+            .and_then(|s| s.stop_command.clone())
+        else {
+            return Ok(None);
+        };
+        let unit = self.detector.unit_of(service);
+        argv.into_iter()
+            .map(|arg| match unit {
+                Some(unit) => Ok(fill(&arg, unit)),
+                None if arg.contains("{unit}") || arg.contains("{instance}") => Err(format!(
+                    "`{service}` runs in no systemd unit, so stop_command's `{arg}` has nothing to name"
+                )),
+                None => Ok(arg),
+            })
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+}
+
+/// `arg` with `{unit}` and `{instance}` (what follows the `@`) of `unit`.
+fn fill(arg: &str, unit: &str) -> String {
+    let stem = unit.strip_suffix(".service").unwrap_or(unit);
+    let instance = stem.split_once('@').map_or(stem, |(_, i)| i);
+    arg.replace("{unit}", unit).replace("{instance}", instance)
 }
 
 /// Stops a service: runs `command` (with the operator's login uid, so what

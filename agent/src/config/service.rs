@@ -8,8 +8,13 @@ use serde::Deserialize;
 pub struct Service {
     pub name: String,
     /// Globs on the executable's path, compiled; each keeps its text
-    /// (`as_str`).
+    /// (`as_str`). Empty: any program in a matching unit.
     pub exe: Vec<Pattern>,
+    /// Globs on the systemd unit a process runs in (`postgresql@*.service`).
+    /// A process in a unit they match is tracked as that unit's own service,
+    /// named after it (`postgresql@15-main`); with `exe` set, one outside
+    /// such a unit is tracked under `name`.
+    pub unit: Vec<Pattern>,
     /// What to do when a supervisor respawns it inside a maintenance window.
     pub on_respawn: InWindow,
     /// What to do when a supervisor respawns it after an operator stopped
@@ -18,6 +23,30 @@ pub struct Service {
     /// How `stopguard stop` stops it (argv, run by the agent with the
     /// operator's login identity); without it, SIGTERM to the main process.
     pub stop_command: Option<Vec<String>>,
+}
+
+impl Service {
+    /// Whether its unit globs can match many units, each then tracked as a
+    /// service of its own (`postgresql@15-main`, `postgresql@16-main`).
+    pub fn per_instance(&self) -> bool {
+        self.unit
+            .iter()
+            .any(|p| p.as_str().contains(['*', '?', '[']))
+    }
+
+    /// Whether a process running `exe` (or a script at that path) belongs
+    /// to it; with no exe globs, any program does.
+    pub fn runs(&self, paths: &[&str]) -> bool {
+        self.exe.is_empty()
+            || paths
+                .iter()
+                .any(|path| self.exe.iter().any(|p| p.matches(path)))
+    }
+
+    /// Whether `unit` is one of its units.
+    pub fn in_unit(&self, unit: &str) -> bool {
+        self.unit.iter().any(|p| p.matches(unit))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -43,7 +72,10 @@ pub enum UnexpectedRespawn {
 #[serde(deny_unknown_fields)]
 pub(super) struct ServiceToml {
     name: String,
-    exe: Vec<String>,
+    #[serde(default)]
+    exe: OneOrMany,
+    #[serde(default)]
+    unit: OneOrMany,
     #[serde(default)]
     on_respawn: InWindow,
     #[serde(default)]
@@ -52,22 +84,65 @@ pub(super) struct ServiceToml {
     stop_command: Option<Vec<String>>,
 }
 
-/// Compiles each service's exe globs; an error names the service and the glob.
+/// A glob or a list of them: `unit = "postgresql@*.service"` reads as well
+/// as a list.
+#[derive(Default, Deserialize)]
+#[serde(untagged, expecting = "a glob or a list of globs")]
+pub(super) enum OneOrMany {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+/// A unit glob names a service unit unless it says otherwise, as
+/// `systemctl` reads a bare name: `redis-server` is `redis-server.service`.
+fn unit_glob(glob: String) -> String {
+    let typed = glob.ends_with('*')
+        || [
+            ".service", ".scope", ".socket", ".timer", ".target", ".mount",
+        ]
+        .iter()
+        .any(|t| glob.ends_with(t));
+    if typed {
+        glob
+    } else {
+        format!("{glob}.service")
+    }
+}
+
+fn patterns(service: &str, key: &str, globs: Vec<String>) -> Result<Vec<Pattern>> {
+    globs
+        .iter()
+        .map(|glob| {
+            Pattern::new(glob)
+                .with_context(|| format!("service `{service}`: bad {key} glob `{glob}`"))
+        })
+        .collect()
+}
+
+/// Compiles each service's globs; an error names the service and the glob.
 pub(super) fn compile(services: Vec<ServiceToml>) -> Result<Vec<Service>> {
     services
         .into_iter()
         .map(|s| {
-            let exe = s
-                .exe
-                .iter()
-                .map(|glob| {
-                    Pattern::new(glob)
-                        .with_context(|| format!("service `{}`: bad exe glob `{glob}`", s.name))
-                })
-                .collect::<Result<_>>()?;
+            let exe = patterns(&s.name, "exe", s.exe.into_vec())?;
+            let units = s.unit.into_vec().into_iter().map(unit_glob).collect();
+            let unit = patterns(&s.name, "unit", units)?;
             Ok(Service {
                 name: s.name,
                 exe,
+                unit,
                 on_respawn: s.on_respawn,
                 on_unexpected_respawn: s.on_unexpected_respawn,
                 stop_command: s.stop_command,
@@ -77,7 +152,7 @@ pub(super) fn compile(services: Vec<ServiceToml>) -> Result<Vec<Service>> {
 }
 
 /// Checks what a glob cannot: names present and unique, a program to stop
-/// with, at least one exe.
+/// with, at least one exe or unit.
 pub(super) fn check(services: &[Service]) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     for service in services {
@@ -93,9 +168,9 @@ pub(super) fn check(services: &[Service]) -> Result<()> {
                 service.name
             );
         }
-        if service.exe.is_empty() {
+        if service.exe.is_empty() && service.unit.is_empty() {
             bail!(
-                "service `{}`: key `exe` needs at least one path glob",
+                "service `{}`: needs key `exe` (executable path globs) or `unit` (systemd unit globs such as \"postgresql@*.service\")",
                 service.name
             );
         }

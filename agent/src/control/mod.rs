@@ -74,6 +74,9 @@ pub struct Stopped {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
+    /// The systemd unit it is, for an instance of a per-instance service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
     pub pid: Option<u32>,
     pub state: ServiceState,
     pub stopped_by: Option<OperatorStop>,

@@ -43,8 +43,16 @@ const CONTROL_WINDOW_NS: u64 = 30_000_000_000;
 
 struct Watched {
     name: String,
-    exe: Vec<glob::Pattern>,
+    /// The configured service it is, or is an instance of (index in
+    /// `Detector::specs`).
+    spec: usize,
+    /// The unit it is, for an instance of a per-instance service.
+    unit: Option<String>,
     main: Option<ProcessKey>,
+    /// Its latest main process's name: what the kernel guard matches.
+    comm: Option<String>,
+    /// The unit its latest main process ran in.
+    main_unit: Option<String>,
     stop: Option<OperatorStop>,
     crashed: bool,
     /// A main process reported as started unseen after lost records: its
@@ -56,7 +64,19 @@ struct Watched {
     started_ns: Option<u64>,
 }
 
+/// Where a process belongs: a service watched already, or a new instance
+/// (named after `unit`) of a per-instance service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Slot {
+    Known(usize),
+    New { spec: usize, unit: String },
+}
+
 pub struct Detector {
+    /// The services as configured. Each has an entry of its own in
+    /// `services` at its index; a per-instance one's units get entries
+    /// after those, as they are met.
+    specs: Vec<config::Service>,
     services: Vec<Watched>,
     /// Main process → index in `services`.
     mains: HashMap<ProcessKey, usize>,
@@ -72,20 +92,14 @@ pub struct Detector {
 
 impl Detector {
     pub fn new(services: &[config::Service]) -> Detector {
-        let services = services
+        let watched = services
             .iter()
-            .map(|s| Watched {
-                name: s.name.clone(),
-                exe: s.exe.clone(),
-                main: None,
-                stop: None,
-                crashed: false,
-                unseen: None,
-                started_ns: None,
-            })
+            .enumerate()
+            .map(|(spec, s)| Watched::new(s.name.clone(), spec, None))
             .collect();
         Detector {
-            services,
+            specs: services.to_vec(),
+            services: watched,
             mains: HashMap::new(),
             control: VecDeque::new(),
             requests: VecDeque::new(),
@@ -112,60 +126,254 @@ impl Detector {
         self.services.iter().position(|s| s.name == service)
     }
 
+    /// The entry for `service`: a watched one, or a new instance when a
+    /// per-instance service's units match the name (`postgresql@16-main`
+    /// for `postgresql@*.service`), so a window can be opened on a cluster
+    /// not started yet.
+    fn index_for(&mut self, service: &str) -> Option<usize> {
+        if let Some(index) = self.index_of(service) {
+            return Some(index);
+        }
+        let unit = if service.contains('.') {
+            service.to_string()
+        } else {
+            format!("{service}.service")
+        };
+        let spec = self
+            .specs
+            .iter()
+            .position(|s| s.per_instance() && s.in_unit(&unit))?;
+        Some(self.resolve(Slot::New { spec, unit }))
+    }
+
+    /// The entries a name covers: the service itself and, for a
+    /// per-instance service's own name, every instance of it.
+    fn covered(&self, service: &str) -> Vec<usize> {
+        let spec = self.specs.iter().position(|s| s.name == service);
+        self.services
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.name == service || Some(s.spec) == spec)
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    fn resolve(&mut self, slot: Slot) -> usize {
+        match slot {
+            Slot::Known(index) => index,
+            Slot::New { spec, unit } => {
+                let name = unit.strip_suffix(".service").unwrap_or(&unit).to_string();
+                self.services.push(Watched::new(name, spec, Some(unit)));
+                self.services.len() - 1
+            }
+        }
+    }
+
+    /// The configuration of `service` (of the service it is an instance of).
+    pub fn config_of(&self, service: &str) -> Option<&config::Service> {
+        self.index_of(service)
+            .map(|index| &self.specs[self.services[index].spec])
+            .or_else(|| self.specs.iter().find(|s| s.name == service))
+    }
+
+    /// Every service as status shows it: the configured ones, and each
+    /// instance met of a per-instance one (whose own name is shown only
+    /// while no instance is known or while it has something of its own).
+    pub fn services(&self) -> Vec<ServiceView<'_>> {
+        self.services
+            .iter()
+            .enumerate()
+            .filter(|(index, s)| {
+                let own_of_instances = *index < self.specs.len()
+                    && self.specs[*index].per_instance()
+                    && self
+                        .services
+                        .iter()
+                        .any(|i| i.spec == *index && i.unit.is_some());
+                !own_of_instances || s.main.is_some() || s.stop.is_some()
+            })
+            .map(|(_, s)| ServiceView {
+                name: &s.name,
+                unit: s.unit.as_deref(),
+                config: &self.specs[s.spec].name,
+                pid: s.main.map(|k| k.pid),
+                stop: s.stop.as_ref(),
+            })
+            .collect()
+    }
+
+    /// The instances met of per-instance service `service`, by name.
+    pub fn instances_of(&self, service: &str) -> Vec<&str> {
+        self.covered(service)
+            .into_iter()
+            .filter(|&index| {
+                self.services[index].unit.is_some() && self.services[index].name != service
+            })
+            .map(|index| self.services[index].name.as_str())
+            .collect()
+    }
+
+    /// The unit `service` is, for an instance; else the unit its main
+    /// process runs in, if any.
+    pub fn unit_of(&self, service: &str) -> Option<&str> {
+        let watched = &self.services[self.index_of(service)?];
+        watched
+            .unit
+            .as_deref()
+            .or_else(|| watched.main_unit.as_deref())
+    }
+
+    /// The name of `service`'s latest main process (of any instance, for a
+    /// per-instance service's own name): what its next start will be
+    /// called, for the kernel guard of a service with no exe globs.
+    pub fn comm_of(&self, service: &str) -> Option<&str> {
+        self.covered(service)
+            .into_iter()
+            .rev()
+            .find_map(|index| self.services[index].comm.as_deref())
+    }
+
     /// The operator stop a service is under, if any.
     pub fn stop_of(&self, service: &str) -> Option<&OperatorStop> {
         self.index_of(service)
             .and_then(|i| self.services[i].stop.as_ref())
     }
 
-    fn service_of(&self, exe: &str) -> Option<usize> {
-        self.services
-            .iter()
-            .position(|s| s.exe.iter().any(|p| p.matches(exe)))
-    }
-
-    /// The service a process runs: its executable matches, or for an
-    /// interpreted daemon (`/bin/sh /path/daemon`, where /proc's exe is the
-    /// interpreter) its first arguments do.
-    fn service_of_process(&self, process: &Process) -> Option<usize> {
-        process
+    /// The service a process runs: its executable matches a service's exe
+    /// globs, or for an interpreted daemon (`/bin/sh /path/daemon`, where
+    /// /proc's exe is the interpreter) its first arguments do; or it runs
+    /// in a unit of a service with no exe globs. In a unit of a
+    /// per-instance service, it is that unit's instance.
+    fn slot_of(&self, process: &Process) -> Option<Slot> {
+        let paths: Vec<&str> = process
             .exe
             .iter()
             .chain(process.cmdline.iter().take(2))
-            .find_map(|path| self.service_of(path))
+            .map(String::as_str)
+            .collect();
+        let by_exe = paths.iter().find_map(|path| {
+            self.specs
+                .iter()
+                .position(|s| !s.exe.is_empty() && s.runs(&[path]))
+        });
+        let unit = process.unit.as_deref();
+        let spec = by_exe.or_else(|| {
+            let unit = unit?;
+            self.specs
+                .iter()
+                .position(|s| s.exe.is_empty() && s.in_unit(unit))
+        })?;
+        match unit.filter(|u| self.specs[spec].per_instance() && self.specs[spec].in_unit(u)) {
+            Some(unit) => Some(
+                self.services
+                    .iter()
+                    .position(|s| s.spec == spec && s.unit.as_deref() == Some(unit))
+                    .map_or_else(
+                        || Slot::New {
+                            spec,
+                            unit: unit.to_string(),
+                        },
+                        Slot::Known,
+                    ),
+            ),
+            None => Some(Slot::Known(spec)),
+        }
     }
 
-    /// The service whose program `process` runs.
-    pub fn service_name_of(&self, process: &Process) -> Option<&str> {
-        self.service_of_process(process)
-            .map(|index| self.services[index].name.as_str())
+    /// The service whose program `process` runs (an instance is met here
+    /// if it was not before).
+    pub fn service_name_of(&mut self, process: &Process) -> Option<String> {
+        let slot = self.slot_of(process)?;
+        let index = self.resolve(slot);
+        Some(self.services[index].name.clone())
     }
 
     /// A process is a service's main process when it runs the service, is
     /// not a query of it (`postgres -V`, which pg_ctl runs before each
     /// start), and its parent does not run it (a postmaster, not one of its
     /// backends).
-    fn main_service(&self, process: &Process, table: &ProcessTable) -> Option<usize> {
-        let index = self.service_of_process(process)?;
+    ///
+    /// A service with no exe globs runs whatever its unit runs: its main
+    /// process is the one systemd started (whose parent is not in the
+    /// unit), and while that lives what else systemd runs there (ExecStop=,
+    /// ExecReload=) is not a new one.
+    fn main_service(&self, process: &Process, table: &ProcessTable) -> Option<Slot> {
+        let slot = self.slot_of(process)?;
         if intent::is_query(&process.cmdline) {
             return None;
         }
         let parent_same = process
             .parent
             .and_then(|k| table.get(&k))
-            .and_then(|p| self.service_of_process(p))
-            == Some(index);
-        (!parent_same).then_some(index)
+            .filter(|p| p.exited.is_none() || !self.unit_only(&slot))
+            .and_then(|p| self.slot_of(p))
+            .is_some_and(|parent| parent == slot);
+        if parent_same {
+            return None;
+        }
+        if let Slot::Known(index) = slot {
+            let other_main = self.services[index].main.is_some_and(|m| m != process.key);
+            if self.unit_only(&slot) && other_main {
+                return None;
+            }
+        }
+        Some(slot)
+    }
+
+    /// Whether the slot's service has no exe globs (runs what its unit runs).
+    fn unit_only(&self, slot: &Slot) -> bool {
+        let spec = match slot {
+            Slot::Known(index) => self.services[*index].spec,
+            Slot::New { spec, .. } => *spec,
+        };
+        self.specs[spec].exe.is_empty()
+    }
+
+    /// Makes `process` the main process of entry `index`.
+    fn set_main(&mut self, index: usize, process: &Process) {
+        let service = &mut self.services[index];
+        if let Some(old) = service.main.replace(process.key) {
+            self.mains.remove(&old);
+        }
+        service.comm = Some(process.comm.clone());
+        service.main_unit = process.unit.clone();
+        self.mains.insert(process.key, index);
     }
 
     /// Finds the main processes already running (call after seeding).
     pub fn adopt(&mut self, table: &ProcessTable) {
         for process in table.live_processes() {
-            if let Some(index) = self.main_service(process, table) {
-                self.services[index].main = Some(process.key);
-                self.mains.insert(process.key, index);
+            if let Some(slot) = self.main_service(process, table) {
+                let index = self.resolve(slot);
+                self.set_main(index, process);
             }
         }
+    }
+
+    /// Who takes over when the main process of a service with no exe globs
+    /// exits while its unit still runs what its start left behind (Debian's
+    /// pg_ctlcluster exits once the postmaster it started through pg_ctl
+    /// serves): the oldest live process of the unit orphaned by the exit of
+    /// another of the unit's. What PID 1 runs there next (ExecStop=) is not.
+    fn heir<'t>(
+        &self,
+        index: usize,
+        gone: ProcessKey,
+        table: &'t ProcessTable,
+    ) -> Option<&'t Process> {
+        if !self.unit_only(&Slot::Known(index)) {
+            return None;
+        }
+        let ours = |p: &Process| self.slot_of(p) == Some(Slot::Known(index));
+        table
+            .live_processes()
+            .filter(|p| p.exited.is_none() && p.key != gone && ours(p))
+            .filter(|p| {
+                p.parent.and_then(|k| table.get(&k)).is_some_and(|parent| {
+                    (parent.exited.is_some() || parent.key == gone) && ours(parent)
+                })
+            })
+            .min_by_key(|p| (p.key.start_ticks, p.pid))
     }
 
     /// Services with a running main process, by name.
@@ -190,21 +398,28 @@ impl Detector {
                     self.requests.push_back(request);
                 }
                 self.forget_old_control(exec.time_ns);
-                match self.main_service(process, table) {
-                    // Already reported, by the resync after the loss.
-                    Some(index) if self.services[index].unseen == Some(process.key) => {
-                        self.services[index].unseen = None;
-                        Vec::new()
-                    }
-                    Some(index) => vec![self.started(index, process, exec.time_ns, table)],
-                    None => Vec::new(),
+                let Some(slot) = self.main_service(process, table) else {
+                    return Vec::new();
+                };
+                let index = self.resolve(slot);
+                // Already reported, by the resync after the loss.
+                if self.services[index].unseen == Some(process.key) {
+                    self.services[index].unseen = None;
+                    return Vec::new();
                 }
+                vec![self.started(index, process, exec.time_ns, table)]
             }
             Event::Signal(signal) => self.signalled(signal, table).into_iter().collect(),
             Event::Exit(exit) => {
                 let Some(index) = self.mains.remove(&exit.key) else {
                     return Vec::new();
                 };
+                self.services[index].main = None;
+                if let Some(heir) = self.heir(index, exit.key, table) {
+                    let heir = heir.clone();
+                    self.set_main(index, &heir);
+                    return Vec::new();
+                }
                 let service = &mut self.services[index];
                 service.main = None;
                 service.crashed = service.stop.is_none();
@@ -224,11 +439,16 @@ impl Detector {
     /// After lost records: takes the main processes from the table (just
     /// reseeded from /proc) and names the services whose state mattered.
     fn resync(&mut self, count: u64, table: &ProcessTable) -> Option<Finding> {
+        let candidates: Vec<(Slot, &Process)> = table
+            .live_processes()
+            .filter_map(|p| Some((self.main_service(p, table)?, p)))
+            .collect();
+        let candidates: Vec<(usize, &Process)> = candidates
+            .into_iter()
+            .map(|(slot, p)| (self.resolve(slot), p))
+            .collect();
         let mut now: Vec<Option<&Process>> = vec![None; self.services.len()];
-        for process in table.live_processes() {
-            let Some(index) = self.main_service(process, table) else {
-                continue;
-            };
+        for (index, process) in candidates {
             // The main process known before stays while it lives; else the
             // latest to start takes its place.
             let known = self.services[index].main;
@@ -246,13 +466,13 @@ impl Detector {
                 if let Some(old) = before {
                     self.mains.remove(&old);
                 }
-                if let Some(new) = main {
-                    self.mains.insert(new, index);
+                self.services[index].main = None;
+                if let Some(process) = process {
+                    self.set_main(index, process);
                 }
-                self.services[index].main = main;
             }
             let service = &self.services[index];
-            let window = self.window_on(&service.name).cloned();
+            let window = self.window_on(index).cloned();
             if window.is_some() || service.stop.is_some() {
                 at_risk.push(AtRisk {
                     service: service.name.clone(),
@@ -286,14 +506,21 @@ impl Detector {
         }
     }
 
+    /// Whether a command's arguments name entry `index`: by its own name
+    /// or by the configured service it is an instance of.
+    fn names(&self, index: usize, args: &[String]) -> bool {
+        let service = &self.services[index];
+        let config = &self.specs[service.spec].name;
+        args.iter()
+            .any(|a| a.contains(&service.name) || a.contains(config.as_str()))
+    }
+
     /// The latest recent control command with a fitting intent, preferring
-    /// one that names `service`.
-    fn control_for(&self, service: &str, fits: fn(Intent) -> bool) -> Option<&ControlCommand> {
+    /// one that names entry `index`.
+    fn control_for(&self, index: usize, fits: fn(Intent) -> bool) -> Option<&ControlCommand> {
         let mut fitting = self.control.iter().rev().filter(|c| fits(c.intent));
         let latest = fitting.clone().next();
-        fitting
-            .find(|c| c.args.iter().any(|a| a.contains(service)))
-            .or(latest)
+        fitting.find(|c| self.names(index, &c.args)).or(latest)
     }
 
     /// The latest recent request to systemd about `unit` with a fitting
@@ -315,11 +542,9 @@ impl Detector {
     /// `service` (`monit stop postgres`, whose stop program is a
     /// systemctl): requests to systemd are matched by unit instead, and no
     /// command naming something else is taken for it.
-    fn named_control(&self, service: &str, fits: fn(Intent) -> bool) -> Option<&ControlCommand> {
+    fn named_control(&self, index: usize, fits: fn(Intent) -> bool) -> Option<&ControlCommand> {
         self.control.iter().rev().find(|c| {
-            fits(c.intent)
-                && !supervisors::asks_systemd(&c.comm)
-                && c.args.iter().any(|a| a.contains(service))
+            fits(c.intent) && !supervisors::asks_systemd(&c.comm) && self.names(index, &c.args)
         })
     }
 
@@ -331,7 +556,7 @@ impl Detector {
         let service = &self.services[index];
         self.request_for(unit, Intent::stops, service.started_ns)
             .and_then(UnitRequest::by_person)
-            .or_else(|| self.named_control(&service.name, Intent::stops).cloned())
+            .or_else(|| self.named_control(index, Intent::stops).cloned())
     }
 
     fn signalled(&mut self, signal: &Signal, table: &ProcessTable) -> Option<Finding> {
@@ -348,9 +573,9 @@ impl Detector {
         let via = match (sender_login, unit) {
             (Some(_), _) => None,
             (None, Some(unit)) => self.unit_stop_command(unit, index),
-            (None, None) => self.control_for(&name, Intent::stops).cloned(),
+            (None, None) => self.control_for(index, Intent::stops).cloned(),
         };
-        let window = self.window_on(&name);
+        let window = self.window_on(index);
         let loginuid = sender_login
             .or(via.as_ref().map(|c| c.loginuid))
             .or(window.and_then(|w| w.opened_by_loginuid));
@@ -393,7 +618,7 @@ impl Detector {
             None => (
                 process.loginuid.or_else(|| {
                     // `monit start X` and friends: the supervisor does the start.
-                    self.control_for(&name, Intent::starts).map(|c| c.loginuid)
+                    self.control_for(index, Intent::starts).map(|c| c.loginuid)
                 }),
                 None,
             ),
@@ -408,7 +633,7 @@ impl Detector {
                     .loginuid
                     .or(request.and_then(|r| r.loginuid))
                     .or_else(|| {
-                        self.named_control(&name, Intent::starts)
+                        self.named_control(index, Intent::starts)
                             .map(|c| c.loginuid)
                     });
                 (operator, request.filter(|_| operator.is_none()).cloned())
@@ -432,11 +657,8 @@ impl Detector {
             requested: requested.map(Box::new),
             time_ns,
         };
+        self.set_main(index, process);
         let service = &mut self.services[index];
-        if let Some(old) = service.main.replace(process.key) {
-            self.mains.remove(&old);
-        }
-        self.mains.insert(process.key, index);
         let crashed = std::mem::take(&mut service.crashed);
         service.started_ns = Some(time_ns);
         match (operator, service.stop.take()) {
@@ -444,7 +666,7 @@ impl Detector {
             (None, Some(stopped_by)) => {
                 // Still stopped as far as the operator is concerned.
                 service.stop = Some(stopped_by.clone());
-                let window = self.window_on(&name).cloned();
+                let window = self.window_on(index).cloned();
                 Finding::Respawn {
                     started: Box::new(started),
                     stopped_by: Box::new(stopped_by),
@@ -455,6 +677,35 @@ impl Detector {
             (None, None) => Finding::Start { started },
         }
     }
+}
+
+impl Watched {
+    fn new(name: String, spec: usize, unit: Option<String>) -> Watched {
+        Watched {
+            name,
+            spec,
+            unit,
+            main: None,
+            comm: None,
+            main_unit: None,
+            stop: None,
+            crashed: false,
+            unseen: None,
+            started_ns: None,
+        }
+    }
+}
+
+/// One service as status shows it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServiceView<'a> {
+    pub name: &'a str,
+    /// The unit it is, for an instance.
+    pub unit: Option<&'a str>,
+    /// The configured service it is, or is an instance of.
+    pub config: &'a str,
+    pub pid: Option<u32>,
+    pub stop: Option<&'a OperatorStop>,
 }
 
 #[cfg(test)]

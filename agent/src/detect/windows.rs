@@ -28,7 +28,9 @@ pub struct Window {
 }
 
 impl Detector {
-    /// Opens a window on `service`; errors name what is wrong.
+    /// Opens a window on `service`: a configured service (all its instances,
+    /// for a per-instance one) or one instance (`postgresql@15-main`);
+    /// errors name what is wrong.
     pub fn open_window(
         &mut self,
         service: &str,
@@ -37,7 +39,7 @@ impl Detector {
         now_ns: u64,
         duration_ns: Option<u64>,
     ) -> std::result::Result<Window, String> {
-        if self.index_of(service).is_none() {
+        if self.index_for(service).is_none() {
             let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
             return Err(format!(
                 "no service `{service}` is watched (watched: {})",
@@ -70,7 +72,7 @@ impl Detector {
             .iter()
             .position(|w| w.id == service_or_id || w.service == service_or_id)?;
         let window = self.windows.remove(at);
-        if let Some(index) = self.index_of(&window.service) {
+        for index in self.covered(&window.service) {
             self.services[index].stop = None;
         }
         Some(window)
@@ -79,7 +81,7 @@ impl Detector {
     /// Ends the service's operator stop without closing its window: the
     /// operator thawed what a supervisor started.
     pub fn release(&mut self, service: &str) {
-        if let Some(index) = self.index_of(service) {
+        for index in self.covered(service) {
             self.services[index].stop = None;
         }
     }
@@ -97,8 +99,22 @@ impl Detector {
         expired
     }
 
-    pub(super) fn window_on(&self, service: &str) -> Option<&Window> {
-        self.windows.iter().find(|w| w.service == service)
+    /// The window open on entry `index`: on it, or on the per-instance
+    /// service it is an instance of.
+    pub(super) fn window_on(&self, index: usize) -> Option<&Window> {
+        let service = &self.services[index];
+        let config = &self.specs[service.spec].name;
+        self.windows
+            .iter()
+            .find(|w| w.service == service.name || w.service == *config)
+    }
+
+    /// The window open on `service` or on what it is an instance of.
+    pub fn window_of(&self, service: &str) -> Option<&Window> {
+        match self.index_of(service) {
+            Some(index) => self.window_on(index),
+            None => self.windows.iter().find(|w| w.service == service),
+        }
     }
 
     /// What must survive a restart of the agent: windows and stops.
@@ -119,10 +135,10 @@ impl Detector {
         self.windows = saved
             .windows
             .into_iter()
-            .filter(|w| self.index_of(&w.service).is_some())
+            .filter(|w| self.index_for(&w.service).is_some())
             .collect();
         for stop in saved.stops {
-            if let Some(index) = self.index_of(&stop.service) {
+            if let Some(index) = self.index_for(&stop.service) {
                 self.services[index].stop = Some(stop);
             }
         }

@@ -23,7 +23,11 @@ fn systemd_host() -> Host {
 /// its child moves into the unit and runs `pg_ctlcluster
 /// --skip-systemctl-redirect`, which starts the postmaster through pg_ctl
 /// and exits.
-fn systemd_starts_cluster(host: &mut Host, unit: &str, base: u32) -> (ProcessKey, Vec<Finding>) {
+pub(super) fn systemd_starts_cluster(
+    host: &mut Host,
+    unit: &str,
+    base: u32,
+) -> (ProcessKey, Vec<Finding>) {
     let child = host.fork(INIT, base);
     let cluster = unit
         .trim_start_matches("postgresql@")
@@ -74,14 +78,14 @@ fn systemd_starts_redis(host: &mut Host, pid: u32) -> (ProcessKey, Vec<Finding>)
 }
 
 /// `argv` run (and exited) from `parent`, as pid `pid`.
-fn run(host: &mut Host, parent: ProcessKey, pid: u32, exe: &str, argv: &[&str]) {
+pub(super) fn run(host: &mut Host, parent: ProcessKey, pid: u32, exe: &str, argv: &[&str]) {
     let (command, findings) = host.spawn(parent, pid, exe, argv);
     assert!(findings.is_empty(), "{findings:#?}");
     host.exit(command, Some(0), None);
 }
 
 /// `systemctl ARGS...` run by `parent` as `pid`, and done.
-fn systemctl(host: &mut Host, parent: ProcessKey, pid: u32, args: &[&str]) {
+pub(super) fn systemctl(host: &mut Host, parent: ProcessKey, pid: u32, args: &[&str]) {
     let argv: Vec<&str> = std::iter::once("systemctl")
         .chain(args.iter().copied())
         .collect();
@@ -89,7 +93,7 @@ fn systemctl(host: &mut Host, parent: ProcessKey, pid: u32, args: &[&str]) {
 }
 
 /// monit (no login) running `systemctl start UNIT` as its start program.
-fn monit_runs_systemctl_start(host: &mut Host, monit: ProcessKey, pid: u32, unit: &str) {
+pub(super) fn monit_runs_systemctl_start(host: &mut Host, monit: ProcessKey, pid: u32, unit: &str) {
     run(
         host,
         monit,

@@ -17,6 +17,7 @@ pub(super) fn service(name: &str, exe: &str) -> config::Service {
     config::Service {
         name: name.into(),
         exe: vec![glob::Pattern::new(exe).unwrap()],
+        unit: Vec::new(),
         on_respawn: Default::default(),
         on_unexpected_respawn: Default::default(),
         stop_command: None,
@@ -590,4 +591,5 @@ fn running_services_are_adopted_from_the_table() {
     assert_eq!(fresh.running(), [("postgres", 202)]);
 }
 
+mod instances;
 mod systemd;
