@@ -24,6 +24,9 @@ pub struct Alert {
     pub severity: Severity,
     pub host: String,
     pub service: String,
+    /// The systemd unit the respawned process runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
     pub summary: String,
     pub action: String,
     /// The respawned process; for `events_lost`, one nobody saw start.
@@ -164,10 +167,13 @@ pub struct RespawnedBy {
     /// The request to systemd that had PID 1 start it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// The unit's `Restart=` when systemd started it again by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
 }
 
 impl RespawnedBy {
-    fn new(started: &Started) -> RespawnedBy {
+    fn new(started: &Started, restart: Option<&str>) -> RespawnedBy {
         let (pid, comm, chain, via) = match &started.requested {
             Some(request) => (
                 request.chain.first().map(|l| l.pid),
@@ -190,6 +196,9 @@ impl RespawnedBy {
             chain,
             unit: started.unit.clone(),
             via,
+            restart: restart
+                .filter(|_| started.requested.is_none() && started.unit.is_some())
+                .map(str::to_string),
         }
     }
 }
@@ -220,23 +229,29 @@ impl StoppedBy {
 }
 
 /// A respawn after an operator stop, outside any window.
+#[allow(clippy::too_many_arguments)] // each is one fact the record states
 pub fn respawn(
     host: &str,
     started: &Started,
     stop: &OperatorStop,
     window: Option<&Window>,
     action: &str,
+    restart: Option<&str>,
     clock: &Clock,
     now_boot_ns: u64,
 ) -> Alert {
     let now: SystemTime = clock.wall(now_boot_ns);
+    let respawned_by = RespawnedBy::new(started, restart);
     let mut supervisor = started
         .supervisor
         .as_ref()
         .map_or_else(|| "an unknown starter".to_string(), |s| s.comm.clone());
     match (&started.requested, &started.unit) {
         (Some(request), _) => supervisor.push_str(&format!(" (`{}`)", request.args.join(" "))),
-        (None, Some(unit)) => supervisor.push_str(&format!(" (unit {unit})")),
+        (None, Some(unit)) => match &respawned_by.restart {
+            Some(restart) => supervisor.push_str(&format!(" (unit {unit}, Restart={restart})")),
+            None => supervisor.push_str(&format!(" (unit {unit})")),
+        },
         (None, None) => {}
     }
     let after = started.time_ns.saturating_sub(stop.time_ns) as f64 / 1e9;
@@ -267,6 +282,7 @@ pub fn respawn(
         severity: Severity::Critical,
         host: host.to_string(),
         service: started.service.clone(),
+        unit: started.unit.clone(),
         summary,
         action: action.to_string(),
         process: Some(ProcessInfo {
@@ -274,7 +290,7 @@ pub fn respawn(
             exe: started.exe.clone(),
             cmdline: started.args.clone(),
         }),
-        respawned_by: Some(RespawnedBy::new(started)),
+        respawned_by: Some(respawned_by),
         stopped_by: Some(StoppedBy::new(stop)),
         window: window.map(|w| WindowInfo::new(w, clock)),
         at: humantime::format_rfc3339_millis(now).to_string(),
@@ -324,6 +340,7 @@ pub fn events_lost(
         },
         host: host.to_string(),
         service: risk.service.clone(),
+        unit: None,
         summary: format!(
             "{} kernel records lost while {} was {under}: {state}",
             count, risk.service
@@ -351,6 +368,7 @@ pub fn state_lost(host: &str, kept: &str, error: &str, clock: &Clock, now_boot_n
         severity: Severity::Critical,
         host: host.to_string(),
         service: "stopguard".to_string(),
+        unit: None,
         summary: format!(
             "stopguard on {host} could not read its saved state ({error}); open windows, operator stops and frozen processes from before are unknown: check `stopguard status` and the services under maintenance. The file is kept as {kept}"
         ),
@@ -377,6 +395,7 @@ pub fn test(host: &str, clock: &Clock, now_boot_ns: u64) -> Alert {
         severity: Severity::Info,
         host: host.to_string(),
         service: "stopguard".to_string(),
+        unit: None,
         summary: format!("TEST from stopguard on {host}: this sink receives stopguard's alerts"),
         action: "none".to_string(),
         process: None,
@@ -464,7 +483,17 @@ mod tests {
             time_ns: 6,
         };
         let stop = OperatorStop::example("postgres");
-        let alert = respawn("db-3", &started, &stop, None, "frozen", &Clock::now(), 7);
+        let alert = respawn(
+            "db-3",
+            &started,
+            &stop,
+            None,
+            "frozen",
+            Some("no"),
+            &Clock::now(),
+            7,
+        );
+        assert_eq!(alert.unit.as_deref(), Some("postgresql@15-main.service"));
         let by = alert.respawned_by.unwrap();
         assert_eq!(
             (by.supervisor.as_deref(), by.pid, by.comm.as_deref()),
@@ -482,5 +511,59 @@ mod tests {
             "{}",
             alert.summary
         );
+    }
+
+    #[test]
+    fn a_restart_by_systemd_itself_names_the_units_policy() {
+        let started = Started {
+            service: "redis".into(),
+            pid: 900,
+            exe: "/usr/bin/redis-server".into(),
+            args: vec!["redis-server".into()],
+            chain: vec![Link {
+                pid: 1,
+                comm: "systemd".into(),
+            }],
+            supervisor: Some(Link {
+                pid: 1,
+                comm: "systemd".into(),
+            }),
+            unit: Some("redis-server.service".into()),
+            requested: None,
+            time_ns: 6,
+        };
+        let stop = OperatorStop::example("redis");
+        let alert = respawn(
+            "db-3",
+            &started,
+            &stop,
+            None,
+            "alerted",
+            Some("always"),
+            &Clock::now(),
+            7,
+        );
+        assert_eq!(
+            alert.respawned_by.unwrap().restart.as_deref(),
+            Some("always")
+        );
+        assert!(
+            alert.summary.starts_with(
+                "redis respawned by systemd (unit redis-server.service, Restart=always)"
+            ),
+            "{}",
+            alert.summary
+        );
+        let unknown = respawn(
+            "db-3",
+            &started,
+            &stop,
+            None,
+            "alerted",
+            None,
+            &Clock::now(),
+            7,
+        );
+        assert_eq!(unknown.respawned_by.unwrap().restart, None);
     }
 }

@@ -291,14 +291,29 @@ fn run(cli: Cli) -> Result<()> {
             stopguard::agent::preflight::check(&config)?;
             println!("{}: valid; host {}", file.display(), config.agent.host);
             for s in &config.services {
-                println!(
-                    "  {:<12} exe {}  in a window: {:?}, otherwise: {:?}",
-                    s.name,
-                    s.exe
+                let globs = |globs: &[glob::Pattern]| {
+                    globs
                         .iter()
                         .map(|g| g.as_str())
                         .collect::<Vec<_>>()
-                        .join(", "),
+                        .join(", ")
+                };
+                let mut matches = Vec::new();
+                if !s.exe.is_empty() {
+                    matches.push(format!("exe {}", globs(&s.exe)));
+                }
+                if !s.unit.is_empty() {
+                    let each = if s.per_instance() {
+                        " (each its own service)"
+                    } else {
+                        ""
+                    };
+                    matches.push(format!("unit {}{each}", globs(&s.unit)));
+                }
+                println!(
+                    "  {:<12} {}  in a window: {:?}, otherwise: {:?}",
+                    s.name,
+                    matches.join("; "),
                     s.on_respawn,
                     s.on_unexpected_respawn
                 );

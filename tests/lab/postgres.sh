@@ -10,6 +10,9 @@ data=/var/lib/postgresql/$version/main
 pidfile=/run/postgresql/$version-main.pid
 as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
 serves() { PGCONNECT_TIMEOUT=3 as_postgres psql -qAtc 'select 1' > /dev/null 2>&1; }
+# Debian's cluster runs in postgresql@VERSION-main.service: a service of
+# its own; monit's pg_ctl starts it again outside the unit.
+instance="postgresql@$version-main"
 wait_until 120 "PostgreSQL $version to serve" serves
 cat > /root/lab-monitrc <<MONIT
 set daemon 1
@@ -29,11 +32,11 @@ trap cleanup EXIT
 sleep 3
 as_operator stopguard window open postgres --reason "schema change"
 as_operator setpriv --reuid=postgres --regid=postgres --init-groups "$bin/pg_ctl" -D "$data" stop -m fast
-wait_until 120 "monit's restart to be frozen" status_has '.services[] | select(.name == "postgres") | .frozen | length > 0'
-pid=$(stopguard status --json | jq -r '.services[] | select(.name == "postgres") | .frozen[0]')
+wait_until 120 "monit's restart to be frozen" status_has ".services[] | select(.name == \"$instance\") | .frozen | length > 0"
+pid=$(stopguard status --json | jq -r ".services[] | select(.name == \"$instance\") | .frozen[0]")
 in_frozen_cgroup "$pid" || fail "postgres $pid is not in a frozen cgroup"
 ! serves || fail "the frozen PostgreSQL serves"
-has_alert ".service == \"postgres\" and .kind == \"respawn_in_window\" and .respawned_by.supervisor == \"monit\" and .stopped_by.loginuid == $OPERATOR_UID and .stopped_by.comm == \"pg_ctl\"" ||
+has_alert ".service == \"$instance\" and .kind == \"respawn_in_window\" and .respawned_by.supervisor == \"monit\" and .stopped_by.loginuid == $OPERATOR_UID and .stopped_by.comm == \"pg_ctl\"" ||
     fail "no alert naming monit and the operator: $(alerts)"
 cleanup
 stopguard window close postgres --kill

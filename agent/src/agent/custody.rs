@@ -34,6 +34,10 @@ pub struct Custody {
     audit: AuditLog,
     /// Services whose name is in the kernel guard map.
     guarded: BTreeSet<String>,
+    /// The name each guarded service is guarded under: instances of one
+    /// service share one (`postgres`), which stays guarded while any of
+    /// them is.
+    guard_names: HashMap<String, String>,
     held: HashMap<u32, Held>,
     trains: HashMap<String, Train>,
 }
@@ -53,6 +57,7 @@ impl Custody {
             freezer,
             audit,
             guarded: BTreeSet::new(),
+            guard_names: HashMap::new(),
             held: HashMap::new(),
             trains: HashMap::new(),
         }
@@ -138,8 +143,14 @@ impl Custody {
     pub fn guard(&mut self, probes: &mut Probes, service: &str, name: &str, on: bool) {
         if on {
             self.guarded.insert(service.to_string());
+            self.guard_names
+                .insert(service.to_string(), name.to_string());
         } else {
             self.guarded.remove(service);
+            self.guard_names.remove(service);
+            if self.guard_names.values().any(|n| n == name) {
+                return;
+            }
         }
         let result = probes.guard().and_then(|mut map| {
             if on {

@@ -7,6 +7,7 @@
 //! - `alerting`: raise, group, resolve alerts.
 //! - `requests`: what the control socket asks of the agent.
 //! - `state`: what survives a restart.
+//! - `units`: what systemd says about a service's unit.
 
 mod alerting;
 mod custody;
@@ -17,6 +18,7 @@ mod reload;
 mod requests;
 mod state;
 mod stop;
+mod units;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -61,6 +63,7 @@ struct Agent {
     host: String,
     clock: Clock,
     detector: Detector,
+    restart_policies: units::RestartPolicies,
     custody: Custody,
     alerting: Alerting,
     audit: AuditLog,
@@ -103,6 +106,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         host: config.agent.host.clone(),
         clock: Clock::now(),
         detector: Detector::new(&config.services),
+        restart_policies: units::RestartPolicies::default(),
         custody: Custody::new(config.agent.freezer, audit.clone()),
         alerting: Alerting::new(
             delivery,
@@ -128,6 +132,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     let (call_tx, mut calls) = mpsc::channel(16);
     control::server::serve(&socket, config.agent.control_group.as_deref(), call_tx)?;
     agent.detector.adopt(monitor.table());
+    agent.ask_units();
     let restored = agent.restore(&mut monitor)?;
     agent.adopt_frozen(&mut monitor);
     let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
@@ -266,6 +271,15 @@ impl Agent {
             .or_else(|| self.detector.comm_of(service).map(str::to_string))
     }
 
+    /// Asks systemd about the units the services run in now.
+    fn ask_units(&self) {
+        for view in self.detector.services() {
+            if let Some(unit) = self.detector.unit_of(view.name) {
+                self.restart_policies.refresh(unit);
+            }
+        }
+    }
+
     /// The main process of `service` as detection knows it.
     fn main_pid(&self, service: &str) -> Option<u32> {
         self.detector
@@ -315,6 +329,15 @@ impl Agent {
     /// Carries out what the policy decides for one finding.
     fn respond(&mut self, monitor: &mut Monitor, finding: &Finding) {
         log_finding(finding);
+        // A start in a unit: what systemd would do should it stop.
+        if let Finding::Start { started }
+        | Finding::OperatorStart { started, .. }
+        | Finding::CrashRestart { started } = finding
+        {
+            if let Some(unit) = &started.unit {
+                self.restart_policies.refresh(unit);
+            }
+        }
         if let Finding::EventsLost { count, at_risk } = finding {
             for risk in at_risk {
                 self.respond_lost(monitor, *count, risk);
@@ -360,12 +383,17 @@ impl Agent {
             window,
         } = finding
         {
+            let restart = started
+                .unit
+                .as_deref()
+                .and_then(|unit| self.restart_policies.of(unit));
             let record: Alert = alert::respawn(
                 &self.host,
                 started,
                 stopped_by,
                 window.as_ref(),
                 &action,
+                restart.as_deref(),
                 &self.clock,
                 boot_ns(),
             );

@@ -36,6 +36,7 @@ impl Agent {
         detector.adopt(monitor.table());
         detector.restore(self.detector.snapshot());
         self.detector = detector;
+        self.ask_units();
         self.host = config.agent.host.clone();
         self.alerting
             .set_group_interval(config.agent.group_interval);

@@ -167,7 +167,7 @@ impl fmt::Display for Status {
             };
             writeln!(
                 f,
-                "  {:<12} {:<20} pid {}  frozen {}",
+                "  {:<20} {:<20} pid {}  frozen {}",
                 s.name,
                 state,
                 json(s.pid),

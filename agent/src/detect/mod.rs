@@ -217,10 +217,7 @@ impl Detector {
     /// process runs in, if any.
     pub fn unit_of(&self, service: &str) -> Option<&str> {
         let watched = &self.services[self.index_of(service)?];
-        watched
-            .unit
-            .as_deref()
-            .or_else(|| watched.main_unit.as_deref())
+        watched.unit.as_deref().or(watched.main_unit.as_deref())
     }
 
     /// The name of `service`'s latest main process (of any instance, for a
@@ -340,6 +337,24 @@ impl Detector {
         self.mains.insert(process.key, index);
     }
 
+    /// A per-instance service's program started outside all of its units
+    /// (monit's `pg_ctl start`, past systemd) starts the instance an
+    /// operator stopped and that is not running, the latest stopped if
+    /// several are: the same daemon, started again another way.
+    fn stand_in(&self, index: usize) -> usize {
+        let own = &self.services[index];
+        if own.unit.is_some() || !self.specs[own.spec].per_instance() || own.stop.is_some() {
+            return index;
+        }
+        self.services
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.spec == own.spec && s.unit.is_some() && s.main.is_none())
+            .filter_map(|(i, s)| Some((i, s.stop.as_ref()?.time_ns)))
+            .max_by_key(|(_, time_ns)| *time_ns)
+            .map_or(index, |(i, _)| i)
+    }
+
     /// Finds the main processes already running (call after seeding).
     pub fn adopt(&mut self, table: &ProcessTable) {
         for process in table.live_processes() {
@@ -402,6 +417,7 @@ impl Detector {
                     return Vec::new();
                 };
                 let index = self.resolve(slot);
+                let index = self.stand_in(index);
                 // Already reported, by the resync after the loss.
                 if self.services[index].unseen == Some(process.key) {
                     self.services[index].unseen = None;

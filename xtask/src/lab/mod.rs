@@ -125,6 +125,7 @@ const SCENARIOS: &[&str] = &[
     "postgres",
     "systemd-monit",
     "systemd-redis",
+    "systemd-clusters",
     "upgrade",
     "reboot",
 ];
@@ -381,7 +382,7 @@ fn print_matrix(rows: &[Row]) {
     println!();
     print!("{:<22}", "userland / kernel");
     for scenario in SCENARIOS {
-        print!(" {scenario:>13}");
+        print!(" {scenario:>16}");
     }
     println!("  {:>9}  {:>12}", "exposure", "boots (s)");
     for row in rows {
@@ -395,7 +396,7 @@ fn print_matrix(rows: &[Row]) {
                 Some((false, ms)) => format!("FAIL {:.1}s", *ms as f64 / 1000.0),
                 None => "not run".to_string(),
             };
-            print!(" {cell:>13}");
+            print!(" {cell:>16}");
         }
         let boots: Vec<String> = row.boot_secs.iter().map(|s| format!("{s:.0}")).collect();
         println!(

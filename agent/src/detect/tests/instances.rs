@@ -225,3 +225,39 @@ fn a_service_known_by_its_unit_alone_follows_the_daemon_its_start_script_leaves(
         "{findings:#?}"
     );
 }
+
+#[test]
+fn a_stopped_cluster_started_again_outside_its_unit_is_a_respawn_of_it() {
+    let mut host = clusters_host();
+    let (monit, _) = host.spawn(INIT, 100, "/usr/bin/monit", &["monit", "-I"]);
+    let (pg15, _) = systemd_starts_cluster(&mut host, MAIN15, 200);
+    let (_pg16, _) = systemd_starts_cluster(&mut host, MAIN16, 300);
+    let shell = alice_shell(&mut host);
+    person_stops(&mut host, shell, 400, "postgresql@15-main", pg15);
+    // monit's start program is pg_ctl itself: the postmaster runs in no unit.
+    let (sh, _) = host.spawn(monit, 500, "/bin/sh", &["sh", "-c", "pg_ctl start"]);
+    let (pg_ctl, _) = host.spawn(
+        sh,
+        501,
+        "/usr/lib/postgresql/15/bin/pg_ctl",
+        &["pg_ctl", "start"],
+    );
+    let (postgres, findings) = host.spawn(pg_ctl, 502, POSTGRES, &["postgres", "-D", "/srv"]);
+    assert_eq!(host.table.get(&postgres).unwrap().unit, None);
+    let [
+        Finding::Respawn {
+            started,
+            stopped_by,
+            ..
+        },
+    ] = &findings[..]
+    else {
+        panic!("{findings:#?}");
+    };
+    assert_eq!(started.service, "postgresql@15-main");
+    assert_eq!(stopped_by.loginuid, Some(1000));
+    assert_eq!(
+        started.supervisor.as_ref().map(|s| s.comm.as_str()),
+        Some("monit")
+    );
+}
