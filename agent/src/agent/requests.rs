@@ -129,8 +129,11 @@ impl Agent {
         let Some(window) = self.detector.close_window(target) else {
             return error(format!("no open window on or named `{target}`"));
         };
-        self.guard(monitor, &window.service, false);
-        self.alerting.resolve_service(&window.service);
+        let covered = self.covering(&window.service);
+        for service in &covered {
+            self.guard(monitor, service, false);
+            self.alerting.resolve_service(service);
+        }
         let released = if thaw || kill {
             self.let_go(&window.service, kill)
         } else {
@@ -141,14 +144,21 @@ impl Agent {
             window: WindowInfo::new(&window, &self.clock),
             thawed: (!kill).then(|| released.clone()),
             killed: kill.then_some(released),
-            still_frozen: self.custody.held_of(&window.service),
+            still_frozen: covered
+                .iter()
+                .flat_map(|service| self.custody.held_of(service))
+                .collect(),
         })
     }
 
     /// Thaws (or kills) what custody holds for `target`, and resolves the
     /// alerts about each.
     fn let_go(&mut self, target: &str, kill: bool) -> Vec<u32> {
-        let pids = self.custody.let_go(target, kill);
+        let pids: Vec<u32> = self
+            .covering(target)
+            .iter()
+            .flat_map(|t| self.custody.let_go(t, kill))
+            .collect();
         for pid in &pids {
             self.alerting.resolve_process(*pid);
         }
@@ -156,7 +166,11 @@ impl Agent {
     }
 
     fn thaw(&mut self, monitor: &mut Monitor, target: &str) -> Value {
-        let services = self.custody.services_held_for(target);
+        let services: Vec<String> = self
+            .covering(target)
+            .iter()
+            .flat_map(|t| self.custody.services_held_for(t))
+            .collect();
         let thawed = self.let_go(target, false);
         if thawed.is_empty() {
             return error(format!("nothing frozen for `{target}`"));
@@ -168,6 +182,15 @@ impl Agent {
             self.guard(monitor, &service, false);
         }
         ok(Thawed { thawed })
+    }
+
+    /// `target` and, for a per-instance service's own name, each of its
+    /// instances: what a window on it or a thaw of it covers.
+    fn covering(&self, target: &str) -> Vec<String> {
+        std::iter::once(target)
+            .chain(self.detector.instances_of(target))
+            .map(str::to_string)
+            .collect()
     }
 
     fn status(&self, monitor: &Monitor) -> Status {

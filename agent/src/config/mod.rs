@@ -403,4 +403,39 @@ mod tests {
         let err = format!("{:#}", Config::parse(text, "f.toml").unwrap_err());
         assert_eq!(err, "reading f.toml: service `pg` is defined twice");
     }
+
+    #[test]
+    fn unit_globs_read_as_one_or_a_list_and_a_bare_name_is_a_service() {
+        let text = "[[service]]\nname = \"pg\"\nunit = \"postgresql@*\"\n[[service]]\nname = \"redis\"\nunit = [\"redis-server\", \"valkey-server.service\"]\n";
+        let services = Config::parse(text, "f.toml").unwrap().services;
+        assert!(services[0].exe.is_empty());
+        assert!(services[0].per_instance());
+        assert!(services[0].in_unit("postgresql@15-main.service"));
+        assert!(
+            services[0].runs(&["/usr/bin/anything"]),
+            "no exe: any program"
+        );
+        let units: Vec<&str> = services[1].unit.iter().map(|p| p.as_str()).collect();
+        assert_eq!(units, ["redis-server.service", "valkey-server.service"]);
+        assert!(!services[1].per_instance());
+    }
+
+    #[test]
+    fn a_service_needs_an_exe_or_a_unit_and_bad_ones_are_named() {
+        let err = format!(
+            "{:#}",
+            Config::parse("[[service]]\nname = \"pg\"\n", "f.toml").unwrap_err()
+        );
+        assert!(err.contains("service `pg`: needs key `exe`"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::parse("[[service]]\nname = \"pg\"\nunit = 5\n", "f.toml").unwrap_err()
+        );
+        assert!(err.contains("a glob or a list of globs"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::parse("[[service]]\nname = \"pg\"\nunit = \"pg@[\"\n", "f.toml").unwrap_err()
+        );
+        assert!(err.contains("service `pg`: bad unit glob `pg@[`"), "{err}");
+    }
 }
