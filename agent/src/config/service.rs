@@ -121,12 +121,12 @@ fn unit_glob(glob: String) -> String {
     }
 }
 
-fn patterns(service: &str, key: &str, globs: Vec<String>) -> Result<Vec<Pattern>> {
+fn exe_patterns(service: &str, globs: Vec<String>) -> Result<Vec<Pattern>> {
     globs
         .iter()
         .map(|glob| {
             Pattern::new(glob)
-                .with_context(|| format!("service `{service}`: bad {key} glob `{glob}`"))
+                .with_context(|| format!("service `{service}`: bad exe glob `{glob}`"))
         })
         .collect()
 }
@@ -136,9 +136,16 @@ pub(super) fn compile(services: Vec<ServiceToml>) -> Result<Vec<Service>> {
     services
         .into_iter()
         .map(|s| {
-            let exe = patterns(&s.name, "exe", s.exe.into_vec())?;
-            let units = s.unit.into_vec().into_iter().map(unit_glob).collect();
-            let unit = patterns(&s.name, "unit", units)?;
+            let exe = exe_patterns(&s.name, s.exe.into_vec())?;
+            let unit = s
+                .unit
+                .into_vec()
+                .into_iter()
+                .map(|glob| {
+                    Pattern::new(&unit_glob(glob.clone()))
+                        .with_context(|| format!("service `{}`: bad unit glob `{glob}`", s.name))
+                })
+                .collect::<Result<_>>()?;
             Ok(Service {
                 name: s.name,
                 exe,
