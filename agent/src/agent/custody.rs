@@ -216,16 +216,19 @@ impl Custody {
         true
     }
 
-    /// Holds `pid`, a respawn of `service` the guard stopped at exec: its
-    /// own frozen cgroup, kept until thawed or killed. Returns the action,
-    /// in words.
-    pub fn freeze(&mut self, service: &str, pid: u32) -> String {
-        match actions::freeze(pid, self.freezer) {
+    /// Holds `pid`, a respawn of `service` the guard stopped at exec, kept
+    /// until thawed or killed: frozen in its own cgroup, or in `unit`'s when
+    /// systemd started it as that unit's service. Returns the action, in
+    /// words.
+    pub fn freeze(&mut self, service: &str, pid: u32, unit: Option<&str>) -> String {
+        match actions::freeze(pid, self.freezer, unit) {
             Ok(frozen) => {
-                let how = if frozen.cgroup.is_some() {
-                    "frozen (SIGSTOP at exec, cgroup frozen)"
-                } else {
-                    "frozen (SIGSTOP at exec)"
+                let how = match (&frozen.unit, &frozen.cgroup) {
+                    (Some(unit), _) => {
+                        format!("frozen in {unit} (SIGSTOP at exec, the unit's cgroup frozen)")
+                    }
+                    (None, Some(_)) => "frozen (SIGSTOP at exec, cgroup frozen)".to_string(),
+                    (None, None) => "frozen (SIGSTOP at exec)".to_string(),
                 };
                 self.trains.insert(
                     service.to_string(),
@@ -274,7 +277,7 @@ impl Custody {
             let held = self.held.remove(pid).expect("listed above");
             self.trains.remove(&held.service);
             let result = if kill {
-                actions::kill(*pid).and_then(|()| actions::thaw(&held.frozen))
+                actions::kill_frozen(&held.frozen)
             } else {
                 actions::thaw(&held.frozen)
             };

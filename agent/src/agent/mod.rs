@@ -346,7 +346,9 @@ impl Agent {
                 } else if self.custody.end_retry(started) {
                     return;
                 } else {
-                    let action = self.custody.freeze(&started.service, started.pid);
+                    let action =
+                        self.custody
+                            .freeze(&started.service, started.pid, started.systemd_unit());
                     // On disk before anyone hears of it: an agent killed
                     // right after the alert must still know what it holds.
                     self.save();
@@ -383,7 +385,7 @@ impl Agent {
             .map_or(Decision::Alert, |s| policy::decide_unseen_start(risk, s));
         let held = match (risk.started_unseen, decision) {
             (Some(pid), Decision::Freeze) => {
-                let action = self.custody.freeze(&risk.service, pid);
+                let action = self.custody.freeze(&risk.service, pid, None);
                 // On disk before anyone hears of it, as for a respawn.
                 self.save();
                 Some(action)
