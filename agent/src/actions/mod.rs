@@ -4,9 +4,10 @@
 //!
 //! A process systemd started as its unit's service is frozen where it is,
 //! in the unit's own cgroup, with the cgroup v2 freezer systemd itself
-//! uses: `systemctl status` lists it in its unit, and systemd thaws the
-//! unit before a job on it (252 goes by the kernel's state), so the unit's
-//! stop (an operator's, the host's shutdown) reaches it.
+//! uses: `systemctl status` lists it in its unit, and the unit's jobs (an
+//! operator's stop, the host's shutdown) reach it once the cgroup is
+//! thawed for them (by systemd 252 itself, which goes by the kernel's
+//! state; for later ones, which thaw only what they froze, by custody).
 //! Any other process is moved into a frozen cgroup of the agent's,
 //! `stopguard/frozen-PID`: freezing a unit that holds a supervisor (runsv,
 //! monit) would freeze the supervisor too.
@@ -249,6 +250,15 @@ pub fn thaw(frozen: &Frozen) -> Result<()> {
 pub fn kill_frozen(frozen: &Frozen) -> Result<()> {
     kill(frozen.pid)?;
     release_cgroup(frozen)
+}
+
+/// Thaws the unit's cgroup holding a frozen process and leaves the process
+/// stopped (SIGSTOP): for systemd's jobs on the unit to go through.
+pub fn thaw_unit(frozen: &Frozen) -> Result<()> {
+    match frozen.unit {
+        Some(_) => release_cgroup(frozen),
+        None => Ok(()),
+    }
 }
 
 /// Thaws the cgroup holding a frozen process: a unit's own is left where

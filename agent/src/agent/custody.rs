@@ -250,6 +250,46 @@ impl Custody {
         }
     }
 
+    /// Whether custody holds a process frozen in its unit's cgroup.
+    pub fn holds_in_units(&self) -> bool {
+        self.held
+            .values()
+            .any(|h| h.frozen.unit.is_some() && h.frozen.cgroup.is_some())
+    }
+
+    /// systemd (PID 1) acts on `unit`: signals a process of it (a stop's
+    /// SIGTERM and SIGCONT, a start that timed out) or starts one in it
+    /// (ExecStop=, ExecReload=). A unit custody froze is thawed for the job
+    /// to go through: systemd thaws before a job only what it froze itself
+    /// (systemd 252 goes by the kernel's state and thaws it too; 257 does
+    /// not, and would wait TimeoutStopSec= on the frozen unit). The held
+    /// process stays stopped (SIGSTOP) until systemd's SIGCONT. True when
+    /// one was thawed.
+    pub fn systemd_acts_on(&mut self, unit: &str) -> bool {
+        let mut thawed_any = false;
+        let in_unit = self
+            .held
+            .values_mut()
+            .filter(|h| h.frozen.unit.as_deref() == Some(unit) && h.frozen.cgroup.is_some());
+        for held in in_unit {
+            thawed_any = true;
+            let pid = held.frozen.pid;
+            let thawed = actions::thaw_unit(&held.frozen);
+            held.frozen.cgroup = None;
+            tracing::info!(
+                "systemd acts on {unit}: its cgroup thawed for the job; pid {pid} ({}) stays stopped",
+                held.service
+            );
+            self.audit.write(AgentEvent::UnitThawedForSystemd {
+                service: held.service.clone(),
+                pid,
+                unit: unit.to_string(),
+                error: thawed.err().map(|e| format!("{e:#}")),
+            });
+        }
+        thawed_any
+    }
+
     /// Lets go of what the kernel guard stopped at exec and custody does
     /// not hold: not every exec of a guarded name is a respawn.
     pub fn resume_unheld(&self, guard_stopped: &[u32]) {

@@ -18,7 +18,11 @@ mod requests;
 mod state;
 mod stop;
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -35,13 +39,13 @@ use crate::{
     config::{Config, Service, Settings, SinkConfig},
     control::{self, server::Answer},
     detect::{AtRisk, Detector, Finding},
-    events::{Event, RecordKind},
+    events::{Event, ProcessKey, RecordKind},
     files::WriteFailure,
     kernel::ProbeOptions,
     metrics::Metrics,
     monitor::{Counts, Monitor},
     notify::{Notice, Notifier},
-    process::ProcessTable,
+    process::{ProcessTable, procfs},
     sinks::Delivery,
 };
 
@@ -54,6 +58,8 @@ struct Batch {
     findings: Vec<Finding>,
     /// Processes the kernel stopped at exec because their name is guarded.
     guard_stopped: Vec<u32>,
+    /// Processes systemd (PID 1) signalled or started: its jobs on units.
+    by_systemd: Vec<ProcessKey>,
     lost: Option<u64>,
 }
 
@@ -166,6 +172,10 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
                 Event::Exec(exec) if exec.guard_stopped => {
                     batch.guard_stopped.push(exec.process.pid)
                 }
+                Event::Signal(signal) if signal.sender.pid == 1 => {
+                    batch.by_systemd.push(signal.target.key)
+                }
+                Event::Fork(fork) if fork.parent.pid == 1 => batch.by_systemd.push(fork.child),
                 Event::Lost(lost) => batch.lost = Some(lost.count),
                 _ => {}
             }
@@ -304,12 +314,40 @@ impl Agent {
             });
             self.guard(monitor, &expired.service, false);
         }
+        self.thaw_for_systemd(monitor.table(), &work.by_systemd);
         for finding in work.findings {
             self.audit.write(finding.clone());
             self.respond(monitor, &finding);
         }
         // Whatever the guard stopped that custody did not keep: let it go.
         self.custody.resume_unheld(&work.guard_stopped);
+    }
+
+    /// Thaws a unit custody froze that systemd now acts on (see
+    /// `Custody::systemd_acts_on`): `processes`, which PID 1 signalled or
+    /// forked, are its jobs' doing.
+    fn thaw_for_systemd(&mut self, table: &ProcessTable, processes: &[ProcessKey]) {
+        if !self.custody.holds_in_units() {
+            return;
+        }
+        // A child of PID 1 is in its unit before its exec tells the table.
+        let units: BTreeSet<String> = processes
+            .iter()
+            .filter_map(|key| {
+                table
+                    .get(key)
+                    .and_then(|p| p.unit.clone())
+                    .or_else(|| procfs::unit_of(*key))
+            })
+            .collect();
+        let mut thawed = false;
+        for unit in units {
+            thawed |= self.custody.systemd_acts_on(&unit);
+        }
+        // A restart must not freeze again what systemd is ending.
+        if thawed {
+            self.save();
+        }
     }
 
     /// Carries out what the policy decides for one finding.
