@@ -261,6 +261,15 @@ pub fn thaw_unit(frozen: &Frozen) -> Result<()> {
     }
 }
 
+/// Freezes again the unit's cgroup holding a frozen process, thawed by
+/// `thaw_unit` while the agent was away.
+pub fn refreeze_unit(frozen: &Frozen) -> Result<()> {
+    match (&frozen.unit, &frozen.cgroup) {
+        (Some(_), Some(cgroup)) => write(&cgroup.join("cgroup.freeze"), "1"),
+        _ => Ok(()),
+    }
+}
+
 /// Thaws the cgroup holding a frozen process: a unit's own is left where
 /// it is (gone already when systemd stopped the unit); one of ours is
 /// thawed, the process put back where it was, and removed.

@@ -77,6 +77,13 @@ impl Custody {
             if frozen.start_ticks.is_some()
                 && actions::start_ticks(frozen.pid) == frozen.start_ticks
             {
+                // Its unit was thawed when the agent went (`leave_units`).
+                if let Err(err) = actions::refreeze_unit(&frozen) {
+                    tracing::warn!(
+                        "pid {} ({service}) stays stopped, its unit not frozen again: {err:#}",
+                        frozen.pid
+                    );
+                }
                 self.trains.insert(
                     service.clone(),
                     Train {
@@ -288,6 +295,18 @@ impl Custody {
             });
         }
         thawed_any
+    }
+
+    /// The agent is going: the units it froze are thawed, their held
+    /// processes left stopped (SIGSTOP), since nothing would thaw them for
+    /// systemd's jobs (a shutdown's stop would wait). `restore` freezes
+    /// them again.
+    pub fn leave_units(&self) {
+        for held in self.held.values() {
+            if let Err(err) = actions::thaw_unit(&held.frozen) {
+                tracing::warn!("pid {} ({}): {err:#}", held.frozen.pid, held.service);
+            }
+        }
     }
 
     /// Lets go of what the kernel guard stopped at exec and custody does

@@ -231,6 +231,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         }
     }
     notifier.send(Notice::Stopping);
+    agent.custody.leave_units();
     let mut tail = Vec::new();
     monitor.flush(|e, t| tail.extend(agent.detector.observe(e, t)))?;
     for finding in tail {
