@@ -252,6 +252,12 @@ pub fn kill_frozen(frozen: &Frozen) -> Result<()> {
     release_cgroup(frozen)
 }
 
+/// Undoes a freeze whose process has ended (a unit's stop ended it): a
+/// unit's cgroup is thawed, for what else runs there; ours is removed.
+pub fn forget(frozen: &Frozen) -> Result<()> {
+    release_cgroup(frozen)
+}
+
 /// Thaws the unit's cgroup holding a frozen process and leaves the process
 /// stopped (SIGSTOP): for systemd's jobs on the unit to go through.
 pub fn thaw_unit(frozen: &Frozen) -> Result<()> {

@@ -73,26 +73,35 @@ impl Custody {
     /// alive and still the same process. Returns the services it guarded,
     /// for the caller to arm again.
     pub fn restore(&mut self, saved: Saved) -> Vec<String> {
-        for (service, frozen) in saved.held {
-            if frozen.start_ticks.is_some()
-                && actions::start_ticks(frozen.pid) == frozen.start_ticks
-            {
-                // Its unit was thawed when the agent went (`leave_units`).
-                if let Err(err) = actions::refreeze_unit(&frozen) {
-                    tracing::warn!(
-                        "pid {} ({service}) stays stopped, its unit not frozen again: {err:#}",
-                        frozen.pid
-                    );
+        let (alive, gone): (Vec<_>, Vec<_>) = saved.held.into_iter().partition(|(_, frozen)| {
+            frozen.start_ticks.is_some() && actions::start_ticks(frozen.pid) == frozen.start_ticks
+        });
+        // What ended while the agent was away may have left its unit
+        // frozen, unless what is still held there keeps it so.
+        for (service, frozen) in &gone {
+            let shared = alive.iter().any(|(_, f)| f.cgroup == frozen.cgroup);
+            if frozen.unit.is_some() && !shared {
+                if let Err(err) = actions::forget(frozen) {
+                    tracing::warn!("pid {} ({service}) ended frozen: {err:#}", frozen.pid);
                 }
-                self.trains.insert(
-                    service.clone(),
-                    Train {
-                        frozen_pid: frozen.pid,
-                        retries: 0,
-                    },
-                );
-                self.held.insert(frozen.pid, Held { service, frozen });
             }
+        }
+        for (service, frozen) in alive {
+            // Its unit was thawed when the agent went (`leave_units`).
+            if let Err(err) = actions::refreeze_unit(&frozen) {
+                tracing::warn!(
+                    "pid {} ({service}) stays stopped, its unit not frozen again: {err:#}",
+                    frozen.pid
+                );
+            }
+            self.trains.insert(
+                service.clone(),
+                Train {
+                    frozen_pid: frozen.pid,
+                    retries: 0,
+                },
+            );
+            self.held.insert(frozen.pid, Held { service, frozen });
         }
         saved.guarded
     }
@@ -255,6 +264,26 @@ impl Custody {
             }
             Err(err) => format!("freeze failed: {err:#}"),
         }
+    }
+
+    /// Lets go of `pid`, held frozen, which has ended by other hands (the
+    /// operator's `systemctl stop` of its unit thaws the unit and ends it):
+    /// its freeze undone around it, so nothing else in a unit stays frozen.
+    /// True when custody held it.
+    pub fn ended(&mut self, pid: u32) -> bool {
+        let Some(held) = self.held.remove(&pid) else {
+            return false;
+        };
+        self.trains.remove(&held.service);
+        if let Err(err) = actions::forget(&held.frozen) {
+            tracing::warn!("pid {pid} ({}) ended frozen: {err:#}", held.service);
+        }
+        tracing::info!("pid {pid} ({}), held frozen, has ended", held.service);
+        self.audit.write(AgentEvent::FrozenEnded {
+            service: held.service,
+            pid,
+        });
+        true
     }
 
     /// Whether custody holds a process frozen in its unit's cgroup.

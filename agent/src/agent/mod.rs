@@ -354,6 +354,12 @@ impl Agent {
     /// Carries out what the policy decides for one finding.
     fn respond(&mut self, monitor: &mut Monitor, finding: &Finding) {
         log_finding(finding);
+        // A frozen respawn ended by other hands: its unit stopped.
+        if let Finding::Exited { pid, .. } = finding
+            && self.custody.ended(*pid)
+        {
+            self.alerting.resolve_process(*pid);
+        }
         if let Finding::EventsLost { count, at_risk } = finding {
             for risk in at_risk {
                 self.respond_lost(monitor, *count, risk);

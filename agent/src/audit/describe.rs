@@ -155,6 +155,9 @@ fn agent_words(event: &AgentEvent) -> (String, String) {
         ),
         AgentEvent::Thawed { service, pid } => (service.clone(), format!("pid {pid} thawed")),
         AgentEvent::Killed { service, pid } => (service.clone(), format!("pid {pid} killed")),
+        AgentEvent::FrozenEnded { service, pid } => {
+            (service.clone(), format!("pid {pid}, held frozen, ended"))
+        }
         AgentEvent::UnitThawedForSystemd {
             service,
             pid,
