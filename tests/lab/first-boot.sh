@@ -9,6 +9,7 @@ scenario freeze /lab/freeze.sh
 scenario restart /lab/restart.sh
 scenario postgres /lab/postgres.sh
 scenario systemd-monit /lab/systemd-monit.sh
+scenario systemd-stop-frozen /lab/systemd-stop-frozen.sh
 scenario systemd-redis /lab/systemd-redis.sh
 scenario systemd-clusters /lab/systemd-clusters.sh
 scenario upgrade /lab/upgrade.sh /lab/stopguard-2.deb

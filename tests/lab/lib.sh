@@ -58,6 +58,23 @@ in_frozen_cgroup() {
         grep -qx "frozen 1" "/sys/fs/cgroup/stopguard/frozen-$1/cgroup.events"
 }
 
+# Whether PID sits in UNIT's own cgroup (systemd's ControlGroup=), frozen
+# there with the freezer systemd reads.
+in_frozen_unit() {
+    local cgroup
+    cgroup=$(systemctl show -P ControlGroup "$2")
+    [ -n "$cgroup" ] && grep -qx "0::$cgroup" "/proc/$1/cgroup" &&
+        grep -qx "frozen 1" "/sys/fs/cgroup$cgroup/cgroup.events"
+}
+
+# Whether systemd reports UNIT's FreezerState= as it does for a unit the
+# agent froze: running. systemd reports only freezes it made itself
+# (252 and 257 alike); the kernel's cgroup.events of its ControlGroup= is
+# what says frozen (`in_frozen_unit`).
+reports_running() {
+    [ "$(systemctl show -P FreezerState "$1")" = running ]
+}
+
 # The unit as installed: enabled, active, hardened, logging in the journal's
 # conventions; prints its exposure score as a LAB-EXPOSURE line.
 check_unit() {

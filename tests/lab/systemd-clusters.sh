@@ -10,6 +10,9 @@ main="postgresql@$version-main"
 second="postgresql@$version-second"
 as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
 serves() { PGCONNECT_TIMEOUT=3 as_postgres psql -p "$1" -qAtc 'select 1' > /dev/null 2>&1; }
+# Respawns are alerted, not frozen (the default), whatever ran before.
+sed -i '/^on_unexpected_respawn = "freeze"$/d' /etc/stopguard/stopguard.toml
+systemctl reload stopguard
 wait_until 120 "$main to serve" serves 5432
 pg_createcluster -p 5433 "$version" second > /dev/null
 systemctl start "$second"

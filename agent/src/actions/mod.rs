@@ -1,6 +1,16 @@
 //! What the agent does to a process: freeze it (SIGSTOP, then a frozen
 //! cgroup that also holds its children against a stray SIGCONT), thaw it,
 //! kill it.
+//!
+//! A process systemd started as its unit's service is frozen where it is,
+//! in the unit's own cgroup, with the cgroup v2 freezer systemd itself
+//! uses: `systemctl status` lists it in its unit, and the unit's jobs (an
+//! operator's stop, the host's shutdown) reach it once the cgroup is
+//! thawed for them (by systemd 252 itself, which goes by the kernel's
+//! state; for later ones, which thaw only what they froze, by custody).
+//! Any other process is moved into a frozen cgroup of the agent's,
+//! `stopguard/frozen-PID`: freezing a unit that holds a supervisor (runsv,
+//! monit) would freeze the supervisor too.
 
 use std::{
     fs,
@@ -24,6 +34,11 @@ pub struct Frozen {
     pub cgroup: Option<PathBuf>,
     /// Its cgroup before (in the same hierarchy, relative to its root), to move it back on thaw.
     pub previous_cgroup: Option<PathBuf>,
+    /// The systemd unit whose own cgroup `cgroup` is: the process was
+    /// frozen where systemd put it, so a thaw moves nothing and removes
+    /// nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 /// The cgroup v2 hierarchy's mount point: `/sys/fs/cgroup` under systemd,
@@ -62,18 +77,38 @@ fn freezer_v1_mount(mountinfo: &str) -> Option<PathBuf> {
 /// relative to the hierarchy's root.
 fn current_cgroup(pid: u32, v1: bool) -> Option<PathBuf> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines()
-        .find_map(|l| {
-            let (_, rest) = l.split_once(':')?;
-            let (controllers, path) = rest.split_once(':')?;
-            let wanted = if v1 {
-                controllers.split(',').any(|c| c == "freezer")
-            } else {
-                controllers.is_empty()
-            };
-            wanted.then_some(path)
-        })
-        .map(|p| PathBuf::from(p.trim_start_matches('/')))
+    let path = if v1 {
+        cgroup_path(&text, |c| c.split(',').any(|c| c == "freezer"))
+    } else {
+        cgroup_path(&text, str::is_empty)
+    };
+    path.map(|p| PathBuf::from(p.trim_start_matches('/')))
+}
+
+/// The path of the hierarchy whose controllers field `wanted` accepts, in
+/// a /proc/PID/cgroup text (`0::/system.slice/x.service` for cgroup v2).
+fn cgroup_path(text: &str, wanted: impl Fn(&str) -> bool) -> Option<&str> {
+    text.lines().find_map(|l| {
+        let (_, rest) = l.split_once(':')?;
+        let (controllers, path) = rest.split_once(':')?;
+        wanted(controllers).then_some(path)
+    })
+}
+
+/// The cgroup of systemd unit `unit` (relative to the v2 hierarchy's root)
+/// holding the process whose /proc/PID/cgroup is `text`: its v2 path cut
+/// after the last component ending in `.service`, when that component is
+/// `unit`. None on a hybrid or legacy host (a `name=systemd` v1
+/// hierarchy): systemd tracks units there and neither reports nor undoes
+/// a v2 freeze, so its stop would not reach the process.
+fn unit_cgroup(text: &str, unit: &str) -> Option<PathBuf> {
+    if cgroup_path(text, |c| c == "name=systemd").is_some() {
+        return None;
+    }
+    let path = cgroup_path(text, str::is_empty)?;
+    let names: Vec<&str> = path.split('/').filter(|n| !n.is_empty()).collect();
+    let last = names.iter().rposition(|n| n.ends_with(".service"))?;
+    (names[last] == unit).then(|| names[..=last].iter().collect())
 }
 
 /// Creates the agent's `stopguard/` cgroup in every hierarchy it may
@@ -109,10 +144,31 @@ fn freeze_in(root: &Path, pid: u32, v1: bool, frozen: &mut Frozen) -> Result<()>
     Ok(())
 }
 
-/// Stops `pid` now and moves it into a frozen cgroup of its own under
-/// `stopguard/`: cgroup v2 where it is mounted, else the v1 freezer (or
-/// the one `freezer` names).
-pub fn freeze(pid: u32, freezer: Freezer) -> Result<Frozen> {
+/// Freezes the cgroup of `unit`, systemd's service holding `pid`, where
+/// it is: its `cgroup.freeze`, the file `systemctl freeze` writes.
+fn freeze_unit(pid: u32, unit: &str, frozen: &mut Frozen) -> Result<()> {
+    let root = cgroup2_root().context("no cgroup v2 hierarchy is mounted")?;
+    let proc_cgroup = format!("/proc/{pid}/cgroup");
+    let text =
+        fs::read_to_string(&proc_cgroup).with_context(|| format!("reading {proc_cgroup}"))?;
+    let path = unit_cgroup(&text, unit).with_context(|| {
+        format!(
+            "{proc_cgroup} has no cgroup v2 path in {unit} on a host where systemd keeps its units there: {}",
+            text.trim()
+        )
+    })?;
+    let cgroup = root.join(path);
+    write(&cgroup.join("cgroup.freeze"), "1")?;
+    frozen.cgroup = Some(cgroup);
+    frozen.unit = Some(unit.to_string());
+    Ok(())
+}
+
+/// Stops `pid` now and freezes it: in `unit`'s own cgroup when systemd
+/// started it as that unit's service, else (or when that fails) in a
+/// frozen cgroup of its own under `stopguard/`: cgroup v2 where it is
+/// mounted, else the v1 freezer (or the one `freezer` names).
+pub fn freeze(pid: u32, freezer: Freezer, unit: Option<&str>) -> Result<Frozen> {
     signal::kill(Pid::from_raw(pid as i32), signal::Signal::SIGSTOP)
         .with_context(|| format!("SIGSTOP to pid {pid}"))?;
     let mut frozen = Frozen {
@@ -120,7 +176,17 @@ pub fn freeze(pid: u32, freezer: Freezer) -> Result<Frozen> {
         start_ticks: start_ticks(pid),
         cgroup: None,
         previous_cgroup: None,
+        unit: None,
     };
+    // systemd's freezer is cgroup v2's: not when v1 is asked for.
+    if let Some(unit) = unit.filter(|_| freezer != Freezer::Cgroup1) {
+        match freeze_unit(pid, unit, &mut frozen) {
+            Ok(()) => return Ok(frozen),
+            Err(err) => tracing::warn!(
+                "pid {pid} not frozen in {unit}'s cgroup ({err:#}): moved to a frozen cgroup of its own"
+            ),
+        }
+    }
     let v2 = cgroup2_root().filter(|_| freezer != Freezer::Cgroup1);
     let v1 = freezer_v1_root().filter(|_| freezer != Freezer::Cgroup2);
     let mut errors = Vec::new();
@@ -162,6 +228,7 @@ pub fn frozen_in_cgroups() -> Vec<Frozen> {
                     start_ticks: start_ticks(pid),
                     cgroup: Some(cgroup.clone()),
                     previous_cgroup: Some(PathBuf::new()),
+                    unit: None,
                 });
             }
         }
@@ -171,24 +238,74 @@ pub fn frozen_in_cgroups() -> Vec<Frozen> {
 
 /// Lets a frozen process run again, and puts it back where it was.
 pub fn thaw(frozen: &Frozen) -> Result<()> {
-    if let Some(cgroup) = &frozen.cgroup {
-        if cgroup.join("freezer.state").exists() {
-            write(&cgroup.join("freezer.state"), "THAWED")?;
-        } else {
-            write(&cgroup.join("cgroup.freeze"), "0")?;
-        }
-        // The cgroup is ROOT/stopguard/frozen-PID.
-        let root = cgroup.parent().and_then(Path::parent);
-        if let (Some(root), Some(previous)) = (root, &frozen.previous_cgroup) {
-            let _ = write(
-                &root.join(previous).join("cgroup.procs"),
-                &frozen.pid.to_string(),
-            );
-        }
-        let _ = fs::remove_dir(cgroup);
-    }
+    release_cgroup(frozen)?;
     signal::kill(Pid::from_raw(frozen.pid as i32), signal::Signal::SIGCONT)
         .with_context(|| format!("SIGCONT to pid {}", frozen.pid))
+}
+
+/// Ends a frozen process: SIGKILL, which the freezers let through, then
+/// its cgroup thawed as a thaw would, so that nothing else stays frozen
+/// in a unit (Debian's pg_ctlcluster and pg_ctl, waiting on the
+/// postmaster for PID 1's start job) and systemd sees the start fail.
+pub fn kill_frozen(frozen: &Frozen) -> Result<()> {
+    kill(frozen.pid)?;
+    release_cgroup(frozen)
+}
+
+/// Undoes a freeze whose process has ended (a unit's stop ended it): a
+/// unit's cgroup is thawed, for what else runs there; ours is removed.
+pub fn forget(frozen: &Frozen) -> Result<()> {
+    release_cgroup(frozen)
+}
+
+/// Thaws the unit's cgroup holding a frozen process and leaves the process
+/// stopped (SIGSTOP): for systemd's jobs on the unit to go through.
+pub fn thaw_unit(frozen: &Frozen) -> Result<()> {
+    match frozen.unit {
+        Some(_) => release_cgroup(frozen),
+        None => Ok(()),
+    }
+}
+
+/// Freezes again the unit's cgroup holding a frozen process, thawed by
+/// `thaw_unit` while the agent was away.
+pub fn refreeze_unit(frozen: &Frozen) -> Result<()> {
+    match (&frozen.unit, &frozen.cgroup) {
+        (Some(_), Some(cgroup)) => write(&cgroup.join("cgroup.freeze"), "1"),
+        _ => Ok(()),
+    }
+}
+
+/// Thaws the cgroup holding a frozen process: a unit's own is left where
+/// it is (gone already when systemd stopped the unit); one of ours is
+/// thawed, the process put back where it was, and removed.
+fn release_cgroup(frozen: &Frozen) -> Result<()> {
+    let Some(cgroup) = &frozen.cgroup else {
+        return Ok(());
+    };
+    if frozen.unit.is_some() {
+        return match fs::write(cgroup.join("cgroup.freeze"), "0") {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            result => result.with_context(|| {
+                format!("writing 0 to {}", cgroup.join("cgroup.freeze").display())
+            }),
+        };
+    }
+    if cgroup.join("freezer.state").exists() {
+        write(&cgroup.join("freezer.state"), "THAWED")?;
+    } else {
+        write(&cgroup.join("cgroup.freeze"), "0")?;
+    }
+    // The cgroup is ROOT/stopguard/frozen-PID.
+    let root = cgroup.parent().and_then(Path::parent);
+    if let (Some(root), Some(previous)) = (root, &frozen.previous_cgroup) {
+        let _ = write(
+            &root.join(previous).join("cgroup.procs"),
+            &frozen.pid.to_string(),
+        );
+    }
+    let _ = fs::remove_dir(cgroup);
+    Ok(())
 }
 
 /// Lets a process the kernel stopped at exec run again.
@@ -269,5 +386,65 @@ mod tests {
 ";
         assert_eq!(cgroup2_mount(text), Some(PathBuf::from("/run/cg")));
         assert_eq!(cgroup2_mount("garbage\n"), None);
+    }
+
+    #[test]
+    fn a_units_cgroup_is_its_path_cut_after_the_last_service() {
+        let unit = "postgresql@15-main.service";
+        assert_eq!(
+            unit_cgroup(
+                "0::/system.slice/system-postgresql.slice/postgresql@15-main.service\n",
+                unit
+            ),
+            Some(PathBuf::from(
+                "system.slice/system-postgresql.slice/postgresql@15-main.service"
+            ))
+        );
+        assert_eq!(
+            unit_cgroup(
+                "0::/system.slice/docker.service/payload\n",
+                "docker.service"
+            ),
+            Some(PathBuf::from("system.slice/docker.service")),
+            "a sub-cgroup of a unit: the unit's own cgroup is frozen"
+        );
+        assert_eq!(
+            unit_cgroup("0::/system.slice/redis-server.service\n", unit),
+            None,
+            "another unit's cgroup is not frozen for this one"
+        );
+        assert_eq!(
+            unit_cgroup("0::/stopguard/frozen-42\n", unit),
+            None,
+            "already in a cgroup of ours"
+        );
+        assert_eq!(unit_cgroup("0::/\n", unit), None);
+        assert_eq!(unit_cgroup("", unit), None);
+    }
+
+    #[test]
+    fn a_unit_is_not_frozen_where_systemd_keeps_it_in_cgroup_v1() {
+        let hybrid = "\
+12:freezer:/
+1:name=systemd:/system.slice/postgresql@15-main.service
+0::/system.slice/postgresql@15-main.service
+";
+        assert_eq!(unit_cgroup(hybrid, "postgresql@15-main.service"), None);
+        let unified_with_v1_freezer = "\
+1:freezer:/
+0::/system.slice/postgresql@15-main.service
+";
+        assert_eq!(
+            unit_cgroup(unified_with_v1_freezer, "postgresql@15-main.service"),
+            Some(PathBuf::from("system.slice/postgresql@15-main.service"))
+        );
+    }
+
+    #[test]
+    fn a_frozen_process_saved_before_units_were_frozen_reads_back() {
+        let saved = r#"{"pid":42,"start_ticks":7,"cgroup":"/sys/fs/cgroup/stopguard/frozen-42","previous_cgroup":"system.slice/x.service"}"#;
+        let frozen: Frozen = serde_json::from_str(saved).unwrap();
+        assert_eq!(frozen.unit, None);
+        assert_eq!(frozen.pid, 42);
     }
 }

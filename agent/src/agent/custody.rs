@@ -78,19 +78,35 @@ impl Custody {
     /// alive and still the same process. Returns the services it guarded,
     /// for the caller to arm again.
     pub fn restore(&mut self, saved: Saved) -> Vec<String> {
-        for (service, frozen) in saved.held {
-            if frozen.start_ticks.is_some()
-                && actions::start_ticks(frozen.pid) == frozen.start_ticks
-            {
-                self.trains.insert(
-                    service.clone(),
-                    Train {
-                        frozen_pid: frozen.pid,
-                        retries: 0,
-                    },
-                );
-                self.held.insert(frozen.pid, Held { service, frozen });
+        let (alive, gone): (Vec<_>, Vec<_>) = saved.held.into_iter().partition(|(_, frozen)| {
+            frozen.start_ticks.is_some() && actions::start_ticks(frozen.pid) == frozen.start_ticks
+        });
+        // What ended while the agent was away may have left its unit
+        // frozen, unless what is still held there keeps it so.
+        for (service, frozen) in &gone {
+            let shared = alive.iter().any(|(_, f)| f.cgroup == frozen.cgroup);
+            if frozen.unit.is_some() && !shared {
+                if let Err(err) = actions::forget(frozen) {
+                    tracing::warn!("pid {} ({service}) ended frozen: {err:#}", frozen.pid);
+                }
             }
+        }
+        for (service, frozen) in alive {
+            // Its unit was thawed when the agent went (`leave_units`).
+            if let Err(err) = actions::refreeze_unit(&frozen) {
+                tracing::warn!(
+                    "pid {} ({service}) stays stopped, its unit not frozen again: {err:#}",
+                    frozen.pid
+                );
+            }
+            self.trains.insert(
+                service.clone(),
+                Train {
+                    frozen_pid: frozen.pid,
+                    retries: 0,
+                },
+            );
+            self.held.insert(frozen.pid, Held { service, frozen });
         }
         saved.guarded
     }
@@ -227,16 +243,19 @@ impl Custody {
         true
     }
 
-    /// Holds `pid`, a respawn of `service` the guard stopped at exec: its
-    /// own frozen cgroup, kept until thawed or killed. Returns the action,
-    /// in words.
-    pub fn freeze(&mut self, service: &str, pid: u32) -> String {
-        match actions::freeze(pid, self.freezer) {
+    /// Holds `pid`, a respawn of `service` the guard stopped at exec, kept
+    /// until thawed or killed: frozen in its own cgroup, or in `unit`'s when
+    /// systemd started it as that unit's service. Returns the action, in
+    /// words.
+    pub fn freeze(&mut self, service: &str, pid: u32, unit: Option<&str>) -> String {
+        match actions::freeze(pid, self.freezer, unit) {
             Ok(frozen) => {
-                let how = if frozen.cgroup.is_some() {
-                    "frozen (SIGSTOP at exec, cgroup frozen)"
-                } else {
-                    "frozen (SIGSTOP at exec)"
+                let how = match (&frozen.unit, &frozen.cgroup) {
+                    (Some(unit), _) => {
+                        format!("frozen in {unit} (SIGSTOP at exec, the unit's cgroup frozen)")
+                    }
+                    (None, Some(_)) => "frozen (SIGSTOP at exec, cgroup frozen)".to_string(),
+                    (None, None) => "frozen (SIGSTOP at exec)".to_string(),
                 };
                 self.trains.insert(
                     service.to_string(),
@@ -255,6 +274,78 @@ impl Custody {
                 format!("{how}; thaw with: stopguard thaw {pid}")
             }
             Err(err) => format!("freeze failed: {err:#}"),
+        }
+    }
+
+    /// Lets go of `pid`, held frozen, which has ended by other hands (the
+    /// operator's `systemctl stop` of its unit thaws the unit and ends it):
+    /// its freeze undone around it, so nothing else in a unit stays frozen.
+    /// True when custody held it.
+    pub fn ended(&mut self, pid: u32) -> bool {
+        let Some(held) = self.held.remove(&pid) else {
+            return false;
+        };
+        self.trains.remove(&held.service);
+        if let Err(err) = actions::forget(&held.frozen) {
+            tracing::warn!("pid {pid} ({}) ended frozen: {err:#}", held.service);
+        }
+        tracing::info!("pid {pid} ({}), held frozen, has ended", held.service);
+        self.audit.write(AgentEvent::FrozenEnded {
+            service: held.service,
+            pid,
+        });
+        true
+    }
+
+    /// Whether custody holds a process frozen in its unit's cgroup.
+    pub fn holds_in_units(&self) -> bool {
+        self.held
+            .values()
+            .any(|h| h.frozen.unit.is_some() && h.frozen.cgroup.is_some())
+    }
+
+    /// systemd (PID 1) acts on `unit`: signals a process of it (a stop's
+    /// SIGTERM and SIGCONT, a start that timed out) or starts one in it
+    /// (ExecStop=, ExecReload=). A unit custody froze is thawed for the job
+    /// to go through: systemd thaws before a job only what it froze itself
+    /// (systemd 252 goes by the kernel's state and thaws it too; 257 does
+    /// not, and would wait TimeoutStopSec= on the frozen unit). The held
+    /// process stays stopped (SIGSTOP) until systemd's SIGCONT. True when
+    /// one was thawed.
+    pub fn systemd_acts_on(&mut self, unit: &str) -> bool {
+        let mut thawed_any = false;
+        let in_unit = self
+            .held
+            .values_mut()
+            .filter(|h| h.frozen.unit.as_deref() == Some(unit) && h.frozen.cgroup.is_some());
+        for held in in_unit {
+            thawed_any = true;
+            let pid = held.frozen.pid;
+            let thawed = actions::thaw_unit(&held.frozen);
+            held.frozen.cgroup = None;
+            tracing::info!(
+                "systemd acts on {unit}: its cgroup thawed for the job; pid {pid} ({}) stays stopped",
+                held.service
+            );
+            self.audit.write(AgentEvent::UnitThawedForSystemd {
+                service: held.service.clone(),
+                pid,
+                unit: unit.to_string(),
+                error: thawed.err().map(|e| format!("{e:#}")),
+            });
+        }
+        thawed_any
+    }
+
+    /// The agent is going: the units it froze are thawed, their held
+    /// processes left stopped (SIGSTOP), since nothing would thaw them for
+    /// systemd's jobs (a shutdown's stop would wait). `restore` freezes
+    /// them again.
+    pub fn leave_units(&self) {
+        for held in self.held.values() {
+            if let Err(err) = actions::thaw_unit(&held.frozen) {
+                tracing::warn!("pid {} ({}): {err:#}", held.frozen.pid, held.service);
+            }
         }
     }
 
@@ -285,7 +376,7 @@ impl Custody {
             let held = self.held.remove(pid).expect("listed above");
             self.trains.remove(&held.service);
             let result = if kill {
-                actions::kill(*pid).and_then(|()| actions::thaw(&held.frozen))
+                actions::kill_frozen(&held.frozen)
             } else {
                 actions::thaw(&held.frozen)
             };

@@ -20,7 +20,7 @@ mod state;
 mod stop;
 mod units;
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -37,13 +37,13 @@ use crate::{
     config::{Config, Settings, SinkConfig},
     control::{self, server::Answer},
     detect::{AtRisk, Detector, Finding},
-    events::{Event, RecordKind},
+    events::{Event, ProcessKey, RecordKind},
     files::WriteFailure,
     kernel::ProbeOptions,
     metrics::Metrics,
     monitor::{Counts, Monitor},
     notify::{Notice, Notifier},
-    process::ProcessTable,
+    process::{ProcessTable, procfs},
     sinks::Delivery,
 };
 
@@ -56,6 +56,8 @@ struct Batch {
     findings: Vec<Finding>,
     /// Processes the kernel stopped at exec because their name is guarded.
     guard_stopped: Vec<u32>,
+    /// Processes systemd (PID 1) signalled or started: its jobs on units.
+    by_systemd: Vec<ProcessKey>,
     lost: Option<u64>,
 }
 
@@ -165,6 +167,10 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
                 Event::Exec(exec) if exec.guard_stopped => {
                     batch.guard_stopped.push(exec.process.pid)
                 }
+                Event::Signal(signal) if signal.sender.pid == 1 => {
+                    batch.by_systemd.push(signal.target.key)
+                }
+                Event::Fork(fork) if fork.parent.pid == 1 => batch.by_systemd.push(fork.child),
                 Event::Lost(lost) => batch.lost = Some(lost.count),
                 _ => {}
             }
@@ -220,6 +226,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         }
     }
     notifier.send(Notice::Stopping);
+    agent.custody.leave_units();
     let mut tail = Vec::new();
     monitor.flush(|e, t| tail.extend(agent.detector.observe(e, t)))?;
     for finding in tail {
@@ -318,12 +325,40 @@ impl Agent {
             });
             self.guard(monitor, &expired.service, false);
         }
+        self.thaw_for_systemd(monitor.table(), &work.by_systemd);
         for finding in work.findings {
             self.audit.write(finding.clone());
             self.respond(monitor, &finding);
         }
         // Whatever the guard stopped that custody did not keep: let it go.
         self.custody.resume_unheld(&work.guard_stopped);
+    }
+
+    /// Thaws a unit custody froze that systemd now acts on (see
+    /// `Custody::systemd_acts_on`): `processes`, which PID 1 signalled or
+    /// forked, are its jobs' doing.
+    fn thaw_for_systemd(&mut self, table: &ProcessTable, processes: &[ProcessKey]) {
+        if !self.custody.holds_in_units() {
+            return;
+        }
+        // A child of PID 1 is in its unit before its exec tells the table.
+        let units: BTreeSet<String> = processes
+            .iter()
+            .filter_map(|key| {
+                table
+                    .get(key)
+                    .and_then(|p| p.unit.clone())
+                    .or_else(|| procfs::unit_of(*key))
+            })
+            .collect();
+        let mut thawed = false;
+        for unit in units {
+            thawed |= self.custody.systemd_acts_on(&unit);
+        }
+        // A restart must not freeze again what systemd is ending.
+        if thawed {
+            self.save();
+        }
     }
 
     /// Carries out what the policy decides for one finding.
@@ -337,6 +372,12 @@ impl Agent {
             if let Some(unit) = &started.unit {
                 self.restart_policies.refresh(unit);
             }
+        }
+        // A frozen respawn ended by other hands: its unit stopped.
+        if let Finding::Exited { pid, .. } = finding
+            && self.custody.ended(*pid)
+        {
+            self.alerting.resolve_process(*pid);
         }
         if let Finding::EventsLost { count, at_risk } = finding {
             for risk in at_risk {
@@ -369,7 +410,9 @@ impl Agent {
                 } else if self.custody.end_retry(started) {
                     return;
                 } else {
-                    let action = self.custody.freeze(&started.service, started.pid);
+                    let action =
+                        self.custody
+                            .freeze(&started.service, started.pid, started.systemd_unit());
                     // On disk before anyone hears of it: an agent killed
                     // right after the alert must still know what it holds.
                     self.save();
@@ -411,7 +454,7 @@ impl Agent {
             .map_or(Decision::Alert, |s| policy::decide_unseen_start(risk, s));
         let held = match (risk.started_unseen, decision) {
             (Some(pid), Decision::Freeze) => {
-                let action = self.custody.freeze(&risk.service, pid);
+                let action = self.custody.freeze(&risk.service, pid, None);
                 // On disk before anyone hears of it, as for a respawn.
                 self.save();
                 Some(action)

@@ -155,6 +155,21 @@ fn agent_words(event: &AgentEvent) -> (String, String) {
         ),
         AgentEvent::Thawed { service, pid } => (service.clone(), format!("pid {pid} thawed")),
         AgentEvent::Killed { service, pid } => (service.clone(), format!("pid {pid} killed")),
+        AgentEvent::FrozenEnded { service, pid } => {
+            (service.clone(), format!("pid {pid}, held frozen, ended"))
+        }
+        AgentEvent::UnitThawedForSystemd {
+            service,
+            pid,
+            unit,
+            error,
+        } => (
+            service.clone(),
+            match error {
+                None => format!("{unit} thawed for systemd's job on it; pid {pid} stays stopped"),
+                Some(error) => format!("{unit} not thawed for systemd's job on it: {error}"),
+            },
+        ),
         AgentEvent::RespawnRetryKilled {
             service,
             pid,

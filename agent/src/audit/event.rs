@@ -110,6 +110,20 @@ pub enum AgentEvent {
         error: String,
     },
     StateSaved,
+    /// A process held frozen that ended by other hands (its unit stopped).
+    FrozenEnded {
+        service: String,
+        pid: u32,
+    },
+    /// systemd acted on the unit holding a frozen process (a stop, a
+    /// kill): the unit's cgroup thawed for its job; the process stays
+    /// stopped until systemd's SIGCONT.
+    UnitThawedForSystemd {
+        service: String,
+        pid: u32,
+        unit: String,
+        error: Option<String>,
+    },
     /// A process found held in a frozen cgroup at start that the saved
     /// state did not name: held again, thawable.
     FrozenAdopted {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Intent, Window};
-use crate::process::Link;
+use crate::{process::Link, supervisors};
 
 /// A person behind an action: the process that did it and its login.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +113,22 @@ pub struct Started {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested: Option<Box<UnitRequest>>,
     pub time_ns: u64,
+}
+
+impl Started {
+    /// The unit whose service systemd (PID 1) started this process as: it
+    /// runs in a unit and PID 1 started it there, on a request (monit's
+    /// `systemctl start`) or by itself (`Restart=`). None for what a
+    /// supervisor of another kind started, even inside some unit's cgroup
+    /// (runsv or monit run by a unit): that unit is the supervisor's.
+    pub fn systemd_unit(&self) -> Option<&str> {
+        let by_systemd = self.requested.is_some()
+            || self
+                .supervisor
+                .as_ref()
+                .is_some_and(|s| supervisors::is_systemd(&s.comm));
+        self.unit.as_deref().filter(|_| by_systemd)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

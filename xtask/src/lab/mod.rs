@@ -124,6 +124,7 @@ const SCENARIOS: &[&str] = &[
     "restart",
     "postgres",
     "systemd-monit",
+    "systemd-stop-frozen",
     "systemd-redis",
     "systemd-clusters",
     "upgrade",

@@ -183,6 +183,11 @@ fn pg_ctlcluster_stop_by_a_person_then_monit_systemctl_start_is_a_respawn_by_mon
     // The process's own chain is systemd's.
     let chain: Vec<&str> = started.chain.iter().map(|l| l.comm.as_str()).collect();
     assert_eq!(chain, ["pg_ctl", "pg_ctlcluster", "systemd"]);
+    assert_eq!(
+        started.systemd_unit(),
+        Some(CLUSTER),
+        "PID 1 started it as its unit's service, on monit's request"
+    );
 }
 
 #[test]
@@ -346,6 +351,35 @@ fn restart_policy_after_a_persons_systemctl_kill_is_a_respawn_by_systemd() {
     );
     let chain: Vec<&str> = started.chain.iter().map(|l| l.comm.as_str()).collect();
     assert_eq!(chain, ["systemd"], "the executor became the service");
+    assert_eq!(
+        started.systemd_unit(),
+        Some(REDIS),
+        "PID 1 started it as its unit's service, by itself"
+    );
+}
+
+#[test]
+fn what_a_supervisor_inside_a_unit_starts_is_not_that_units_service() {
+    let mut host = systemd_host();
+    // runsv, run by a unit (a test runner, a container's init).
+    let runner = host.fork(INIT, 100);
+    host.exec_in(
+        runner,
+        Some("lab-runner.service"),
+        "/usr/bin/runsv",
+        &["runsv", "/etc/sv/redis"],
+    );
+    let (_, findings) = host.spawn(runner, 110, "/usr/bin/redis-server", &["redis-server"]);
+    let [Finding::Start { started }] = &findings[..] else {
+        panic!("{findings:#?}");
+    };
+    assert_eq!(started.unit.as_deref(), Some("lab-runner.service"));
+    assert_eq!(started.supervisor.as_ref().unwrap().comm, "runsv");
+    assert_eq!(
+        started.systemd_unit(),
+        None,
+        "freezing the unit would freeze runsv and whatever else runs there"
+    );
 }
 
 #[test]
