@@ -102,3 +102,27 @@ check_unit() {
         *) fail "the journal line is not at priority 6 (info): $ready" ;;
     esac
 }
+
+# start_monit PIDFILE START-PROGRAM: a monit of the scenario's own, polling
+# every second, restarting the PostgreSQL cluster whose pidfile is PIDFILE
+# with START-PROGRAM (monit's syntax, `as uid` and all); `stop_monit` (set
+# to run when the scenario exits) ends it.
+start_monit() {
+    cat > /root/lab-monitrc <<MONIT
+set daemon 1
+set logfile /var/log/lab-monit.log
+set pidfile /run/lab-monit.pid
+set idfile /var/lib/lab-monit.id
+set statefile /var/lib/lab-monit.state
+check process postgres with pidfile $1
+  start program = $2 with timeout 120 seconds
+MONIT
+    chmod 600 /root/lab-monitrc
+    monit -c /root/lab-monitrc
+    trap stop_monit EXIT
+    sleep 3
+}
+
+stop_monit() {
+    monit -c /root/lab-monitrc quit > /dev/null 2>&1 || true
+}

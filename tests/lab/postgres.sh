@@ -14,22 +14,7 @@ serves() { PGCONNECT_TIMEOUT=3 as_postgres psql -qAtc 'select 1' > /dev/null 2>&
 # its own; monit's pg_ctl starts it again outside the unit.
 instance="postgresql@$version-main"
 wait_until 120 "PostgreSQL $version to serve" serves
-cat > /root/lab-monitrc <<MONIT
-set daemon 1
-set logfile /var/log/lab-monit.log
-set pidfile /run/lab-monit.pid
-set idfile /var/lib/lab-monit.id
-set statefile /var/lib/lab-monit.state
-check process postgres with pidfile $pidfile
-  start program = "$bin/pg_ctl -D $data -o '-c config_file=/etc/postgresql/$version/main/postgresql.conf' -l /var/log/postgresql/lab-monit.log start" as uid postgres and gid postgres with timeout 120 seconds
-MONIT
-chmod 600 /root/lab-monitrc
-monit -c /root/lab-monitrc
-cleanup() {
-    monit -c /root/lab-monitrc quit > /dev/null 2>&1 || true
-}
-trap cleanup EXIT
-sleep 3
+start_monit "$pidfile" "\"$bin/pg_ctl -D $data -o '-c config_file=/etc/postgresql/$version/main/postgresql.conf' -l /var/log/postgresql/lab-monit.log start\" as uid postgres and gid postgres"
 as_operator stopguard window open postgres --reason "schema change"
 as_operator setpriv --reuid=postgres --regid=postgres --init-groups "$bin/pg_ctl" -D "$data" stop -m fast
 wait_until 120 "monit's restart to be frozen" status_has ".services[] | select(.name == \"$instance\") | .frozen | length > 0"
@@ -38,7 +23,7 @@ in_frozen_cgroup "$pid" || fail "postgres $pid is not in a frozen cgroup"
 ! serves || fail "the frozen PostgreSQL serves"
 has_alert ".service == \"$instance\" and .kind == \"respawn_in_window\" and .respawned_by.supervisor == \"monit\" and .stopped_by.loginuid == $OPERATOR_UID and .stopped_by.comm == \"pg_ctl\"" ||
     fail "no alert naming monit and the operator: $(alerts)"
-cleanup
+stop_monit
 stopguard window close postgres --kill
 wait_until 60 "the frozen postmaster to end" sh -c "! kill -0 $pid 2> /dev/null"
 systemctl start "postgresql@$version-main"

@@ -19,22 +19,7 @@ sed -i '/^name = "postgres"$/a on_unexpected_respawn = "freeze"' /etc/stopguard/
 systemctl reload stopguard
 main=$(systemctl show -P MainPID "$unit")
 wait_until 30 "the agent to see $unit's postmaster $main" status_has ".services[] | select(.name == \"$unit\" and .pid == $main)"
-cat > /root/lab-monitrc <<MONIT
-set daemon 1
-set logfile /var/log/lab-monit.log
-set pidfile /run/lab-monit.pid
-set idfile /var/lib/lab-monit.id
-set statefile /var/lib/lab-monit.state
-check process postgres with pidfile /run/postgresql/$version-main.pid
-  start program = "/usr/bin/systemctl start $unit" with timeout 120 seconds
-MONIT
-chmod 600 /root/lab-monitrc
-monit -c /root/lab-monitrc
-cleanup() {
-    monit -c /root/lab-monitrc quit > /dev/null 2>&1 || true
-}
-trap cleanup EXIT
-sleep 3
+start_monit "/run/postgresql/$version-main.pid" "\"/usr/bin/systemctl start $unit\""
 as_operator pg_ctlcluster "$version" main stop
 # The data directory as the stop left it: nothing may touch it from here.
 touch /run/lab-stopped
@@ -53,7 +38,7 @@ touched=$(find "$data" -newer /run/lab-stopped)
 [ ! -e "$data/postmaster.pid" ] || fail "the frozen respawn wrote its postmaster.pid"
 has_alert ".service == \"$unit\" and .unit == \"$unit.service\" and .kind == \"respawn_after_operator_stop\" and .respawned_by.supervisor == \"monit\" and .respawned_by.unit == \"$unit.service\" and (.respawned_by.via // \"\" | test(\"systemctl start $unit\")) and .stopped_by.loginuid == $OPERATOR_UID and (.stopped_by.via // \"\" | test(\"systemctl.* stop $unit\"))" ||
     fail "no alert naming monit, $unit and the operator's systemctl: $(alerts)"
-cleanup
+stop_monit
 stopguard thaw "$pid"
 wait_until 120 "PostgreSQL to serve once thawed" serves
 wait_until 60 "$unit to be active" systemctl is-active --quiet "$unit"
