@@ -383,7 +383,7 @@ fn print_matrix(rows: &[Row]) {
     println!();
     print!("{:<22}", "userland / kernel");
     for scenario in SCENARIOS {
-        print!(" {scenario:>16}");
+        print!(" {scenario:>19}");
     }
     println!("  {:>9}  {:>12}", "exposure", "boots (s)");
     for row in rows {
@@ -397,7 +397,7 @@ fn print_matrix(rows: &[Row]) {
                 Some((false, ms)) => format!("FAIL {:.1}s", *ms as f64 / 1000.0),
                 None => "not run".to_string(),
             };
-            print!(" {cell:>16}");
+            print!(" {cell:>19}");
         }
         let boots: Vec<String> = row.boot_secs.iter().map(|s| format!("{s:.0}")).collect();
         println!(
