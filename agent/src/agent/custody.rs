@@ -85,10 +85,11 @@ impl Custody {
         // frozen, unless what is still held there keeps it so.
         for (service, frozen) in &gone {
             let shared = alive.iter().any(|(_, f)| f.cgroup == frozen.cgroup);
-            if frozen.unit.is_some() && !shared {
-                if let Err(err) = actions::forget(frozen) {
-                    tracing::warn!("pid {} ({service}) ended frozen: {err:#}", frozen.pid);
-                }
+            if frozen.unit.is_some()
+                && !shared
+                && let Err(err) = actions::forget(frozen)
+            {
+                tracing::warn!("pid {} ({service}) ended frozen: {err:#}", frozen.pid);
             }
         }
         for (service, frozen) in alive {

@@ -368,10 +368,9 @@ impl Agent {
         if let Finding::Start { started }
         | Finding::OperatorStart { started, .. }
         | Finding::CrashRestart { started } = finding
+            && let Some(unit) = &started.unit
         {
-            if let Some(unit) = &started.unit {
-                self.restart_policies.refresh(unit);
-            }
+            self.restart_policies.refresh(unit);
         }
         // A frozen respawn ended by other hands: its unit stopped.
         if let Finding::Exited { pid, .. } = finding
