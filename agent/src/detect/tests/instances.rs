@@ -2,7 +2,7 @@
 //! cluster as a service of its own, named after its unit.
 
 use super::{
-    systemd::{monit_runs_systemctl_start, systemctl, systemd_starts_cluster},
+    systemd::{cluster_exec_stop, monit_runs_systemctl_start, systemctl, systemd_starts_cluster},
     *,
 };
 
@@ -192,21 +192,7 @@ fn a_service_known_by_its_unit_alone_follows_the_daemon_its_start_script_leaves(
     // The unit's ExecStop= is no new start; the stop is the person's.
     let shell = alice_shell(&mut host);
     systemctl(&mut host, shell, 400, &["stop", "postgresql@15-main"]);
-    let exec_stop = host.fork(INIT, 410);
-    let findings = host.exec_in(
-        exec_stop,
-        Some(MAIN15),
-        "/usr/bin/pg_ctlcluster",
-        &[
-            "/usr/bin/perl",
-            "/usr/bin/pg_ctlcluster",
-            "--skip-systemctl-redirect",
-            "-m",
-            "fast",
-            "15-main",
-            "stop",
-        ],
-    );
+    let (_, findings) = cluster_exec_stop(&mut host, MAIN15, 410);
     assert!(findings.is_empty(), "{findings:#?}");
     let findings = host.signal(INIT, postgres, 15);
     let [Finding::OperatorStop(stop)] = &findings[..] else {

@@ -77,6 +77,35 @@ fn systemd_starts_redis(host: &mut Host, pid: u32) -> (ProcessKey, Vec<Finding>)
     (child, findings)
 }
 
+/// PID 1 running Debian's cluster unit's `ExecStop=pg_ctlcluster
+/// --skip-systemctl-redirect -m fast VERSION-NAME stop` in `unit`, as pid
+/// `pid`.
+pub(super) fn cluster_exec_stop(
+    host: &mut Host,
+    unit: &str,
+    pid: u32,
+) -> (ProcessKey, Vec<Finding>) {
+    let cluster = unit
+        .trim_start_matches("postgresql@")
+        .trim_end_matches(".service");
+    let child = host.fork(INIT, pid);
+    let findings = host.exec_in(
+        child,
+        Some(unit),
+        "/usr/bin/pg_ctlcluster",
+        &[
+            "/usr/bin/perl",
+            "/usr/bin/pg_ctlcluster",
+            "--skip-systemctl-redirect",
+            "-m",
+            "fast",
+            cluster,
+            "stop",
+        ],
+    );
+    (child, findings)
+}
+
 /// `argv` run (and exited) from `parent`, as pid `pid`.
 pub(super) fn run(host: &mut Host, parent: ProcessKey, pid: u32, exe: &str, argv: &[&str]) {
     let (command, findings) = host.spawn(parent, pid, exe, argv);
@@ -196,22 +225,7 @@ fn the_units_own_exec_stop_signalling_after_a_persons_systemctl_stop_is_theirs()
     let postgres = started_cluster(&mut host);
     let shell = alice_shell(&mut host);
     systemctl(&mut host, shell, 400, &["stop", "postgresql@15-main"]);
-    // ExecStop=pg_ctlcluster --skip-systemctl-redirect -m fast 15-main stop
-    let child = host.fork(INIT, 410);
-    host.exec_in(
-        child,
-        Some(CLUSTER),
-        "/usr/bin/pg_ctlcluster",
-        &[
-            "/usr/bin/perl",
-            "/usr/bin/pg_ctlcluster",
-            "--skip-systemctl-redirect",
-            "-m",
-            "fast",
-            "15-main",
-            "stop",
-        ],
-    );
+    let (child, _) = cluster_exec_stop(&mut host, CLUSTER, 410);
     let (pg_ctl, _) = host.spawn(
         child,
         411,
