@@ -22,6 +22,18 @@ pub mod kind {
     pub const COUNT: u32 = 5;
 }
 
+/// The version of everything an agent reads from kernel programs another
+/// agent loaded: the records, the map keys and values, the slots of the
+/// lost-record counters. Bump it on any change to those; pinned programs
+/// of another layout are never read as this one's.
+pub const LAYOUT: u32 = 1;
+
+/// The lost-record counters: entry K (a kind) counts records of kind K the
+/// kernel could not write; entry `COUNT + K`, written by userspace on CPU
+/// 0's slot only, how many of those an agent has reported. With the map
+/// pinned, what was lost while no agent ran is the difference.
+pub const LOST_SLOTS: u32 = 2 * kind::COUNT;
+
 /// Bits of [`Header::flags`].
 pub mod flag {
     /// The exec'd name was in the guard map and the kernel sent SIGSTOP.

@@ -5,8 +5,8 @@
 #![no_main]
 
 use agent_common::{
-    ARGS_LEN, Actor, COMM_LEN, ExecRecord, ExitRecord, ForkRecord, Header, Offsets, PATH_LEN,
-    SignalRecord, Task, WakePolicy, flag, kind,
+    ARGS_LEN, Actor, COMM_LEN, ExecRecord, ExitRecord, ForkRecord, Header, LOST_SLOTS, Offsets,
+    PATH_LEN, SignalRecord, Task, WakePolicy, flag, kind,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -26,9 +26,10 @@ const SIGSTOP: u32 = 19;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Records lost because the ring buffer was full, per kind, per CPU.
+/// Records lost because the ring buffer was full, per kind, per CPU; the
+/// upper half is userspace's (see `LOST_SLOTS`).
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
 
 /// Bit N set: signal N is worth a record. Filled by userspace.
 #[map]

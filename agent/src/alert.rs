@@ -38,6 +38,10 @@ pub struct Alert {
     pub at: String,
     /// From the respawn's exec (kernel time) to this record.
     pub detected_after_ms: f64,
+    /// It happened while no agent ran: the pinned probes stopped it at
+    /// exec and kept its record until an agent read it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub while_agent_down: bool,
     /// A resolution: the id of the alert it ends, and when it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolves: Option<String>,
@@ -228,6 +232,16 @@ impl StoppedBy {
     }
 }
 
+/// Marks `alert` as about something that happened while no agent ran,
+/// in its record and its summary.
+pub fn while_agent_down(alert: &mut Alert) {
+    alert.while_agent_down = true;
+    alert.summary.push_str(&format!(
+        "; it happened while the agent was down, seen {:.1} s later",
+        alert.detected_after_ms / 1e3
+    ));
+}
+
 /// A respawn after an operator stop, outside any window.
 #[allow(clippy::too_many_arguments)] // each is one fact the record states
 pub fn respawn(
@@ -295,6 +309,7 @@ pub fn respawn(
         window: window.map(|w| WindowInfo::new(w, clock)),
         at: humantime::format_rfc3339_millis(now).to_string(),
         detected_after_ms: now_boot_ns.saturating_sub(started.time_ns) as f64 / 1e6,
+        while_agent_down: false,
         resolves: None,
         resolved_at: None,
         grouped: None,
@@ -352,6 +367,7 @@ pub fn events_lost(
         window: risk.window.as_ref().map(|w| WindowInfo::new(w, clock)),
         at: humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
         detected_after_ms: 0.0,
+        while_agent_down: false,
         resolves: None,
         resolved_at: None,
         grouped: None,
@@ -379,6 +395,7 @@ pub fn state_lost(host: &str, kept: &str, error: &str, clock: &Clock, now_boot_n
         window: None,
         at: humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
         detected_after_ms: 0.0,
+        while_agent_down: false,
         resolves: None,
         resolved_at: None,
         grouped: None,
@@ -404,6 +421,7 @@ pub fn test(host: &str, clock: &Clock, now_boot_ns: u64) -> Alert {
         window: None,
         at: humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
         detected_after_ms: 0.0,
+        while_agent_down: false,
         resolves: None,
         resolved_at: None,
         grouped: None,

@@ -6,13 +6,13 @@ use std::mem::size_of;
 use agent_common::{
     Actor, ExecRecord, ExitRecord, ForkRecord, Header, NO_LOGINUID, SignalRecord, Task, flag, kind,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Clock ticks per second of /proc's start times (USER_HZ; 100 on Linux).
 pub const USER_HZ: u64 = 100;
 
 /// Names a process for its whole life: pid reuse gives a new `start_ticks`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ProcessKey {
     pub pid: u32,
     /// Start time in clock ticks since boot, as field 22 of /proc/PID/stat.

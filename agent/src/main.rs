@@ -1,8 +1,11 @@
 mod manual;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use stopguard::{
     config::{Config, RingBytes},
@@ -131,6 +134,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Detach the probes the agent left pinned, so that nothing holds
+    /// after it (the package's purge runs this).
+    #[command(after_help = "Examples (as root):\n  \
+        systemctl stop stopguard && stopguard unpin\n\n\
+        The agent pins its probes in /sys/fs/bpf/stopguard so that the guard holds while \
+        it is down (a restart, an upgrade); they stay until this runs or the host reboots.\n\n\
+        Exit status: 0 when nothing is pinned any more, 1 when an agent runs or removing failed.")]
+    Unpin,
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Examples:\n  \
         stopguard completions bash > ~/.local/share/bash-completion/completions/stopguard\n  \
@@ -214,6 +225,28 @@ fn wait_length(text: &str) -> Result<std::time::Duration, String> {
     Ok(length)
 }
 
+/// `stopguard unpin`: refused while an agent runs on the probes.
+fn unpin() -> Result<()> {
+    use stopguard::{agent::host_lock, kernel::pins};
+    if let Some(holder) = host_lock::holder() {
+        bail!(
+            "an agent runs on the pinned probes ({holder}): stop it first (systemctl stop stopguard)"
+        );
+    }
+    let root = Path::new(pins::ROOT);
+    let removed = pins::unpin_all(root)?;
+    if removed.is_empty() {
+        println!("nothing pinned in {}", root.display());
+    } else {
+        println!(
+            "unpinned {} ({}): the probes are detached",
+            root.display(),
+            removed.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. } | Command::Trace { .. }) {
@@ -286,6 +319,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Status { json } => show::<Status>(cli.socket, &Request::Status {}, json),
+        Command::Unpin => unpin(),
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file))?;
             stopguard::agent::preflight::check(&config)?;

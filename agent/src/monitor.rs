@@ -1,12 +1,15 @@
 //! The event loop shared by `trace` and `run`: kernel records in, the
 //! process table kept current, loss noticed and repaired.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 
 use crate::{
-    events::{Event, PerKind},
+    events::{Event, PerKind, ProcessKey},
     kernel::{ProbeOptions, Probes},
     process::{ProcessTable, procfs},
 };
@@ -49,6 +52,22 @@ impl std::fmt::Display for Counts {
     }
 }
 
+/// What the ring held when the agent started: with pinned probes, what
+/// happened while no agent ran.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    pub records: usize,
+    /// Processes whose fork or exec is in it: they started meanwhile, and
+    /// their records, not /proc, say what they are.
+    pub started: HashSet<ProcessKey>,
+    /// Processes whose exit is in it.
+    pub ended: HashSet<ProcessKey>,
+    /// When it was read (boot ns): records before are from the gap.
+    pub read_ns: u64,
+    /// The earliest record's time, if any.
+    pub first_ns: Option<u64>,
+}
+
 pub struct Monitor {
     probes: Probes,
     table: ProcessTable,
@@ -83,6 +102,39 @@ impl Monitor {
 
     pub fn probes(&mut self) -> &mut Probes {
         &mut self.probes
+    }
+
+    pub fn probes_ref(&self) -> &Probes {
+        &self.probes
+    }
+
+    /// Reads what the ring holds now, to be handed out by the next `flush`
+    /// first, and says which processes it shows starting and ending.
+    pub fn take_backlog(&mut self) -> Backlog {
+        self.probes.drain(&mut self.batch);
+        let mut backlog = Backlog {
+            records: self.batch.len(),
+            read_ns: agent_common::boot_ns(),
+            ..Backlog::default()
+        };
+        for event in &self.batch {
+            match event {
+                Event::Fork(fork) => {
+                    backlog.started.insert(fork.child);
+                }
+                Event::Exec(exec) => {
+                    backlog.started.insert(exec.process.key);
+                }
+                Event::Exit(exit) => {
+                    backlog.ended.insert(exit.key);
+                }
+                Event::Signal(_) | Event::Lost(_) => {}
+            }
+            if let Some(time) = event.time_ns() {
+                backlog.first_ns = Some(backlog.first_ns.map_or(time, |t: u64| t.min(time)));
+            }
+        }
+        backlog
     }
 
     /// Waits for the next records and hands each to `on_event` with the

@@ -9,6 +9,8 @@ use std::{
     path::Path,
 };
 
+use agent_common::COMM_LEN;
+
 use crate::{
     actions::{self, Frozen},
     audit::{AgentEvent, AuditLog},
@@ -169,17 +171,37 @@ impl Custody {
                 return;
             }
         }
-        let result = probes.guard().and_then(|mut map| {
-            if on {
-                map.insert(comm_key(name), 1, 0)?;
-            } else {
-                let _ = map.remove(&comm_key(name));
+        let map = probes.guard();
+        if on {
+            if let Err(err) = map.insert(comm_key(name), 1, 0) {
+                tracing::error!("guard map ({name}): {err:#}");
             }
-            Ok(())
-        });
-        if let Err(err) = result {
-            tracing::error!("guard map ({name}): {err:#}");
+        } else {
+            let _ = map.remove(&comm_key(name));
         }
+    }
+
+    /// Makes the kernel guard map say what custody guards: pinned probes
+    /// keep the map of an earlier agent, which may guard names this one
+    /// does not (its state lost, a service no longer watched). Returns the
+    /// names taken out.
+    pub fn reconcile_guard(&self, probes: &mut Probes) -> Vec<String> {
+        let wanted: BTreeSet<[u8; COMM_LEN]> =
+            self.guard_names.values().map(|n| comm_key(n)).collect();
+        let map = probes.guard();
+        let stale: Vec<[u8; COMM_LEN]> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !wanted.contains(key))
+            .collect();
+        let mut removed = Vec::new();
+        for key in stale {
+            if map.remove(&key).is_ok() {
+                let end = key.iter().position(|&b| b == 0).unwrap_or(key.len());
+                removed.push(String::from_utf8_lossy(&key[..end]).into_owned());
+            }
+        }
+        removed
     }
 
     pub fn is_held(&self, pid: u32) -> bool {

@@ -56,3 +56,21 @@ pub fn acquire(socket: &Path) -> Result<HostLock> {
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(HostLock { _file: file })
 }
+
+/// The agent holding the lock ("pid 812, socket /run/stopguard/control.sock"),
+/// or None when no agent runs.
+pub fn holder() -> Option<String> {
+    let mut file = fs::File::open(LOCK_PATH).ok()?;
+    let mut holder = String::new();
+    let _ = file.read_to_string(&mut holder);
+    let _lock = match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(lock) => lock,
+        Err(_) => {
+            let mut lines = holder.lines();
+            let pid = lines.next().unwrap_or("?");
+            let socket = lines.next().unwrap_or("?");
+            return Some(format!("pid {pid}, socket {socket}"));
+        }
+    };
+    None
+}

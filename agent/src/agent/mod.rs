@@ -11,7 +11,7 @@
 
 mod alerting;
 mod custody;
-mod host_lock;
+pub mod host_lock;
 mod policy;
 pub mod preflight;
 mod reload;
@@ -39,9 +39,9 @@ use crate::{
     detect::{AtRisk, Detector, Finding},
     events::{Event, ProcessKey, RecordKind},
     files::WriteFailure,
-    kernel::ProbeOptions,
+    kernel::{Pinning, ProbeOptions, Probes, pins},
     metrics::Metrics,
-    monitor::{Counts, Monitor},
+    monitor::{Backlog, Counts, Monitor},
     notify::{Notice, Notifier},
     process::{ProcessTable, procfs},
     sinks::Delivery,
@@ -80,6 +80,9 @@ struct Agent {
     /// The running `[agent]` table and sinks, to tell what a reload changes.
     settings: Settings,
     sinks: Vec<SinkConfig>,
+    /// When this agent read what its predecessor's pinned probes recorded
+    /// (boot ns): what started before happened while no agent ran.
+    down_until_ns: Option<u64>,
 }
 
 /// Runs the agent on `config`, read from `path` (None: the default
@@ -125,18 +128,40 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         lost: 0,
         settings: config.agent.clone(),
         sinks: config.sinks.clone(),
+        down_until_ns: None,
     };
     agent.detector.set_agent_pid(std::process::id());
     let mut monitor = Monitor::start(&ProbeOptions {
         ring_bytes: config.agent.ring_bytes,
+        pin_root: Some(PathBuf::from(pins::ROOT)),
         ..ProbeOptions::default()
     })?;
+    let backlog = monitor.take_backlog();
+    if report_handover(monitor.probes_ref(), &backlog) {
+        agent.down_until_ns = Some(backlog.read_ns);
+    }
     let (call_tx, mut calls) = mpsc::channel(16);
     control::server::serve(&socket, config.agent.control_group.as_deref(), call_tx)?;
-    agent.detector.adopt(monitor.table());
+    agent
+        .detector
+        .adopt_after_gap(monitor.table(), &backlog.started, &backlog.ended);
     agent.ask_units();
     let restored = agent.restore(&mut monitor)?;
     agent.adopt_frozen(&mut monitor);
+    let stale = agent.custody.reconcile_guard(monitor.probes());
+    if !stale.is_empty() {
+        tracing::info!(
+            "guard map: {stale:?} guarded by an earlier agent and not by this one: no longer guarded"
+        );
+    }
+    // What happened while no agent ran, acted on before anything new.
+    if backlog.records > 0 {
+        let mut batch = Batch::default();
+        let detector = &mut agent.detector;
+        monitor.flush(|event, table| collect(&mut batch, detector, event, table))?;
+        agent.act(&mut monitor, batch);
+        agent.save();
+    }
     let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     let mut notifier = Notifier::from_env();
     tracing::info!(
@@ -161,20 +186,8 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     let mut batch = Batch::default();
     loop {
         let detector = &mut agent.detector;
-        let on_event = |event: &Event, table: &ProcessTable| {
-            batch.findings.extend(detector.observe(event, table));
-            match event {
-                Event::Exec(exec) if exec.guard_stopped => {
-                    batch.guard_stopped.push(exec.process.pid)
-                }
-                Event::Signal(signal) if signal.sender.pid == 1 => {
-                    batch.by_systemd.push(signal.target.key)
-                }
-                Event::Fork(fork) if fork.parent.pid == 1 => batch.by_systemd.push(fork.child),
-                Event::Lost(lost) => batch.lost = Some(lost.count),
-                _ => {}
-            }
-        };
+        let on_event =
+            |event: &Event, table: &ProcessTable| collect(&mut batch, detector, event, table);
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -227,15 +240,89 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     }
     notifier.send(Notice::Stopping);
     agent.custody.leave_units();
-    let mut tail = Vec::new();
-    monitor.flush(|e, t| tail.extend(agent.detector.observe(e, t)))?;
-    for finding in tail {
-        agent.audit.write(finding);
+    // Pinned probes keep what the ring holds for the next agent, which acts
+    // on it; otherwise what is left is at least audited.
+    if !matches!(monitor.probes_ref().pinning(), Pinning::Pinned { .. }) {
+        let mut tail = Vec::new();
+        monitor.flush(|e, t| tail.extend(agent.detector.observe(e, t)))?;
+        for finding in tail {
+            agent.audit.write(finding);
+        }
     }
     let _ = std::fs::remove_file(&socket);
     log_summary(&monitor);
     tracing::info!("stopguard stopped");
     Ok(())
+}
+
+/// What one kernel record asks of the agent, added to `batch`.
+fn collect(batch: &mut Batch, detector: &mut Detector, event: &Event, table: &ProcessTable) {
+    batch.findings.extend(detector.observe(event, table));
+    match event {
+        Event::Exec(exec) if exec.guard_stopped => batch.guard_stopped.push(exec.process.pid),
+        Event::Signal(signal) if signal.sender.pid == 1 => batch.by_systemd.push(signal.target.key),
+        Event::Fork(fork) if fork.parent.pid == 1 => batch.by_systemd.push(fork.child),
+        Event::Lost(lost) => batch.lost = Some(lost.count),
+        _ => {}
+    }
+}
+
+/// Logs what attaching did with an earlier agent's probes and whether this
+/// agent's outlive it. Returns whether an earlier agent's probes ran until
+/// now (its records are a gap's).
+fn report_handover(probes: &Probes, backlog: &Backlog) -> bool {
+    let handover = probes.handover();
+    if handover.mounted_bpffs {
+        tracing::warn!("bpffs was not mounted: mounted it at /sys/fs/bpf to pin the probes");
+    }
+    for failure in &handover.failures {
+        tracing::error!("older pinned probes could not be taken apart: {failure}");
+    }
+    if handover.unreadable > 0 {
+        tracing::error!(
+            "{} records of older probes are in a layout this agent does not read: counted as lost",
+            handover.unreadable
+        );
+    }
+    let gap = backlog
+        .first_ns
+        .map(|first| {
+            format!(
+                ", the earliest {:.1} s ago",
+                (backlog.read_ns.saturating_sub(first)) as f64 / 1e9
+            )
+        })
+        .unwrap_or_default();
+    match probes.pinning() {
+        Pinning::Pinned {
+            dir, adopted: true, ..
+        } => {
+            tracing::info!(
+                "probes pinned in {dir} taken over: they ran while no agent did; {} records waiting{gap}",
+                backlog.records
+            );
+            true
+        }
+        Pinning::Pinned { dir, .. } if !handover.replaced.is_empty() => {
+            tracing::info!(
+                "probes loaded and pinned in {dir}, then older ones {:?} detached; {} records waiting from them{gap}",
+                handover.replaced,
+                backlog.records
+            );
+            true
+        }
+        Pinning::Pinned { dir, .. } => {
+            tracing::info!("probes pinned in {dir}: they hold while the agent is down");
+            false
+        }
+        Pinning::Failed { reason } => {
+            tracing::error!(
+                "probes NOT pinned ({reason}): while the agent is down nothing is stopped at exec or recorded"
+            );
+            false
+        }
+        Pinning::Off => false,
+    }
 }
 
 fn log_summary(monitor: &Monitor) {
@@ -429,7 +516,7 @@ impl Agent {
                 .unit
                 .as_deref()
                 .and_then(|unit| self.restart_policies.of(unit));
-            let record: Alert = alert::respawn(
+            let mut record: Alert = alert::respawn(
                 &self.host,
                 started,
                 stopped_by,
@@ -439,6 +526,12 @@ impl Agent {
                 &self.clock,
                 boot_ns(),
             );
+            if self
+                .down_until_ns
+                .is_some_and(|until| started.time_ns < until)
+            {
+                alert::while_agent_down(&mut record);
+            }
             self.alerting.raise(record);
         }
     }

@@ -227,6 +227,7 @@ impl Agent {
             spool_error: spool_failure.map(|(_, f)| f),
             state_error: self.state_failure.clone(),
             sinks: self.alerting.delivery().status(),
+            pinning: Some(monitor.probes_ref().pinning().clone()),
         }
     }
 

@@ -10,6 +10,7 @@ use super::{
     AlertTested, Request, ServiceState, Status, Stopped, Thawed, WindowClosed, WindowList,
     WindowOpened,
 };
+use crate::kernel::Pinning;
 
 /// Sends `request` to the agent at `socket` and returns its answer as sent:
 /// `{"ok": true, ...}`, or the agent's refusal as the error.
@@ -187,6 +188,20 @@ impl fmt::Display for Status {
                 "\n  SPOOL FAILING: {} alerts held in memory only (a restart now loses them): {} at {}",
                 self.spool_unsynced, failure.error, failure.at
             )?;
+        }
+        match &self.pinning {
+            Some(Pinning::Pinned { dir, since, .. }) => write!(
+                f,
+                "\nguard pinned in {dir} since {}: it holds while the agent is down (a reboot clears it)",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(*since)
+                )
+            )?,
+            Some(Pinning::Failed { reason }) => write!(
+                f,
+                "\n  GUARD NOT PINNED ({reason}): while the agent is down nothing is stopped or recorded"
+            )?,
+            Some(Pinning::Off) | None => {}
         }
         if let Some(failure) = &self.state_error {
             write!(

@@ -110,6 +110,9 @@ pub struct Status {
     #[serde(default)]
     pub state_error: Option<WriteFailure>,
     pub sinks: Vec<crate::sinks::SinkStatus>,
+    /// Whether the kernel side outlives the agent (pinned), and since when.
+    #[serde(default)]
+    pub pinning: Option<crate::kernel::Pinning>,
 }
 
 /// `alert test`: each sink's result.

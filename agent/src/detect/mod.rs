@@ -17,7 +17,7 @@ mod instances;
 mod intent;
 mod windows;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use self::instances::Slot;
 pub use self::{
@@ -84,6 +84,9 @@ pub struct Detector {
     /// The agent's own pid: its signals are sent for the person behind the
     /// control command that asked for them.
     agent_pid: Option<u32>,
+    /// Processes whose exit is in the records written while no agent ran
+    /// (see `adopt_after_gap`).
+    gap_ended: HashSet<ProcessKey>,
 }
 
 impl Detector {
@@ -102,6 +105,7 @@ impl Detector {
             windows: Vec::new(),
             next_window: 1,
             agent_pid: None,
+            gap_ended: HashSet::new(),
         }
     }
 
@@ -173,7 +177,25 @@ impl Detector {
 
     /// Finds the main processes already running (call after seeding).
     pub fn adopt(&mut self, table: &ProcessTable) {
+        self.adopt_after_gap(table, &HashSet::new(), &HashSet::new());
+    }
+
+    /// Like `adopt`, when records written while no agent ran are still to
+    /// be read: what `started` meanwhile is left to its records (a respawn
+    /// is a respawn, not a main process found running), and a saved main
+    /// process that `ended` meanwhile is taken back by `restore`, so that
+    /// its stop and exit are seen.
+    pub fn adopt_after_gap(
+        &mut self,
+        table: &ProcessTable,
+        started: &HashSet<ProcessKey>,
+        ended: &HashSet<ProcessKey>,
+    ) {
+        self.gap_ended = ended.clone();
         for process in table.live_processes() {
+            if started.contains(&process.key) {
+                continue;
+            }
             if let Some(slot) = self.main_service(process, table) {
                 let index = self.resolve(slot);
                 self.set_main(index, process);

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Detector, OperatorStop};
+use crate::events::ProcessKey;
 
 /// The detector's state kept across agent restarts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,6 +13,18 @@ pub struct Saved {
     pub windows: Vec<Window>,
     pub stops: Vec<OperatorStop>,
     pub next_window: u64,
+    /// Each service's main process: one that ends while no agent runs is
+    /// known again when its exit record is read.
+    #[serde(default)]
+    pub mains: Vec<SavedMain>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedMain {
+    pub service: String,
+    pub key: ProcessKey,
+    pub comm: Option<String>,
+    pub unit: Option<String>,
 }
 
 /// A declared maintenance window: the service is meant to stay down.
@@ -127,6 +140,18 @@ impl Detector {
                 .filter_map(|s| s.stop.clone())
                 .collect(),
             next_window: self.next_window,
+            mains: self
+                .services
+                .iter()
+                .filter_map(|s| {
+                    Some(SavedMain {
+                        service: s.name.clone(),
+                        key: s.main?,
+                        comm: s.comm.clone(),
+                        unit: s.main_unit.clone(),
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -143,6 +168,21 @@ impl Detector {
             }
         }
         self.next_window = self.next_window.max(saved.next_window);
+        for main in saved.mains {
+            if !self.gap_ended.contains(&main.key) {
+                continue;
+            }
+            let Some(index) = self.index_for(&main.service) else {
+                continue;
+            };
+            let service = &mut self.services[index];
+            if service.main.is_none() {
+                service.main = Some(main.key);
+                service.comm = main.comm;
+                service.main_unit = main.unit;
+                self.mains.insert(main.key, index);
+            }
+        }
     }
 }
 

@@ -1,15 +1,23 @@
 //! Loading the kernel programs and reading their ring buffer.
 
 pub mod btf;
+pub mod pins;
 
-use std::{path::Path, time::Duration};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use agent_common::{COMM_LEN, WakePolicy, kind, names};
+use agent_common::{COMM_LEN, Header, LAYOUT, Offsets, WakePolicy, boot_ns, kind, names};
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::RawTracePoint,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    programs::{
+        RawTracePoint,
+        links::{FdLink, PinnedLink},
+    },
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -29,6 +37,9 @@ pub struct ProbeOptions {
     pub ring_bytes: RingBytes,
     /// Signal numbers worth a record. SIGCHLD never is.
     pub signals: Vec<u32>,
+    /// Where to pin the probes so that they outlive this process (see
+    /// `pins`); None detaches them when it ends (`trace`).
+    pub pin_root: Option<PathBuf>,
 }
 
 impl Default for ProbeOptions {
@@ -38,17 +49,115 @@ impl Default for ProbeOptions {
             // Every standard signal but SIGCHLD (17): stops, continues and
             // terminations are all lifecycle.
             signals: (1..32).filter(|&s| s != libc::SIGCHLD as u32).collect(),
+            pin_root: None,
         }
     }
 }
 
+/// Whether the probes outlive the agent: what the log and status say.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Pinning {
+    /// Not asked for (`trace`).
+    Off,
+    /// Pinned in `dir` since `since` (unix seconds); `adopted` when an
+    /// earlier agent pinned them and this one found them attached.
+    Pinned {
+        dir: String,
+        since: u64,
+        adopted: bool,
+    },
+    /// Asked for and impossible: the probes end with this agent.
+    Failed { reason: String },
+}
+
+/// What attaching did with earlier agents' probes.
+#[derive(Clone, Debug, Default)]
+pub struct Handover {
+    /// bpffs was not mounted at the pin root's parent, and now is.
+    pub mounted_bpffs: bool,
+    /// Older generations replaced (their programs detached after this
+    /// agent's were attached), by name.
+    pub replaced: Vec<String>,
+    /// Records an older generation of another layout held: never read.
+    pub unreadable: u64,
+    /// Generations that could not be taken apart, with why.
+    pub failures: Vec<String>,
+}
+
 /// The loaded, attached kernel programs and the reader of their records.
 pub struct Probes {
-    ebpf: Ebpf,
+    /// The object as loaded, while its programs' links are its own (not
+    /// pinned); None once they are pinned or were adopted.
+    _ebpf: Option<Ebpf>,
+    _links: Vec<PinnedLink>,
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
-    lost_seen: [u64; kind::COUNT as usize],
+    guard: HashMap<MapData, [u8; COMM_LEN], u32>,
+    pinning: Pinning,
+    handover: Handover,
+    /// Records of replaced generations (and their losses), read before
+    /// anything in the own ring.
+    backlog: Vec<Event>,
+    /// Records both generations wrote while both were attached: the own
+    /// ring's copies are dropped.
+    overlap: Option<Overlap>,
     _logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// While an old generation and the new one were both attached, each wrote
+/// its record of the same event: the old ring's are read first, and the
+/// new ring's copies (same bytes but for the header's time) are dropped.
+struct Overlap {
+    /// When the old programs were detached: later records are the new
+    /// ring's alone.
+    until_ns: u64,
+    seen: std::collections::HashSet<u64>,
+}
+
+/// The maps an agent uses, from a fresh load or from pins.
+struct Maps {
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+    guard: HashMap<MapData, [u8; COMM_LEN], u32>,
+    interest: Array<MapData, u64>,
+}
+
+impl Maps {
+    fn from_pins(generation: &pins::Generation) -> Result<Maps> {
+        let open = |name: &str| -> Result<Map> {
+            let path = generation.map(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening the pinned map {}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        Ok(Maps {
+            ring: RingBuf::try_from(open(names::EVENTS)?)?,
+            lost: PerCpuArray::try_from(open(names::LOST)?)?,
+            guard: HashMap::try_from(open(names::GUARD)?)?,
+            interest: Array::try_from(open(names::SIGNAL_INTEREST)?)?,
+        })
+    }
+
+    /// The maps of a fresh load, each pinned in `pin_dir` when given.
+    fn take(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Maps> {
+        let mut take = |name: &str| -> Result<Map> {
+            let map = ebpf
+                .take_map(name)
+                .with_context(|| format!("map {name} missing from the object"))?;
+            if let Some(dir) = pin_dir {
+                map.pin(dir.join(name))
+                    .with_context(|| format!("pinning map {name} in {}", dir.display()))?;
+            }
+            Ok(map)
+        };
+        Ok(Maps {
+            ring: RingBuf::try_from(take(names::EVENTS)?)?,
+            lost: PerCpuArray::try_from(take(names::LOST)?)?,
+            guard: HashMap::try_from(take(names::GUARD)?)?,
+            interest: Array::try_from(take(names::SIGNAL_INTEREST)?)?,
+        })
+    }
 }
 
 /// One line saying why the probes cannot load here and what to do, before
@@ -67,8 +176,28 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
+/// The programs as they would be loaded here: the object, the offsets this
+/// kernel's BTF gives, the ring's size. Equal identities run the same code
+/// on the same layout and may adopt each other's pins.
+fn identity(offsets: &Offsets, wake: &WakePolicy, ring_bytes: RingBytes) -> u64 {
+    // SAFETY: plain repr(C) data without padding, read as bytes.
+    let bytes = |p: *const u8, n: usize| unsafe { std::slice::from_raw_parts(p, n) };
+    let mut hash = pins::fnv1a(pins::FNV_OFFSET, OBJECT);
+    hash = pins::fnv1a(
+        hash,
+        bytes((offsets as *const Offsets).cast(), size_of::<Offsets>()),
+    );
+    hash = pins::fnv1a(
+        hash,
+        bytes((wake as *const WakePolicy).cast(), size_of::<WakePolicy>()),
+    );
+    pins::fnv1a(hash, &ring_bytes.get().to_ne_bytes())
+}
+
 impl Probes {
-    /// Loads and attaches the programs. Must run inside a tokio runtime.
+    /// Loads and attaches the programs, or, when `options.pin_root` holds
+    /// the same programs pinned by an earlier agent, takes those over with
+    /// what their ring holds. Must run inside a tokio runtime.
     pub fn attach(options: &ProbeOptions) -> Result<Probes> {
         preflight()?;
         let offsets = btf::offsets(Path::new(btf::VMLINUX_BTF))?;
@@ -76,55 +205,258 @@ impl Probes {
         let wake = WakePolicy {
             batch_bytes: u64::from(options.ring_bytes.get() / 4),
         };
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::OFFSETS, &offsets, true)
-            .override_global(names::WAKE, &wake, true)
-            .map_max_entries(names::EVENTS, options.ring_bytes.get())
-            .load(OBJECT)
-            .context(
-                "loading the eBPF programs (the kernel refused them: is BPF disabled or \
-                 restricted by a security module?)",
-            )?;
+        let Some(root) = &options.pin_root else {
+            return Probes::load(options, &offsets, &wake, Pinning::Off);
+        };
+        let mounted_bpffs = match pins::prepare(root) {
+            Ok(mounted) => mounted,
+            Err(err) => {
+                let reason = format!("{err:#}");
+                return Probes::load(options, &offsets, &wake, Pinning::Failed { reason });
+            }
+        };
+        let own = root.join(pins::generation_name(identity(
+            &offsets,
+            &wake,
+            options.ring_bytes,
+        )));
+        let mut others = Vec::new();
+        let mut adoptable = None;
+        for generation in pins::generations(root) {
+            if generation.dir == own && generation.complete() {
+                adoptable = Some(generation);
+            } else {
+                others.push(generation);
+            }
+        }
+        let adopted = adoptable.and_then(|generation| {
+            Probes::adopt(options, &generation)
+                .map_err(|err| {
+                    tracing::warn!(
+                        "pinned probes {} could not be taken over ({err:#}): loading new ones",
+                        generation.name()
+                    );
+                    others.push(generation);
+                })
+                .ok()
+        });
+        let mut probes = match adopted {
+            Some(probes) => probes,
+            None => {
+                let old: Vec<(pins::Generation, Option<Maps>)> = others
+                    .drain(..)
+                    .map(|g| {
+                        let maps = readable(&g).then(|| Maps::from_pins(&g).ok()).flatten();
+                        (g, maps)
+                    })
+                    .collect();
+                let attached_ns = boot_ns();
+                match Probes::load_pinned(options, &offsets, &wake, &own, &old) {
+                    Ok(mut probes) => {
+                        probes.take_over(old, attached_ns);
+                        probes
+                    }
+                    Err(err) => {
+                        // The older probes, if any, keep guarding: this agent
+                        // runs on probes of its own, which end with it.
+                        let _ = fs::remove_dir_all(pins::making(&own));
+                        let reason = format!("{err:#}");
+                        return Probes::load(options, &offsets, &wake, Pinning::Failed { reason });
+                    }
+                }
+            }
+        };
+        // Left by an interrupted handover: what they hold is read too.
+        let rest: Vec<(pins::Generation, Option<Maps>)> = others
+            .into_iter()
+            .map(|g| {
+                let maps = readable(&g).then(|| Maps::from_pins(&g).ok()).flatten();
+                (g, maps)
+            })
+            .collect();
+        probes.take_over(rest, boot_ns());
+        probes.handover.mounted_bpffs = mounted_bpffs;
+        Ok(probes)
+    }
+
+    /// Loads the object; its programs stay attached while the result lives.
+    fn load(
+        options: &ProbeOptions,
+        offsets: &Offsets,
+        wake: &WakePolicy,
+        pinning: Pinning,
+    ) -> Result<Probes> {
+        let mut ebpf = load_object(options, offsets, wake)?;
         let logger = start_kernel_log(&mut ebpf);
-
-        let mut interest: Array<_, u64> = Array::try_from(
-            ebpf.map_mut(names::SIGNAL_INTEREST)
-                .context("map SIGNAL_INTEREST missing")?,
-        )?;
-        let mask = options
-            .signals
-            .iter()
-            .filter(|&&s| s > 0 && s < 64 && s != libc::SIGCHLD as u32)
-            .fold(0u64, |m, &s| m | (1 << s));
-        interest
-            .set(0, mask, 0)
-            .context("filling the signal interest map")?;
-
+        let mut maps = Maps::take(&mut ebpf, None)?;
+        set_interest(&mut maps.interest, &options.signals)?;
         for (program, tracepoint) in names::PROGRAMS {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} missing from the object"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("loading program {program} (verifier log above)"))?;
-            prog.attach(tracepoint)
+            program_of(&mut ebpf, program)?
+                .attach(tracepoint)
                 .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
         }
+        Probes::new(Some(ebpf), Vec::new(), maps, pinning, logger)
+    }
 
-        let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("map EVENTS missing")?)?;
+    /// Loads the object and pins it as generation `dir`: the guard carried
+    /// over from `old` before the programs attach, their links pinned as
+    /// they attach (in `pins::making(dir)`, renamed when complete).
+    fn load_pinned(
+        options: &ProbeOptions,
+        offsets: &Offsets,
+        wake: &WakePolicy,
+        dir: &Path,
+        old: &[(pins::Generation, Option<Maps>)],
+    ) -> Result<Probes> {
+        let mut ebpf = load_object(options, offsets, wake)?;
+        let logger = start_kernel_log(&mut ebpf);
+        let making = pins::making(dir);
+        let _ = fs::remove_dir_all(&making);
+        fs::create_dir(&making).with_context(|| format!("creating {}", making.display()))?;
+        let mut maps = Maps::take(&mut ebpf, Some(&making))?;
+        set_interest(&mut maps.interest, &options.signals)?;
+        for (_, old) in old {
+            if let Some(old) = old {
+                for entry in old.guard.iter().filter_map(Result::ok) {
+                    let (name, value) = entry;
+                    maps.guard
+                        .insert(name, value, 0)
+                        .context("carrying the guard map over")?;
+                }
+            }
+        }
+        let mut links = Vec::new();
+        for (program, tracepoint) in names::PROGRAMS {
+            let prog = program_of(&mut ebpf, program)?;
+            let id = prog
+                .attach(tracepoint)
+                .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
+            let link: FdLink = prog.take_link(id)?.into();
+            links.push(
+                link.pin(making.join(program))
+                    .with_context(|| format!("pinning the link of {program}"))?,
+            );
+        }
+        fs::rename(&making, dir)
+            .with_context(|| format!("renaming {} to {}", making.display(), dir.display()))?;
+        let since = unix_now();
+        let pinning = Pinning::Pinned {
+            dir: dir.display().to_string(),
+            since,
+            adopted: false,
+        };
+        // The links hold the programs now: the object may go.
+        drop(ebpf);
+        Probes::new(None, links, maps, pinning, logger)
+    }
+
+    /// Takes over a generation an earlier agent pinned: its programs stay
+    /// attached, its ring keeps what it wrote meanwhile.
+    fn adopt(options: &ProbeOptions, generation: &pins::Generation) -> Result<Probes> {
+        let mut maps = Maps::from_pins(generation)?;
+        set_interest(&mut maps.interest, &options.signals)?;
+        let (program, _) = names::PROGRAMS[0];
+        let logger = PinnedLink::from_pin(generation.link(program))
+            .ok()
+            .and_then(|link| FdLink::from(link).info().ok())
+            .and_then(|info| start_kernel_log_of(info.program_id()));
+        let since = generation
+            .since()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let pinning = Pinning::Pinned {
+            dir: generation.dir.display().to_string(),
+            since,
+            adopted: true,
+        };
+        Probes::new(None, Vec::new(), maps, pinning, logger)
+    }
+
+    fn new(
+        ebpf: Option<Ebpf>,
+        links: Vec<PinnedLink>,
+        maps: Maps,
+        pinning: Pinning,
+        logger: Option<tokio::task::JoinHandle<()>>,
+    ) -> Result<Probes> {
         // SAFETY: the ring's fd is owned by `ring`, which the AsyncFd owns
         // until it is dropped.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        let ring = unsafe { AsyncFd::register_with_interest(maps.ring, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)
             .context("registering the ring buffer with tokio")?;
-        let lost = PerCpuArray::try_from(ebpf.take_map(names::LOST).context("map LOST missing")?)?;
         Ok(Probes {
-            ebpf,
+            _ebpf: ebpf,
+            _links: links,
             ring,
-            lost,
-            lost_seen: [0; kind::COUNT as usize],
+            lost: maps.lost,
+            guard: maps.guard,
+            pinning,
+            handover: Handover::default(),
+            backlog: Vec::new(),
+            overlap: None,
             _logger: logger,
         })
+    }
+
+    /// Takes older generations apart now that this agent's programs are
+    /// attached (since `attached_ns`): their programs detach, then what
+    /// their rings hold joins the backlog (read before the own ring), with
+    /// what they lost; a ring of another layout is counted, never read.
+    fn take_over(&mut self, old: Vec<(pins::Generation, Option<Maps>)>, attached_ns: u64) {
+        for (generation, maps) in old {
+            if let Err(err) = pins::detach(&generation) {
+                self.handover
+                    .failures
+                    .push(format!("{}: {err:#}", generation.name()));
+                continue;
+            }
+            // A program that was running as the link went finishes its record.
+            std::thread::sleep(Duration::from_millis(20));
+            let detached_ns = boot_ns();
+            match maps {
+                Some(mut maps) => {
+                    let mut seen = std::collections::HashSet::new();
+                    while let Some(item) = maps.ring.next() {
+                        if record_time(&item) >= attached_ns {
+                            seen.insert(record_body_hash(&item));
+                        }
+                        match Event::decode(&item) {
+                            Ok(event) => self.backlog.push(event),
+                            Err(err) => {
+                                tracing::error!("dropping an undecodable kernel record: {err}")
+                            }
+                        }
+                    }
+                    if let Ok(Some(lost)) = unreported_losses(&mut maps.lost) {
+                        self.backlog.push(Event::Lost(lost));
+                    }
+                    if !seen.is_empty() {
+                        self.overlap = Some(Overlap {
+                            until_ns: detached_ns,
+                            seen,
+                        });
+                    }
+                }
+                None => self.handover.unreadable += count_records(&generation),
+            }
+            match pins::remove(&generation) {
+                Ok(()) => self.handover.replaced.push(generation.name()),
+                Err(err) => self
+                    .handover
+                    .failures
+                    .push(format!("{}: {err:#}", generation.name())),
+            }
+        }
+    }
+
+    /// Whether the probes outlive this process.
+    pub fn pinning(&self) -> &Pinning {
+        &self.pinning
+    }
+
+    /// What attaching did with earlier agents' probes.
+    pub fn handover(&self) -> &Handover {
+        &self.handover
     }
 
     /// Waits until records are ready (or the poll interval passes), then
@@ -138,10 +470,19 @@ impl Probes {
         Ok(())
     }
 
-    /// Appends every record waiting in the ring to `out`, without waiting.
+    /// Appends every record waiting in the ring to `out`, without waiting:
+    /// first what replaced generations left, then the own ring's.
     pub fn drain(&mut self, out: &mut Vec<Event>) {
+        out.append(&mut self.backlog);
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
+            if let Some(overlap) = &mut self.overlap {
+                if record_time(&item) > overlap.until_ns {
+                    self.overlap = None;
+                } else if overlap.seen.remove(&record_body_hash(&item)) {
+                    continue;
+                }
+            }
             match Event::decode(&item) {
                 Ok(event) => out.push(event),
                 Err(err) => tracing::error!("dropping an undecodable kernel record: {err}"),
@@ -149,49 +490,146 @@ impl Probes {
         }
     }
 
-    /// Records lost since the last call, or None when nothing new was lost.
+    /// Records lost and not yet reported (by this agent or, with pinned
+    /// probes, an earlier one), or None when nothing new was lost.
     pub fn check_lost(&mut self) -> Result<Option<Lost>> {
-        let mut now = [0u64; kind::COUNT as usize];
-        for (k, slot) in now.iter_mut().enumerate() {
-            let per_cpu = self
-                .lost
-                .get(&(k as u32), 0)
-                .context("reading the lost-record counters")?;
-            *slot = per_cpu.iter().sum();
-        }
-        let new: u64 = now.iter().sum::<u64>() - self.lost_seen.iter().sum::<u64>();
-        self.lost_seen = now;
-        if new == 0 {
-            return Ok(None);
-        }
-        Ok(Some(Lost {
-            count: new,
-            total: now.iter().sum(),
-            by_kind: PerKind::from_fn(|k| now[k.wire() as usize]),
-        }))
+        unreported_losses(&mut self.lost)
     }
 
     /// The guard map: exec of a process whose name is in it is stopped by
     /// the kernel before its first instruction.
-    pub fn guard(&mut self) -> Result<HashMap<&mut MapData, [u8; COMM_LEN], u32>> {
-        Ok(HashMap::try_from(
-            self.ebpf
-                .map_mut(names::GUARD)
-                .context("map GUARD missing")?,
-        )?)
+    pub fn guard(&mut self) -> &mut HashMap<MapData, [u8; COMM_LEN], u32> {
+        &mut self.guard
     }
+}
+
+/// Whether this agent reads records of `generation`'s layout.
+fn readable(generation: &pins::Generation) -> bool {
+    generation.layout == Some(LAYOUT)
+}
+
+fn load_object(options: &ProbeOptions, offsets: &Offsets, wake: &WakePolicy) -> Result<Ebpf> {
+    EbpfLoader::new()
+        .override_global(names::OFFSETS, offsets, true)
+        .override_global(names::WAKE, wake, true)
+        .map_max_entries(names::EVENTS, options.ring_bytes.get())
+        .load(OBJECT)
+        .context(
+            "loading the eBPF programs (the kernel refused them: is BPF disabled or \
+             restricted by a security module?)",
+        )
+}
+
+fn program_of<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut RawTracePoint> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} missing from the object"))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("loading program {program} (verifier log above)"))?;
+    Ok(prog)
+}
+
+fn set_interest(interest: &mut Array<MapData, u64>, signals: &[u32]) -> Result<()> {
+    let mask = signals
+        .iter()
+        .filter(|&&s| s > 0 && s < 64 && s != libc::SIGCHLD as u32)
+        .fold(0u64, |m, &s| m | (1 << s));
+    interest
+        .set(0, mask, 0)
+        .context("filling the signal interest map")
+}
+
+/// What the counters say was lost and no agent has reported yet; marks it
+/// reported.
+fn unreported_losses(lost: &mut PerCpuArray<MapData, u64>) -> Result<Option<Lost>> {
+    let count = kind::COUNT as usize;
+    let mut now = vec![0u64; count];
+    let mut reported = vec![0u64; count];
+    for k in 0..count {
+        let read = |slot: usize| {
+            lost.get(&(slot as u32), 0)
+                .context("reading the lost-record counters")
+        };
+        now[k] = read(k)?.iter().sum();
+        reported[k] = read(count + k)?.first().copied().unwrap_or(0);
+    }
+    let new: u64 = now
+        .iter()
+        .zip(&reported)
+        .map(|(n, r)| n.saturating_sub(*r))
+        .sum();
+    if new == 0 {
+        return Ok(None);
+    }
+    let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
+    for (k, total) in now.iter().enumerate() {
+        let mut values = vec![0u64; cpus];
+        values[0] = *total;
+        lost.set((count + k) as u32, PerCpuValues::try_from(values)?, 0)
+            .context("marking lost records reported")?;
+    }
+    Ok(Some(Lost {
+        count: new,
+        total: now.iter().sum(),
+        by_kind: PerKind::from_fn(|k| now[k.wire() as usize]),
+    }))
+}
+
+/// The kernel time in a record's header.
+fn record_time(item: &[u8]) -> u64 {
+    item.get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_ne_bytes)
+}
+
+/// A record's bytes after the header: the same in two generations' copies.
+fn record_body_hash(item: &[u8]) -> u64 {
+    pins::fnv1a(
+        pins::FNV_OFFSET,
+        item.get(size_of::<Header>()..).unwrap_or(&[]),
+    )
+}
+
+/// How many records a generation's ring holds, read as frames only.
+fn count_records(generation: &pins::Generation) -> u64 {
+    let Ok(data) = MapData::from_pin(generation.map(names::EVENTS)) else {
+        return 0;
+    };
+    let Ok(mut ring) = Map::from_map_data(data)
+        .map_err(anyhow::Error::from)
+        .and_then(|m| RingBuf::try_from(m).map_err(anyhow::Error::from))
+    else {
+        return 0;
+    };
+    let mut n = 0;
+    while ring.next().is_some() {
+        n += 1;
+    }
+    n
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Forwards aya-log lines from the kernel programs to `log`, and so to
 /// tracing. The programs log only on rare failures.
 fn start_kernel_log(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
-    let logger = match aya_log::EbpfLogger::init(ebpf) {
-        Ok(logger) => logger,
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => forward_kernel_log(logger),
         Err(err) => {
             tracing::warn!("kernel log lines will not be shown: {err}");
-            return None;
+            None
         }
-    };
+    }
+}
+
+fn forward_kernel_log(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) -> Option<tokio::task::JoinHandle<()>> {
     // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd lives.
     let mut logger = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
         Ok(fd) => fd,
@@ -206,6 +644,18 @@ fn start_kernel_log(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
             guard.clear_ready();
         }
     }))
+}
+
+/// Like `start_kernel_log`, for programs an earlier agent loaded.
+fn start_kernel_log_of(program_id: u32) -> Option<tokio::task::JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init_from_id(program_id) {
+        Ok(logger) => logger,
+        Err(err) => {
+            tracing::warn!("kernel log lines will not be shown: {err}");
+            return None;
+        }
+    };
+    forward_kernel_log(logger)
 }
 
 /// A comm as the kernel stores it: at most 15 bytes, NUL-padded.
