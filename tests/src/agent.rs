@@ -103,11 +103,31 @@ impl Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
 
-impl Drop for Agent {
-    fn drop(&mut self) {
+    /// SIGTERM, as `systemctl stop` or a package upgrade would; waits
+    /// until it has exited.
+    pub fn terminate(&mut self) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
+}
+
+impl Drop for Agent {
+    /// Stops the agent, then detaches the probes it pinned, so that the
+    /// next test starts on probes of its own (unless another agent already
+    /// runs on them: `stopguard unpin` refuses then).
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        unpin();
+    }
+}
+
+/// `stopguard unpin`: the pinned probes detached, when no agent runs.
+pub fn unpin() {
+    let _ = Command::new(stopguard_bin())
+        .arg("unpin")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
