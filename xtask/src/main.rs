@@ -292,12 +292,15 @@ fn test(args: &[String]) -> Result<()> {
     }
     build_ebpf()?;
     let agent = build_agent()?;
+    // The next agent: an upgrade from this one to a new kernel object.
+    let next = build_next()?;
     step("running every test (unit and end-to-end)");
     let mut child = Command::new("cargo")
         .current_dir(workspace_root())
         .args(["test", "--workspace", "--exclude", "agent-ebpf"])
         .args(args)
         .env("STOPGUARD_BIN", &agent)
+        .env("STOPGUARD_NEXT_BIN", &next)
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;
