@@ -360,6 +360,18 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The license the kernel reads to allow GPL-only helpers. A build with
+/// STOPGUARD_EBPF_VARIANT set says "GPL" instead: both are GPL-compatible,
+/// and that build's kernel object differs in its bytes from the default's,
+/// which is what an upgrade to a new kernel object looks like.
+const LICENSE_TEXT: &[u8] = if option_env!("STOPGUARD_EBPF_VARIANT").is_some() {
+    b"GPL\0"
+} else {
+    b"Dual MIT/GPL\0"
+};
+
+// As long as its text: aya takes the section as a C string whose only NUL
+// ends it, so padding would be refused.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+static LICENSE: [u8; LICENSE_TEXT.len()] = *LICENSE_TEXT.first_chunk().unwrap();

@@ -46,6 +46,24 @@ pub fn stopguard_bin() -> PathBuf {
     path
 }
 
+/// The next build of the agent (`cargo xtask build-next`), whose kernel
+/// object differs from the one `stopguard_bin` embeds: $STOPGUARD_NEXT_BIN,
+/// else target/next/stopguard when it has been built; None when neither.
+pub fn stopguard_next_bin() -> Option<PathBuf> {
+    match std::env::var_os("STOPGUARD_NEXT_BIN") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            assert!(
+                path.exists(),
+                "STOPGUARD_NEXT_BIN names {}, which does not exist",
+                path.display()
+            );
+            Some(path)
+        }
+        None => Some(workspace_root().join("target/next/stopguard")).filter(|p| p.exists()),
+    }
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")

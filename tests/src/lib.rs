@@ -18,7 +18,9 @@ mod trace;
 pub use agent::Agent;
 pub use alertmanager::Alertmanager;
 pub use cgroup::{in_frozen_cgroup, in_frozen_v1_cgroup, remove_frozen_cgroups, state_of};
-pub use host::{Stopped, bash, fixture, free_port, root_test, stopguard_bin, workspace_root};
+pub use host::{
+    Stopped, bash, fixture, free_port, root_test, stopguard_bin, stopguard_next_bin, workspace_root,
+};
 pub use operator::{as_operator, as_person, operator_kill, operator_signal, person, respawns};
 pub use receiver::{Received, Receiver, sinks, webhook_signature_valid};
 pub use sandbox::{Sandbox, assert_clean, left_behind};

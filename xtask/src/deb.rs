@@ -25,6 +25,11 @@ pub struct Args {
     /// upgrade.
     #[arg(long, value_name = "VERSION")]
     version: Option<String>,
+    /// The agent binary to package, as built elsewhere (e.g.
+    /// target/next/stopguard from `cargo xtask build-next`); default: build
+    /// target/release/stopguard.
+    #[arg(long, value_name = "PATH")]
+    binary: Option<PathBuf>,
 }
 
 /// What the package needs from the host: lintian to check it, dpkg-dev for
@@ -75,8 +80,19 @@ pub fn run(args: &Args) -> Result<()> {
         .version
         .clone()
         .unwrap_or_else(|| format!("{}-1", env!("CARGO_PKG_VERSION")));
-    build_ebpf()?;
-    let agent = build_agent()?;
+    let agent = match &args.binary {
+        Some(binary) => {
+            if !binary.is_file() {
+                bail!("--binary {}: no such file", binary.display());
+            }
+            step(&format!("packaging {}", binary.display()));
+            binary.clone()
+        }
+        None => {
+            build_ebpf()?;
+            build_agent()?
+        }
+    };
     if is_root() {
         toolchain::ensure_packages(HOST_PACKAGES)?;
     }

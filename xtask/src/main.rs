@@ -9,6 +9,7 @@ mod soak;
 mod toolchain;
 
 use std::{
+    fs,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
@@ -28,6 +29,15 @@ struct Cli {
 enum Task {
     /// Build the kernel programs (installs rust-src and bpf-linker when missing).
     BuildEbpf,
+    /// Build the next agent, whose kernel object differs from the default
+    /// build's; prints its path, target/next/stopguard, last.
+    ///
+    /// The same sources, the kernel programs built with
+    /// STOPGUARD_EBPF_VARIANT set (another license string, so other bytes),
+    /// as an upgrade to a new kernel object looks. Builds in target dirs of
+    /// its own (target/ebpf-next, target/next-build), so that neither build
+    /// undoes the other: the first one compiles everything once.
+    BuildNext,
     /// Build everything and run stopguard as root, passing ARGS through.
     ///
     /// Example: cargo xtask run -- trace --comm postgres
@@ -100,6 +110,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Task::BuildEbpf => build_ebpf().map(|_| ()),
+        Task::BuildNext => {
+            let next = build_next()?;
+            println!("{}", next.display());
+            Ok(())
+        }
         Task::Run { args } => {
             build_ebpf()?;
             let agent = build_agent()?;
@@ -130,14 +145,51 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where the eBPF object lands; the agent embeds it from here.
-pub fn ebpf_object() -> PathBuf {
-    workspace_root().join(agent_common::OBJECT_PATH)
+/// A build of the kernel programs: the target dir cargo builds them in, and
+/// whether STOPGUARD_EBPF_VARIANT is set (agent-ebpf's LICENSE depends on it).
+struct EbpfBuild {
+    target_dir: &'static str,
+    variant: bool,
 }
 
+impl EbpfBuild {
+    /// Where the object lands: where OBJECT_PATH has it in the default
+    /// build's target dir, in this build's.
+    fn object(&self) -> PathBuf {
+        let inside = Path::new(agent_common::OBJECT_PATH)
+            .strip_prefix(EBPF.target_dir)
+            .expect("OBJECT_PATH is inside the kernel programs' target dir");
+        workspace_root().join(self.target_dir).join(inside)
+    }
+}
+
+/// The kernel programs the agent embeds.
+const EBPF: EbpfBuild = EbpfBuild {
+    target_dir: "target/ebpf",
+    variant: false,
+};
+
+/// The next agent's kernel programs: the variant, beside the default's so
+/// that building one does not undo the other.
+const EBPF_NEXT: EbpfBuild = EbpfBuild {
+    target_dir: "target/ebpf-next",
+    variant: true,
+};
+
 pub fn build_ebpf() -> Result<PathBuf> {
+    build_kernel_programs(&EBPF)
+}
+
+fn build_kernel_programs(build: &EbpfBuild) -> Result<PathBuf> {
     let linker_dir = toolchain::ensure_bpf_toolchain()?;
-    step("building the kernel programs (agent-ebpf)");
+    if build.variant {
+        step(&format!(
+            "building the variant kernel programs (agent-ebpf, STOPGUARD_EBPF_VARIANT set) in {}",
+            build.target_dir
+        ));
+    } else {
+        step("building the kernel programs (agent-ebpf)");
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs = vec![linker_dir];
     dirs.extend(std::env::split_paths(&path));
@@ -147,7 +199,14 @@ pub fn build_ebpf() -> Result<PathBuf> {
         "-Clink-arg=--btf",
     ]
     .join("\x1f");
-    let status = Command::new("cargo")
+    let mut cargo = Command::new("cargo");
+    // The variant only when asked for, whatever the caller's environment says.
+    if build.variant {
+        cargo.env("STOPGUARD_EBPF_VARIANT", "1");
+    } else {
+        cargo.env_remove("STOPGUARD_EBPF_VARIANT");
+    }
+    let status = cargo
         .current_dir(workspace_root())
         .args([
             "build",
@@ -161,7 +220,7 @@ pub fn build_ebpf() -> Result<PathBuf> {
             // Its own target dir: host build dependencies with other features
             // would otherwise rebuild the agent's every time, and back.
             "--target-dir",
-            "target/ebpf",
+            build.target_dir,
         ])
         .env("PATH", std::env::join_paths(dirs)?)
         // build-std is unstable; the stable toolchain allows it for this crate only.
@@ -173,7 +232,7 @@ pub fn build_ebpf() -> Result<PathBuf> {
     if !status.success() {
         bail!("building agent-ebpf failed ({status})");
     }
-    let object = ebpf_object();
+    let object = build.object();
     if !object.exists() {
         bail!("the build succeeded but {} is missing", object.display());
     }
@@ -186,6 +245,45 @@ pub fn build_agent() -> Result<PathBuf> {
     Ok(workspace_root().join("target/release/stopguard"))
 }
 
+/// Where the next agent is built, apart from target/release: each build
+/// embeds its own object, so sharing a target dir would rebuild the agent
+/// whenever the other one was built last.
+const NEXT_BUILD_DIR: &str = "target/next-build";
+
+/// Where the next agent's binary is left.
+const NEXT_BIN: &str = "target/next/stopguard";
+
+/// Builds the next agent (see `Task::BuildNext`); returns its binary's path.
+pub fn build_next() -> Result<PathBuf> {
+    let object = build_kernel_programs(&EBPF_NEXT)?;
+    step(&format!(
+        "building the next agent (release, embedding {}) in {NEXT_BUILD_DIR}",
+        object.display()
+    ));
+    toolchain::run(
+        Command::new("cargo")
+            .current_dir(workspace_root())
+            .args(["build", "--release", "--package", "stopguard"])
+            .args(["--target-dir", NEXT_BUILD_DIR])
+            .env("STOPGUARD_EBPF_OBJECT_PATH", &object),
+        "cargo build of the next agent",
+    )?;
+    let built = workspace_root()
+        .join(NEXT_BUILD_DIR)
+        .join("release/stopguard");
+    let next = workspace_root().join(NEXT_BIN);
+    let dir = next.parent().expect("a file in a directory");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Copied beside it, then renamed over it: a running copy of the previous
+    // binary keeps running, and no one sees half a file.
+    let partial = next.with_extension("partial");
+    fs::copy(&built, &partial)
+        .with_context(|| format!("copying {} to {}", built.display(), partial.display()))?;
+    fs::rename(&partial, &next)
+        .with_context(|| format!("renaming {} to {}", partial.display(), next.display()))?;
+    Ok(next)
+}
+
 fn test(args: &[String]) -> Result<()> {
     if is_root() {
         toolchain::ensure_test_packages()?;
@@ -194,12 +292,15 @@ fn test(args: &[String]) -> Result<()> {
     }
     build_ebpf()?;
     let agent = build_agent()?;
+    // The next agent: an upgrade from this one to a new kernel object.
+    let next = build_next()?;
     step("running every test (unit and end-to-end)");
     let mut child = Command::new("cargo")
         .current_dir(workspace_root())
         .args(["test", "--workspace", "--exclude", "agent-ebpf"])
         .args(args)
         .env("STOPGUARD_BIN", &agent)
+        .env("STOPGUARD_NEXT_BIN", &next)
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;

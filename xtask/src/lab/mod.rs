@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use self::guest::{Guest, Line};
-use crate::{is_root, step, toolchain, workspace_root};
+use crate::{build_next, is_root, step, toolchain, workspace_root};
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -178,12 +178,16 @@ fn payload_dir(name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Builds the package (`cargo xtask deb`, whose last line is its path).
-fn package(version: Option<&str>) -> Result<PathBuf> {
+/// Builds the package (`cargo xtask deb`, whose last line is its path), of
+/// `binary` when given, else of the release build.
+fn package(version: Option<&str>, binary: Option<&Path>) -> Result<PathBuf> {
     let mut deb = std::process::Command::new(std::env::current_exe()?);
     deb.arg("deb");
     if let Some(version) = version {
         deb.args(["--version", version]);
+    }
+    if let Some(binary) = binary {
+        deb.arg("--binary").arg(binary);
     }
     let out = toolchain::output(deb.stderr(std::process::Stdio::inherit()))?;
     let path = PathBuf::from(out.lines().last().unwrap_or_default());
@@ -196,7 +200,7 @@ fn package(version: Option<&str>) -> Result<PathBuf> {
 /// `cargo xtask lab run`: one guest, the package, the caller's script.
 fn run_script(kernel: Kernel, userland: Userland, script: &Path) -> Result<()> {
     let text = fs::read(script).with_context(|| format!("reading {}", script.display()))?;
-    let deb = package(None)?;
+    let deb = package(None, None)?;
     let image = image::ensure(userland)?;
     let name = format!("run-{}-{}", userland.as_str(), kernel.as_str());
     let payload = payload_dir(&name)?;
@@ -270,9 +274,12 @@ fn matrix(args: &Args) -> Result<()> {
     if rows.is_empty() {
         bail!("no guest matches: the lab runs bookworm on 5.10, 6.1 and 6.12, and trixie on 6.12");
     }
-    let first = package(None)?;
+    let first = package(None, None)?;
     let version = deb_version(&first)?;
-    let upgrade = package(Some(&format!("{version}+lab1")))?;
+    // The upgrade is the next build, whose kernel object differs from the
+    // first's: the new version loads new kernel programs.
+    let next = build_next()?;
+    let upgrade = package(Some(&format!("{version}+lab1")), Some(&next))?;
     let mut done = Vec::new();
     for (userland, kernel) in rows {
         let image = image::ensure(userland)?;
