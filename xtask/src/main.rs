@@ -35,7 +35,7 @@ enum Task {
     /// The same sources, the kernel programs built with
     /// STOPGUARD_EBPF_VARIANT set (another license string, so other bytes),
     /// as an upgrade to a new kernel object looks. Builds in target dirs of
-    /// its own (target/ebpf-next, target/next-build), so that neither build
+    /// its own (target/ebpf-next, and ~/.cache/stopguard/next-build), so that neither build
     /// undoes the other: the first one compiles everything once.
     BuildNext,
     /// Build everything and run stopguard as root, passing ARGS through.
@@ -247,8 +247,11 @@ pub fn build_agent() -> Result<PathBuf> {
 
 /// Where the next agent is built, apart from target/release: each build
 /// embeds its own object, so sharing a target dir would rebuild the agent
-/// whenever the other one was built last.
-const NEXT_BUILD_DIR: &str = "target/next-build";
+/// whenever the other one was built last. It is kept in the cache, outside
+/// the checkout, so that a fresh clone compiles only the agent itself.
+fn next_build_dir() -> PathBuf {
+    toolchain::cache_root().join("next-build")
+}
 
 /// Where the next agent's binary is left.
 const NEXT_BIN: &str = "target/next/stopguard";
@@ -256,21 +259,22 @@ const NEXT_BIN: &str = "target/next/stopguard";
 /// Builds the next agent (see `Task::BuildNext`); returns its binary's path.
 pub fn build_next() -> Result<PathBuf> {
     let object = build_kernel_programs(&EBPF_NEXT)?;
+    let build_dir = next_build_dir();
     step(&format!(
-        "building the next agent (release, embedding {}) in {NEXT_BUILD_DIR}",
-        object.display()
+        "building the next agent (release, embedding {}) in {}",
+        object.display(),
+        build_dir.display()
     ));
     toolchain::run(
         Command::new("cargo")
             .current_dir(workspace_root())
             .args(["build", "--release", "--package", "stopguard"])
-            .args(["--target-dir", NEXT_BUILD_DIR])
+            .arg("--target-dir")
+            .arg(&build_dir)
             .env("STOPGUARD_EBPF_OBJECT_PATH", &object),
         "cargo build of the next agent",
     )?;
-    let built = workspace_root()
-        .join(NEXT_BUILD_DIR)
-        .join("release/stopguard");
+    let built = build_dir.join("release/stopguard");
     let next = workspace_root().join(NEXT_BIN);
     let dir = next.parent().expect("a file in a directory");
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
