@@ -32,8 +32,18 @@ impl Agent {
         config: &str,
         customize: impl FnOnce(&mut Command),
     ) -> Agent {
+        Agent::start_binary(&stopguard_bin(), path, config, customize)
+    }
+
+    /// Like `start_with`, running `binary` (another build of the agent).
+    pub fn start_binary(
+        binary: &std::path::Path,
+        path: &std::path::Path,
+        config: &str,
+        customize: impl FnOnce(&mut Command),
+    ) -> Agent {
         std::fs::write(path, config).unwrap();
-        let mut command = Command::new(stopguard_bin());
+        let mut command = Command::new(binary);
         command
             .args(["run", "--config"])
             .arg(path)

@@ -72,6 +72,17 @@ impl Sandbox {
         self.agent = Some(Agent::start(&self.dir.join("stopguard.toml"), &config));
     }
 
+    /// The agent built as `binary` (another version of it).
+    pub fn start_agent_binary(&mut self, binary: &Path, policy: &str) {
+        let config = self.config(policy, "", "");
+        self.agent = Some(Agent::start_binary(
+            binary,
+            &self.dir.join("stopguard.toml"),
+            &config,
+            |_| {},
+        ));
+    }
+
     /// The agent with `customize` applied to its command (see
     /// `Agent::start_with`).
     pub fn start_agent_customized(&mut self, policy: &str, customize: impl FnOnce(&mut Command)) {

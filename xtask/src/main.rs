@@ -248,9 +248,21 @@ pub fn build_agent() -> Result<PathBuf> {
 /// Where the next agent is built, apart from target/release: each build
 /// embeds its own object, so sharing a target dir would rebuild the agent
 /// whenever the other one was built last. It is kept in the cache, outside
-/// the checkout, so that a fresh clone compiles only the agent itself.
+/// the checkout, so that a fresh clone compiles only the agent itself; one
+/// per checkout, since cargo tells sources apart by their paths' times.
 fn next_build_dir() -> PathBuf {
-    toolchain::cache_root().join("next-build")
+    let root = workspace_root();
+    // FNV-1a: stable across toolchains, unlike std's hasher.
+    let hash = root
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+        });
+    toolchain::cache_root()
+        .join("next-build")
+        .join(format!("{:012x}", hash >> 16))
 }
 
 /// Where the next agent's binary is left.
