@@ -38,15 +38,25 @@ fn wait_for_state(sandbox: &Sandbox, state: &str) -> Value {
     }
 }
 
+/// The sandbox's daemon processes: named sgdaemon, run from its directory.
+fn daemons(sandbox: &Sandbox) -> Vec<u32> {
+    let dir = sandbox.dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}"));
+            read("comm").is_ok_and(|c| c.trim() == "sgdaemon")
+                && read("cmdline").is_ok_and(|c| c.contains(&dir))
+        })
+        .collect()
+}
+
 /// The daemon processes other than `known`, once there is one.
 fn wait_for_new_daemon(sandbox: &Sandbox, known: &[u32]) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(pid) = sandbox
-            .daemon_pids()
-            .into_iter()
-            .find(|p| !known.contains(p))
-        {
+        if let Some(pid) = daemons(sandbox).into_iter().find(|p| !known.contains(p)) {
             return pid;
         }
         assert!(

@@ -144,7 +144,12 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     control::server::serve(&socket, config.agent.control_group.as_deref(), call_tx)?;
     agent
         .detector
-        .adopt_after_gap(monitor.table(), &backlog.started, &backlog.ended);
+        .adopt_after_gap(
+            monitor.table(),
+            &backlog.started,
+            &backlog.ended,
+            backlog.first_ns,
+        );
     agent.ask_units();
     let restored = agent.restore(&mut monitor)?;
     agent.adopt_frozen(&mut monitor);

@@ -177,23 +177,29 @@ impl Detector {
 
     /// Finds the main processes already running (call after seeding).
     pub fn adopt(&mut self, table: &ProcessTable) {
-        self.adopt_after_gap(table, &HashSet::new(), &HashSet::new());
+        self.adopt_after_gap(table, &HashSet::new(), &HashSet::new(), None);
     }
 
     /// Like `adopt`, when records written while no agent ran are still to
     /// be read: what `started` meanwhile is left to its records (a respawn
     /// is a respawn, not a main process found running), and a saved main
     /// process that `ended` meanwhile is taken back by `restore`, so that
-    /// its stop and exit are seen.
+    /// its stop and exit are seen. A process that started after `since_ns`
+    /// (the earliest record's time) is left too: its records may have been
+    /// lost, and the loss then reports it as started unseen.
     pub fn adopt_after_gap(
         &mut self,
         table: &ProcessTable,
         started: &HashSet<ProcessKey>,
         ended: &HashSet<ProcessKey>,
+        since_ns: Option<u64>,
     ) {
         self.gap_ended = ended.clone();
+        let tick_ns = 1_000_000_000 / crate::events::USER_HZ;
         for process in table.live_processes() {
-            if started.contains(&process.key) {
+            let after_gap_began =
+                since_ns.is_some_and(|since| process.key.start_ticks * tick_ns >= since);
+            if started.contains(&process.key) || after_gap_began {
                 continue;
             }
             if let Some(slot) = self.main_service(process, table) {
