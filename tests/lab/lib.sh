@@ -86,6 +86,7 @@ check_unit() {
             fail "stopguard.service lacks $setting"
     done
     stopguard status > /dev/null || fail "stopguard status does not answer"
+    status_has '.pinning.state == "pinned"' || fail "the probes are not pinned: $(stopguard status)"
     local score
     score=$(systemd-analyze security stopguard.service --no-pager 2>/dev/null |
         sed -n 's/.*Overall exposure level for stopguard.service: \([0-9.]*\) \([A-Z]*\).*/\1 \2/p')

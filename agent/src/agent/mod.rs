@@ -142,14 +142,12 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     }
     let (call_tx, mut calls) = mpsc::channel(16);
     control::server::serve(&socket, config.agent.control_group.as_deref(), call_tx)?;
-    agent
-        .detector
-        .adopt_after_gap(
-            monitor.table(),
-            &backlog.started,
-            &backlog.ended,
-            backlog.first_ns,
-        );
+    agent.detector.adopt_after_gap(
+        monitor.table(),
+        &backlog.started,
+        &backlog.ended,
+        backlog.first_ns,
+    );
     agent.ask_units();
     let restored = agent.restore(&mut monitor)?;
     agent.adopt_frozen(&mut monitor);

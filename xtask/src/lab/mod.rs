@@ -197,14 +197,25 @@ fn package(version: Option<&str>, binary: Option<&Path>) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `cargo xtask lab run`: one guest, the package, the caller's script.
+/// The upgrade of package `first`: the next build, whose kernel object
+/// differs from the first's, so that the new version loads new programs.
+fn upgrade_package(first: &Path) -> Result<PathBuf> {
+    let version = deb_version(first)?;
+    let next = build_next()?;
+    package(Some(&format!("{version}+lab1")), Some(&next))
+}
+
+/// `cargo xtask lab run`: one guest, the package (and its upgrade, as
+/// /lab/stopguard-2.deb), the caller's script.
 fn run_script(kernel: Kernel, userland: Userland, script: &Path) -> Result<()> {
     let text = fs::read(script).with_context(|| format!("reading {}", script.display()))?;
     let deb = package(None, None)?;
+    let upgrade = upgrade_package(&deb)?;
     let image = image::ensure(userland)?;
     let name = format!("run-{}-{}", userland.as_str(), kernel.as_str());
     let payload = payload_dir(&name)?;
     fs::copy(&deb, payload.join("stopguard.deb"))?;
+    fs::copy(&upgrade, payload.join("stopguard-2.deb"))?;
     fs::write(payload.join("script.sh"), text)?;
     fs::write(
         payload.join("boot.sh"),
@@ -275,11 +286,7 @@ fn matrix(args: &Args) -> Result<()> {
         bail!("no guest matches: the lab runs bookworm on 5.10, 6.1 and 6.12, and trixie on 6.12");
     }
     let first = package(None, None)?;
-    let version = deb_version(&first)?;
-    // The upgrade is the next build, whose kernel object differs from the
-    // first's: the new version loads new kernel programs.
-    let next = build_next()?;
-    let upgrade = package(Some(&format!("{version}+lab1")), Some(&next))?;
+    let upgrade = upgrade_package(&first)?;
     let mut done = Vec::new();
     for (userland, kernel) in rows {
         let image = image::ensure(userland)?;
