@@ -23,7 +23,10 @@ pub fn root_test(name: &str) -> Option<MutexGuard<'static, ()>> {
         eprintln!("skipped {name}: needs root to load eBPF programs");
         return None;
     }
-    Some(PROBES.lock().unwrap_or_else(|e| e.into_inner()))
+    let lock = PROBES.lock().unwrap_or_else(|e| e.into_inner());
+    // Probes an earlier test's agent left pinned are not this test's.
+    crate::agent::unpin();
+    Some(lock)
 }
 
 pub fn workspace_root() -> PathBuf {

@@ -299,3 +299,49 @@ fn pinned_generations() -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Probes pinned by an agent whose records have another layout: the next
+/// agent never reads their ring as its own; it counts what it holds as lost
+/// and loads its own probes.
+#[test]
+fn probes_of_another_record_layout_are_counted_as_lost_never_read() {
+    let Some(_probes) = root_test("probes_of_another_record_layout_are_counted_as_lost_never_read")
+    else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("gap-layout");
+    let first = sandbox.start_runsv();
+    let runsv = sandbox.supervisor_pid().unwrap();
+    sandbox.start_agent("freeze");
+    signal(runsv, libc::SIGSTOP);
+    operator_kill(first);
+    wait_for_state(&sandbox, "stopped_by_operator");
+    sandbox.agent.as_mut().unwrap().terminate();
+    // What an older agent with layout 0 would have left.
+    let [generation] = pinned_generations().try_into().unwrap();
+    let (_, id) = generation.split_once('-').unwrap();
+    let old = format!("v0-{id}");
+    std::fs::rename(
+        Path::new("/sys/fs/bpf/stopguard").join(&generation),
+        Path::new("/sys/fs/bpf/stopguard").join(&old),
+    )
+    .unwrap();
+    signal(runsv, libc::SIGCONT);
+    let respawned = wait_for_new_daemon(&sandbox, &[first]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(state_of(respawned), 'T', "the old probes did not stop it");
+
+    sandbox.start_agent("freeze");
+    let log = sandbox.agent.as_ref().unwrap().log();
+    assert!(
+        log.contains("in a layout this agent does not read: counted as lost"),
+        "{log}"
+    );
+    assert_eq!(pinned_generations(), vec![generation], "{log}");
+    let alert = sandbox
+        .next_alert(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no alert; audit: {:#?}", sandbox.audit()));
+    assert_eq!(alert["kind"], "events_lost", "{alert:#}");
+    assert_eq!(alert["process"]["pid"], respawned, "{alert:#}");
+    assert!(!sandbox.data().contains(&format!("start {respawned}")));
+}

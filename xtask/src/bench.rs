@@ -231,8 +231,22 @@ fn spool_throughput(agent: &Path, count: u32) -> Result<(f64, u32)> {
     })();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait()?;
+    unpin(agent)?;
     let _ = fs::remove_dir_all(&dir);
     result
+}
+
+/// Detaches what a stopped agent left pinned, so that its programs do not
+/// run on through the measurements that follow.
+fn unpin(agent: &Path) -> Result<()> {
+    let status = Command::new(agent)
+        .arg("unpin")
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("stopguard unpin failed ({status})");
+    }
+    Ok(())
 }
 
 /// runsv supervises a fixture daemon; an operator (loginuid 1000) stops it
@@ -320,6 +334,7 @@ fn respawn_latencies(agent: &Path, count: u32) -> Result<(Vec<f64>, Vec<f64>)> {
         eprintln!();
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         child.wait()?;
+        unpin(agent)?;
         Ok((latencies, webhook))
     })();
     let _ = runsv.kill();

@@ -437,7 +437,19 @@ impl Probes {
                         });
                     }
                 }
-                None => self.handover.unreadable += count_records(&generation),
+                None => {
+                    // Records this agent cannot read are records lost: what
+                    // they said must be found again from /proc.
+                    let count = count_records(&generation);
+                    self.handover.unreadable += count;
+                    if count > 0 {
+                        self.backlog.push(Event::Lost(Lost {
+                            count,
+                            total: count,
+                            by_kind: PerKind::default(),
+                        }));
+                    }
+                }
             }
             match pins::remove(&generation) {
                 Ok(()) => self.handover.replaced.push(generation.name()),
