@@ -66,6 +66,8 @@ pub struct Backlog {
     pub read_ns: u64,
     /// The earliest record's time, if any.
     pub first_ns: Option<u64>,
+    /// Records were lost, or could not be read, meanwhile.
+    pub lost: bool,
 }
 
 pub struct Monitor {
@@ -110,8 +112,11 @@ impl Monitor {
 
     /// Reads what the ring holds now, to be handed out by the next `flush`
     /// first, and says which processes it shows starting and ending.
-    pub fn take_backlog(&mut self) -> Backlog {
+    pub fn take_backlog(&mut self) -> Result<Backlog> {
         self.probes.drain(&mut self.batch);
+        if let Some(lost) = self.probes.check_lost()? {
+            self.batch.push(Event::Lost(lost));
+        }
         let mut backlog = Backlog {
             records: self.batch.len(),
             read_ns: agent_common::boot_ns(),
@@ -128,13 +133,14 @@ impl Monitor {
                 Event::Exit(exit) => {
                     backlog.ended.insert(exit.key);
                 }
-                Event::Signal(_) | Event::Lost(_) => {}
+                Event::Lost(_) => backlog.lost = true,
+                Event::Signal(_) => {}
             }
             if let Some(time) = event.time_ns() {
                 backlog.first_ns = Some(backlog.first_ns.map_or(time, |t: u64| t.min(time)));
             }
         }
-        backlog
+        Ok(backlog)
     }
 
     /// Waits for the next records and hands each to `on_event` with the

@@ -136,7 +136,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         pin_root: Some(PathBuf::from(pins::ROOT)),
         ..ProbeOptions::default()
     })?;
-    let backlog = monitor.take_backlog();
+    let backlog = monitor.take_backlog()?;
     if report_handover(monitor.probes_ref(), &backlog) {
         agent.down_until_ns = Some(backlog.read_ns);
     }
@@ -146,7 +146,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         monitor.table(),
         &backlog.started,
         &backlog.ended,
-        backlog.first_ns,
+        gap_began(&backlog, &agent.state_path),
     );
     agent.ask_units();
     let restored = agent.restore(&mut monitor)?;
@@ -256,6 +256,27 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     log_summary(&monitor);
     tracing::info!("stopguard stopped");
     Ok(())
+}
+
+/// When no agent ran from, as far as the records tell (boot ns): the
+/// earliest waiting record; with records lost meanwhile, no later than the
+/// state's last save, since what was lost may be older than what is left.
+fn gap_began(backlog: &Backlog, state_path: &std::path::Path) -> Option<u64> {
+    if !backlog.lost {
+        return backlog.first_ns;
+    }
+    let saved = std::fs::metadata(state_path)
+        .and_then(|m| m.modified())
+        .ok()?;
+    let age = std::time::SystemTime::now()
+        .duration_since(saved)
+        .unwrap_or_default();
+    let saved_ns = boot_ns().saturating_sub(age.as_nanos() as u64);
+    Some(
+        backlog
+            .first_ns
+            .map_or(saved_ns, |first| first.min(saved_ns)),
+    )
 }
 
 /// What one kernel record asks of the agent, added to `batch`.
