@@ -127,3 +127,58 @@ MONIT
 stop_monit() {
     monit -c /root/lab-monitrc quit > /dev/null 2>&1 || true
 }
+
+# respawn_loop_start: something that starts labd every 0.3 s, each pid and
+# its start time (ns) in /run/lab-respawns; inside labd's window each start
+# is a respawn. respawn_loop_stop ends it.
+respawn_loop_start() {
+    cat > /run/lab-respawn-loop.sh <<'LOOP'
+while :; do
+    /usr/local/bin/labd /var/lib/labd/data &
+    echo "$! $(date +%s%N)" >> /run/lab-respawns
+    sleep 0.3
+done
+LOOP
+    : > /run/lab-respawns
+    setsid bash /run/lab-respawn-loop.sh < /dev/null > /dev/null 2>&1 &
+}
+
+respawn_loop_stop() {
+    pkill -f lab-respawn-loop || true
+    sleep 1
+}
+
+# The time (ns) of the latest journal line of stopguard containing TEXT.
+journal_ns() {
+    journalctl -u stopguard -o json --no-pager |
+        jq -r --arg text "$1" 'select(.MESSAGE | type == "string" and contains($text)) | .__REALTIME_TIMESTAMP' |
+        tail -1 | sed 's/$/000/'
+}
+
+# respawn_loop_check WHAT: every start the loop made was stopped before it
+# ran and seen by an agent (a respawn, or a retry killed), some while no
+# agent ran (from the old agent's "stopguard stopped" to the new one's
+# "stopguard running"); prints how many, and the longest any of those
+# waited to be seen, as a LAB-GAP line.
+respawn_loop_check() {
+    local down up audit total=0 in_gap=0 worst_ms=0 pid spawned seen wait_ms
+    down=$(journal_ns "stopguard stopped")
+    up=$(journal_ns "stopguard running")
+    [ -n "$down" ] && [ -n "$up" ] || fail "no stop and start of the agent in the journal"
+    audit=$(stopguard audit --json --service labd)
+    while read -r pid spawned; do
+        total=$((total + 1))
+        ! grep -q "^start $pid\$" /var/lib/labd/data || fail "respawn $pid ran (started at $spawned)"
+        seen=$(jq -r --argjson pid "$pid" \
+            'select((.finding == "respawn" and .started.pid == $pid) or (.event == "respawn_retry_killed" and .pid == $pid)) | .at' \
+            <<< "$audit" | head -1)
+        [ -n "$seen" ] || fail "respawn $pid (started at $spawned) was seen by no agent"
+        if [ "$spawned" -gt "$down" ] && [ "$spawned" -lt "$up" ]; then
+            in_gap=$((in_gap + 1))
+            wait_ms=$((($(date -d "$seen" +%s%N) - spawned) / 1000000))
+            [ "$wait_ms" -gt "$worst_ms" ] && worst_ms=$wait_ms
+        fi
+    done < /run/lab-respawns
+    [ "$in_gap" -gt 0 ] || fail "no respawn while no agent ran (down $down, up $up): the check proves nothing"
+    echo "LAB-GAP $1: $in_gap of $total respawns while no agent ran, none ran; the longest waited $worst_ms ms to be seen"
+}

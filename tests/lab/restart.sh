@@ -1,11 +1,19 @@
 # `systemctl restart stopguard` inside a window: the window and the frozen
-# respawn carry over; then thawing lets it run.
+# respawn carry over, and what respawns labd meanwhile (every 0.3 s) is
+# stopped by the pinned probes and seen by the new agent; then thawing
+# lets the frozen one run.
 set -euo pipefail
 . /lab/lib.sh
 pid=$(cat /run/lab-frozen)
 before=$(systemctl show -P MainPID stopguard)
+respawn_loop_start
+trap respawn_loop_stop EXIT
+sleep 1
 systemctl restart stopguard
 wait_until 60 "stopguard.service to be active" systemctl is-active --quiet stopguard
+sleep 2
+respawn_loop_stop
+respawn_loop_check restart
 [ "$(systemctl show -P MainPID stopguard)" != "$before" ] || fail "the agent did not restart"
 status_has '.windows[] | select(.service == "labd")' || fail "the window did not survive the restart"
 status_has ".frozen | index($pid) != null" || fail "the agent lost frozen $pid: $(stopguard status)"

@@ -96,6 +96,8 @@ cleanup() {
         kill -TERM "$agent" 2>/dev/null
         wait_gone 10 "$agent" || kill -KILL "$agent" 2>/dev/null
     fi
+    # Its probes stay pinned past it, still guarding postgres: let go.
+    "$sg" unpin >/dev/null 2>&1
     postmaster=$(ours "$dir/data/postmaster.pid")
     if [ -n "$postmaster" ]; then
         as_postgres $pgbin/pg_ctl -D "$dir/data" -m immediate -t 20 stop >/dev/null 2>&1 ||

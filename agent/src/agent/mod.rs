@@ -254,6 +254,17 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     }
     let _ = std::fs::remove_file(&socket);
     log_summary(&monitor);
+    if let Pinning::Pinned { dir, .. } = monitor.probes_ref().pinning() {
+        let guarded = agent.custody.guarded();
+        tracing::info!(
+            "the probes stay pinned in {dir} until an agent takes them over{}; `stopguard unpin` lets go",
+            if guarded.is_empty() {
+                String::new()
+            } else {
+                format!(", still stopping {guarded:?} at exec")
+            }
+        );
+    }
     tracing::info!("stopguard stopped");
     Ok(())
 }

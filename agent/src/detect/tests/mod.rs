@@ -10,6 +10,9 @@ pub(super) struct Host {
     pub(super) detector: Detector,
     pub(super) time_ns: u64,
     loginuids: HashMap<ProcessKey, Option<u32>>,
+    /// While set, events reach the table only, and are kept here: what
+    /// pinned probes record while no agent runs.
+    pub(super) recording: Option<Vec<Event>>,
 }
 
 /// A watched service running `exe` (a glob).
@@ -56,12 +59,17 @@ impl Host {
             detector: Detector::new(services),
             time_ns: 1_000_000_000,
             loginuids: HashMap::from([(init, None)]),
+            recording: None,
         }
     }
 
     fn feed(&mut self, event: Event) -> Vec<Finding> {
         self.time_ns += 100_000_000;
         self.table.apply(&event);
+        if let Some(recording) = &mut self.recording {
+            recording.push(event);
+            return Vec::new();
+        }
         self.detector.observe(&event, &self.table)
     }
 
@@ -244,6 +252,7 @@ pub(super) fn alice_shell(host: &mut Host) -> ProcessKey {
     shell
 }
 
+mod gap;
 mod instances;
 mod loss;
 mod supervisors;
