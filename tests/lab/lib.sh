@@ -7,6 +7,8 @@ OPERATOR_UID=4242
 
 fail() {
     echo "FAIL: $*"
+    echo "the agent's last lines:"
+    journalctl -u stopguard --no-pager -o cat -n 15 | sed 's/^/    /'
     exit 1
 }
 
@@ -49,7 +51,7 @@ has_alert() {
 
 # status_has JQ-CONDITION: whether `stopguard status --json` satisfies it.
 status_has() {
-    stopguard status --json | jq -e "$1" > /dev/null
+    timeout 20 stopguard status --json | jq -e "$1" > /dev/null
 }
 
 # Whether PID sits alone in its own frozen cgroup of the agent's.

@@ -36,7 +36,7 @@ use crate::{
     clock::{Clock, boot_ns},
     config::{Config, Settings, SinkConfig},
     control::{self, server::Answer},
-    detect::{AtRisk, Detector, Finding},
+    detect::{AtRisk, Detector, Finding, Started},
     events::{Event, ProcessKey, RecordKind},
     files::WriteFailure,
     kernel::{Pinning, ProbeOptions, Probes, pins},
@@ -428,6 +428,22 @@ impl Agent {
         self.custody.guard(monitor.probes(), service, &name, on);
     }
 
+    /// The unit whose cgroup holds `started` frozen: the one systemd
+    /// started it as (see `Started::systemd_unit`) when that unit is the
+    /// service's own, named in its config or run by PID 1 as this very
+    /// process. Not the unit of a long-running job that a script started
+    /// it from (cron's, a deployment tool's): freezing that would freeze
+    /// the job too.
+    fn unit_to_freeze<'a>(&self, started: &'a Started) -> Option<&'a str> {
+        let unit = started.systemd_unit()?;
+        let own = self
+            .detector
+            .config_of(&started.service)
+            .is_some_and(|s| s.in_unit(unit));
+        let by_pid_1 = started.chain.first().is_some_and(|parent| parent.pid == 1);
+        (own || by_pid_1).then_some(unit)
+    }
+
     fn window_open(&self, service: &str) -> bool {
         self.detector.window_of(service).is_some()
     }
@@ -531,9 +547,8 @@ impl Agent {
                 } else if self.custody.end_retry(started) {
                     return;
                 } else {
-                    let action =
-                        self.custody
-                            .freeze(&started.service, started.pid, started.systemd_unit());
+                    let unit = self.unit_to_freeze(started);
+                    let action = self.custody.freeze(&started.service, started.pid, unit);
                     // On disk before anyone hears of it: an agent killed
                     // right after the alert must still know what it holds.
                     self.save();
