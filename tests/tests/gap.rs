@@ -67,6 +67,21 @@ fn wait_for_new_daemon(sandbox: &Sandbox, known: &[u32]) -> u32 {
     }
 }
 
+/// A sandbox whose daemon runsv runs and the operator stopped, the agent
+/// (on `agent_extra` lines) having seen it, with runsv held: it restarts
+/// the daemon only when SIGCONT comes. Returns the sandbox, the stopped
+/// daemon's pid and runsv's.
+fn stopped_with_runsv_held(name: &str, agent_extra: &str) -> (Sandbox, u32, u32) {
+    let mut sandbox = Sandbox::new(name);
+    let first = sandbox.start_runsv();
+    let runsv = sandbox.supervisor_pid().unwrap();
+    sandbox.start_agent_with("freeze", agent_extra, "");
+    signal(runsv, libc::SIGSTOP);
+    operator_kill(first);
+    wait_for_state(&sandbox, "stopped_by_operator");
+    (sandbox, first, runsv)
+}
+
 /// The operator stops the daemon; the agent goes down `how`; runsv,
 /// held until then, respawns it while no agent runs. The kernel stops the
 /// respawn at exec; the next agent alerts it as having happened while it
@@ -75,20 +90,13 @@ fn a_respawn_while_the_agent_is_down_is_stopped_and_alerted(name: &str, how: Dow
     let Some(_probes) = root_test(name) else {
         return;
     };
-    let mut sandbox = Sandbox::new(name);
-    let first = sandbox.start_runsv();
-    let runsv = sandbox.supervisor_pid().unwrap();
-    sandbox.start_agent("freeze");
+    let (mut sandbox, first, runsv) = stopped_with_runsv_held(name, "");
     assert_eq!(
         sandbox.json(&["status"])["pinning"]["state"],
         "pinned",
         "the probes are not pinned: {}",
         sandbox.agent.as_ref().unwrap().log()
     );
-    // runsv held: it restarts the daemon only once the agent is down.
-    signal(runsv, libc::SIGSTOP);
-    operator_kill(first);
-    wait_for_state(&sandbox, "stopped_by_operator");
     let agent = sandbox.agent.as_mut().unwrap();
     match how {
         Down::Killed => agent.kill9(),
@@ -164,14 +172,8 @@ fn an_overflow_while_the_agent_is_down_is_events_lost() {
     let Some(_probes) = root_test("an_overflow_while_the_agent_is_down_is_events_lost") else {
         return;
     };
-    let mut sandbox = Sandbox::new("gap-overflow");
-    let first = sandbox.start_runsv();
-    let runsv = sandbox.supervisor_pid().unwrap();
     // One page: a few records fill it.
-    sandbox.start_agent_with("freeze", "ring_bytes = 4096", "");
-    signal(runsv, libc::SIGSTOP);
-    operator_kill(first);
-    wait_for_state(&sandbox, "stopped_by_operator");
+    let (mut sandbox, first, runsv) = stopped_with_runsv_held("gap-overflow", "ring_bytes = 4096");
     sandbox.agent.as_mut().unwrap().kill9();
     // The ring fills while no agent reads it; the respawn's record is lost.
     bash("for i in $(seq 200); do /bin/true; done");
@@ -222,13 +224,7 @@ fn an_upgrade_to_a_new_kernel_object_misses_no_respawn() {
         eprintln!("skipped: the next agent is not built (cargo xtask build-next)");
         return;
     };
-    let mut sandbox = Sandbox::new("gap-upgrade");
-    let first = sandbox.start_runsv();
-    let runsv = sandbox.supervisor_pid().unwrap();
-    sandbox.start_agent("freeze");
-    signal(runsv, libc::SIGSTOP);
-    operator_kill(first);
-    wait_for_state(&sandbox, "stopped_by_operator");
+    let (mut sandbox, _, _) = stopped_with_runsv_held("gap-upgrade", "");
     let before = pinned_generations();
 
     // Respawns, one every 20 ms for 4 s, through the swap.
@@ -309,13 +305,7 @@ fn probes_of_another_record_layout_are_counted_as_lost_never_read() {
     else {
         return;
     };
-    let mut sandbox = Sandbox::new("gap-layout");
-    let first = sandbox.start_runsv();
-    let runsv = sandbox.supervisor_pid().unwrap();
-    sandbox.start_agent("freeze");
-    signal(runsv, libc::SIGSTOP);
-    operator_kill(first);
-    wait_for_state(&sandbox, "stopped_by_operator");
+    let (mut sandbox, first, runsv) = stopped_with_runsv_held("gap-layout", "");
     sandbox.agent.as_mut().unwrap().terminate();
     // What an older agent with layout 0 would have left.
     let [generation] = pinned_generations().try_into().unwrap();

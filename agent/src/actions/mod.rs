@@ -267,6 +267,26 @@ pub fn thaw_unit(frozen: &Frozen) -> Result<()> {
     }
 }
 
+/// Thaws the cgroup holding a frozen process where it is, the process left
+/// stopped (SIGSTOP): at shutdown, so that systemd's last SIGKILL ends it
+/// instead of waiting on a frozen process until its timeout.
+pub fn thaw_in_place(frozen: &Frozen) -> Result<()> {
+    let Some(cgroup) = &frozen.cgroup else {
+        return Ok(());
+    };
+    let (file, thawed) = if cgroup.join("freezer.state").exists() {
+        ("freezer.state", "THAWED")
+    } else {
+        ("cgroup.freeze", "0")
+    };
+    match fs::write(cgroup.join(file), thawed) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        result => {
+            result.with_context(|| format!("writing {thawed} to {}", cgroup.join(file).display()))
+        }
+    }
+}
+
 /// Freezes again the unit's cgroup holding a frozen process, thawed by
 /// `thaw_unit` while the agent was away.
 pub fn refreeze_unit(frozen: &Frozen) -> Result<()> {

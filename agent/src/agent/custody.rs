@@ -372,6 +372,17 @@ impl Custody {
         }
     }
 
+    /// The host is shutting down: every cgroup custody froze is thawed, its
+    /// held process left stopped, so that systemd's last kill ends it at
+    /// once (a frozen one would hold the shutdown until systemd's timeout).
+    pub fn leave_for_shutdown(&self) {
+        for held in self.held.values() {
+            if let Err(err) = actions::thaw_in_place(&held.frozen) {
+                tracing::warn!("pid {} ({}): {err:#}", held.frozen.pid, held.service);
+            }
+        }
+    }
+
     /// Lets go of what the kernel guard stopped at exec and custody does
     /// not hold: not every exec of a guarded name is a respawn.
     pub fn resume_unheld(&self, guard_stopped: &[u32]) {

@@ -242,7 +242,11 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         }
     }
     notifier.send(Notice::Stopping);
-    agent.custody.leave_units();
+    if units::system_stopping() {
+        agent.custody.leave_for_shutdown();
+    } else {
+        agent.custody.leave_units();
+    }
     // Pinned probes keep what the ring holds for the next agent, which acts
     // on it; otherwise what is left is at least audited.
     if !matches!(monitor.probes_ref().pinning(), Pinning::Pinned { .. }) {

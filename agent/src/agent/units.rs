@@ -44,3 +44,37 @@ impl RestartPolicies {
         self.0.lock().unwrap().get(unit).cloned()
     }
 }
+
+/// Whether systemd is taking the host down (`systemctl is-system-running`
+/// says `stopping`); false without systemd, or when it does not answer
+/// within 2 s.
+pub fn system_stopping() -> bool {
+    if !std::path::Path::new("/run/systemd/system").exists() {
+        return false;
+    }
+    let Ok(mut child) = std::process::Command::new("systemctl")
+        .arg("is-system-running")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(_)) => {
+                let mut out = String::new();
+                if let Some(mut stdout) = child.stdout.take() {
+                    let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+                }
+                return out.trim() == "stopping";
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
