@@ -6,11 +6,13 @@
 //! - `custody`: the kernel guard, frozen respawns, retry trains.
 //! - `alerting`: raise, group, resolve alerts.
 //! - `requests`: what the control socket asks of the agent.
-//! - `state`: what survives a restart.
+//! - `state`: what survives a restart; `gap`: what the probes recorded
+//!   while no agent ran, and when that began.
 //! - `units`: what systemd says about a service's unit.
 
 mod alerting;
 mod custody;
+mod gap;
 pub mod host_lock;
 mod policy;
 pub mod preflight;
@@ -39,9 +41,9 @@ use crate::{
     detect::{AtRisk, Detector, Finding, Started},
     events::{Event, ProcessKey, RecordKind},
     files::WriteFailure,
-    kernel::{Pinning, ProbeOptions, Probes, pins},
+    kernel::{Pinning, ProbeOptions, pins},
     metrics::Metrics,
-    monitor::{Backlog, Counts, Monitor},
+    monitor::{Counts, Monitor},
     notify::{Notice, Notifier},
     process::{ProcessTable, procfs},
     sinks::Delivery,
@@ -137,7 +139,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         ..ProbeOptions::default()
     })?;
     let backlog = monitor.take_backlog()?;
-    if report_handover(monitor.probes_ref(), &backlog) {
+    if gap::report_handover(monitor.probes_ref(), &backlog) {
         agent.down_until_ns = Some(backlog.read_ns);
     }
     let (call_tx, mut calls) = mpsc::channel(16);
@@ -146,7 +148,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         monitor.table(),
         &backlog.started,
         &backlog.ended,
-        gap_began(&backlog, &agent.state_path),
+        gap::gap_began(&backlog, &agent.state_path),
     );
     agent.ask_units();
     let restored = agent.restore(&mut monitor)?;
@@ -273,27 +275,6 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     Ok(())
 }
 
-/// When no agent ran from, as far as the records tell (boot ns): the
-/// earliest waiting record; with records lost meanwhile, no later than the
-/// state's last save, since what was lost may be older than what is left.
-fn gap_began(backlog: &Backlog, state_path: &std::path::Path) -> Option<u64> {
-    if !backlog.lost {
-        return backlog.first_ns;
-    }
-    let saved = std::fs::metadata(state_path)
-        .and_then(|m| m.modified())
-        .ok()?;
-    let age = std::time::SystemTime::now()
-        .duration_since(saved)
-        .unwrap_or_default();
-    let saved_ns = boot_ns().saturating_sub(age.as_nanos() as u64);
-    Some(
-        backlog
-            .first_ns
-            .map_or(saved_ns, |first| first.min(saved_ns)),
-    )
-}
-
 /// What one kernel record asks of the agent, added to `batch`.
 fn collect(batch: &mut Batch, detector: &mut Detector, event: &Event, table: &ProcessTable) {
     batch.findings.extend(detector.observe(event, table));
@@ -303,64 +284,6 @@ fn collect(batch: &mut Batch, detector: &mut Detector, event: &Event, table: &Pr
         Event::Fork(fork) if fork.parent.pid == 1 => batch.by_systemd.push(fork.child),
         Event::Lost(lost) => batch.lost = Some(lost.count),
         _ => {}
-    }
-}
-
-/// Logs what attaching did with an earlier agent's probes and whether this
-/// agent's outlive it. Returns whether an earlier agent's probes ran until
-/// now (its records are a gap's).
-fn report_handover(probes: &Probes, backlog: &Backlog) -> bool {
-    let handover = probes.handover();
-    if handover.mounted_bpffs {
-        tracing::warn!("bpffs was not mounted: mounted it at /sys/fs/bpf to pin the probes");
-    }
-    for failure in &handover.failures {
-        tracing::error!("older pinned probes could not be taken apart: {failure}");
-    }
-    if handover.unreadable > 0 {
-        tracing::error!(
-            "{} records of older probes are in a layout this agent does not read: counted as lost",
-            handover.unreadable
-        );
-    }
-    let gap = backlog
-        .first_ns
-        .map(|first| {
-            format!(
-                ", the earliest {:.1} s ago",
-                (backlog.read_ns.saturating_sub(first)) as f64 / 1e9
-            )
-        })
-        .unwrap_or_default();
-    match probes.pinning() {
-        Pinning::Pinned {
-            dir, adopted: true, ..
-        } => {
-            tracing::info!(
-                "probes pinned in {dir} taken over: they ran while no agent did; {} records waiting{gap}",
-                backlog.records
-            );
-            true
-        }
-        Pinning::Pinned { dir, .. } if !handover.replaced.is_empty() => {
-            tracing::info!(
-                "probes loaded and pinned in {dir}, then older ones {:?} detached; {} records waiting from them{gap}",
-                handover.replaced,
-                backlog.records
-            );
-            true
-        }
-        Pinning::Pinned { dir, .. } => {
-            tracing::info!("probes pinned in {dir}: they hold while the agent is down");
-            false
-        }
-        Pinning::Failed { reason } => {
-            tracing::error!(
-                "probes NOT pinned ({reason}): while the agent is down nothing is stopped at exec or recorded"
-            );
-            false
-        }
-        Pinning::Off => false,
     }
 }
 
