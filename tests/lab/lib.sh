@@ -163,17 +163,23 @@ journal_ns() {
 # "stopguard running"); prints how many, and the longest any of those
 # waited to be seen, as a LAB-GAP line.
 respawn_loop_check() {
-    local down up audit total=0 in_gap=0 worst_ms=0 pid spawned seen wait_ms
+    local down up total=0 in_gap=0 worst_ms=0 pid spawned seen wait_ms
+    local -A ran at
     down=$(journal_ns "stopguard stopped")
     up=$(journal_ns "stopguard running")
     [ -n "$down" ] && [ -n "$up" ] || fail "no stop and start of the agent in the journal"
-    audit=$(stopguard audit --json --service labd)
+    # One pass over the data and one over the audit, not one per start.
+    while read -r pid; do ran[$pid]=1; done < <(awk '/^start / { print $2 }' /var/lib/labd/data)
+    while read -r pid seen; do
+        [ -n "${at[$pid]:-}" ] || at[$pid]=$seen
+    done < <(stopguard audit --json --service labd | jq -r '
+        if .finding == "respawn" then "\(.started.pid) \(.at)"
+        elif .event == "respawn_retry_killed" then "\(.pid) \(.at)"
+        else empty end')
     while read -r pid spawned; do
         total=$((total + 1))
-        ! grep -q "^start $pid\$" /var/lib/labd/data || fail "respawn $pid ran (started at $spawned)"
-        seen=$(jq -r --argjson pid "$pid" \
-            'select((.finding == "respawn" and .started.pid == $pid) or (.event == "respawn_retry_killed" and .pid == $pid)) | .at' \
-            <<< "$audit" | head -1)
+        [ -z "${ran[$pid]:-}" ] || fail "respawn $pid ran (started at $spawned)"
+        seen=${at[$pid]:-}
         [ -n "$seen" ] || fail "respawn $pid (started at $spawned) was seen by no agent"
         if [ "$spawned" -gt "$down" ] && [ "$spawned" -lt "$up" ]; then
             in_gap=$((in_gap + 1))
