@@ -161,12 +161,13 @@ impl Probes {
         }
         fs::rename(&making, dir)
             .with_context(|| format!("renaming {} to {}", making.display(), dir.display()))?;
-        let since = unix_now();
-        let pinning = Pinning::Pinned {
-            dir: dir.display().to_string(),
-            since,
-            adopted: false,
-        };
+        let pinning = pinned(
+            &pins::Generation {
+                dir: dir.to_path_buf(),
+                layout: Some(LAYOUT),
+            },
+            false,
+        );
         // The links hold the programs now: the object may go.
         drop(ebpf);
         Probes::new(None, links, maps, pinning, logger)
@@ -182,16 +183,7 @@ impl Probes {
             .ok()
             .and_then(|link| FdLink::from(link).info().ok())
             .and_then(|info| start_kernel_log_of(info.program_id()));
-        let since = generation
-            .since()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
-        let pinning = Pinning::Pinned {
-            dir: generation.dir.display().to_string(),
-            since,
-            adopted: true,
-        };
-        Probes::new(None, Vec::new(), maps, pinning, logger)
+        Probes::new(None, Vec::new(), maps, pinned(generation, true), logger)
     }
 
     /// Takes older generations apart now that this agent's programs are
@@ -281,8 +273,15 @@ fn count_records(generation: &pins::Generation) -> u64 {
     n
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// What status says of `generation`: where, and since its ring was pinned.
+fn pinned(generation: &pins::Generation, adopted: bool) -> Pinning {
+    let since = generation
+        .since()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    Pinning::Pinned {
+        dir: generation.dir.display().to_string(),
+        since,
+        adopted,
+    }
 }

@@ -179,9 +179,7 @@ fn mount_bpffs(path: &Path) -> Result<()> {
 /// Takes a generation apart: its links first (its programs detach), then
 /// its maps and the directory.
 pub fn remove(generation: &Generation) -> Result<()> {
-    for (program, _) in names::PROGRAMS {
-        remove_pin(&generation.link(program))?;
-    }
+    detach(generation)?;
     remove_all(&generation.dir)
 }
 
