@@ -17,7 +17,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// procps for the workloads, perl for the signal storm, util-linux for
 /// setpriv, a C compiler for the multi-threaded fixture, runit, monit,
 /// supervisord, s6 and daemontools as real supervisors, PostgreSQL as the
-/// real database, Prometheus Alertmanager as a real alert engine.
+/// real database, Prometheus Alertmanager as a real alert engine, and the
+/// database HA tools that restart a stopped server themselves: Patroni
+/// (with etcd 3.4 as its store, python3-etcd its v2 client, a dependency)
+/// and MariaDB's mysqld_safe. The tests run private instances of each;
+/// the packages' own services are kept from starting (`NoServiceStarts`).
 const TEST_PACKAGES: &[&str] = &[
     "bash",
     "coreutils",
@@ -33,6 +37,9 @@ const TEST_PACKAGES: &[&str] = &[
     "daemontools",
     "postgresql",
     "prometheus-alertmanager",
+    "patroni",
+    "etcd-server",
+    "mariadb-server",
 ];
 
 /// Runs an install step, its output shown with the progress on stderr
@@ -176,6 +183,7 @@ pub fn ensure_packages(packages: &[&str]) -> Result<()> {
         "installing Debian packages: {}",
         missing.join(" ")
     ));
+    let _no_starts = NoServiceStarts::new()?;
     let wait = ["-o", "DPkg::Lock::Timeout=600"];
     run(
         Command::new("apt-get").args(wait).args(["update", "-q"]),
@@ -189,4 +197,51 @@ pub fn ensure_packages(packages: &[&str]) -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
         &format!("apt-get install {}", missing.join(" ")),
     )
+}
+
+/// Debian's policy-rc.d hook (invoke-rc.d, deb-systemd-invoke), written
+/// for the length of an install when the host has none: without it
+/// postinst scripts start the packages' own services (postgres on 5432,
+/// MariaDB on 3306, etcd on 2379, monit, Alertmanager), which the tests
+/// never use and which would stay running on the host.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// Marks the hook as this installer's, so that one left by an interrupted
+/// install is known as ours and removed by the next.
+const POLICY_RC_D_MARK: &str =
+    "# stopguard xtask: no service starts while installing test packages";
+
+/// Service starts denied (exit 101) while this lives; a hook the host
+/// already has is left as it is.
+struct NoServiceStarts {
+    written: bool,
+}
+
+impl NoServiceStarts {
+    fn new() -> Result<NoServiceStarts> {
+        let path = Path::new(POLICY_RC_D);
+        match fs::read(path) {
+            Ok(text) if !String::from_utf8_lossy(&text).contains(POLICY_RC_D_MARK) => {
+                return Ok(NoServiceStarts { written: false });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {POLICY_RC_D}")),
+        }
+        fs::write(path, format!("#!/bin/sh\n{POLICY_RC_D_MARK}\nexit 101\n"))
+            .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .with_context(|| format!("making {POLICY_RC_D} executable"))?;
+        Ok(NoServiceStarts { written: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.written
+            && let Err(e) = fs::remove_file(POLICY_RC_D)
+        {
+            eprintln!("warning: removing {POLICY_RC_D}: {e}; remove it by hand");
+        }
+    }
 }
