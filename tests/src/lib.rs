@@ -2,12 +2,14 @@
 //! root against the real kernel.
 //!
 //! One module per thing a test drives: the agent (`agent`, `trace`), the
-//! world it watches (`sandbox`, `supervisor`, `operator`, `cgroup`) and
-//! what it alerts (`receiver`, `alertmanager`).
+//! world it watches (`sandbox`, `supervisor`, `operator`, `cgroup`, and
+//! `ha` for the HA tools that restart a database themselves) and what it
+//! alerts (`receiver`, `alertmanager`).
 
 mod agent;
 mod alertmanager;
 mod cgroup;
+mod ha;
 mod host;
 mod operator;
 mod receiver;
@@ -18,6 +20,7 @@ mod trace;
 pub use agent::Agent;
 pub use alertmanager::Alertmanager;
 pub use cgroup::{in_frozen_cgroup, in_frozen_v1_cgroup, remove_frozen_cgroups, state_of};
+pub use ha::{Mariadb, Patroni};
 pub use host::{
     Stopped, bash, fixture, free_port, root_test, stopguard_bin, stopguard_next_bin, workspace_root,
 };
