@@ -49,6 +49,7 @@ pub(super) fn unit_request(exec: &Exec, table: &ProcessTable) -> Option<UnitRequ
         pid: p.pid,
         comm: p.comm.clone(),
     };
+    let name = |p: &crate::process::Process| supervisors::name_of(&p.comm, &p.cmdline).to_string();
     let chain: Vec<Link> = ancestors.iter().skip(1).map(|&p| link(p)).collect();
     // systemd is an ancestor of everything on its host, and carries the
     // request out: the supervisor behind it is another one (monit), else
@@ -56,8 +57,14 @@ pub(super) fn unit_request(exec: &Exec, table: &ProcessTable) -> Option<UnitRequ
     let supervisor = ancestors
         .iter()
         .skip(1)
-        .find(|p| supervisors::is_supervisor(&p.comm) && !supervisors::is_systemd(&p.comm))
-        .map(|&p| link(p))
+        .find(|p| {
+            let name = name(p);
+            supervisors::is_supervisor(&name) && !supervisors::is_systemd(&name)
+        })
+        .map(|&p| Link {
+            pid: p.pid,
+            comm: name(p),
+        })
         .or_else(|| chain.first().cloned());
     Some(UnitRequest {
         pid: exec.process.pid,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     events::{Event, ProcessKey},
-    supervisors::is_supervisor,
+    supervisors::{is_supervisor, name_of},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -258,7 +258,7 @@ impl ProcessTable {
         self.ancestry(key)
             .into_iter()
             .skip(1)
-            .find(|p| is_supervisor(&p.comm))
+            .find(|p| is_supervisor(name_of(&p.comm, &p.cmdline)))
     }
 }
 

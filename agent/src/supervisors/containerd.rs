@@ -9,6 +9,7 @@ pub const CONTAINERD: Supervisor = Supervisor {
     name: "containerd",
     comms: &["containerd-shim*"],
     control: &[],
+    watching: None,
 };
 
 #[cfg(test)]

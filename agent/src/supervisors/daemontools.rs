@@ -2,7 +2,7 @@
 //! flags: -d down, -u up, -o once, -t and -k signals that end it (-p, -c,
 //! -h, -a, -i send other signals, -x makes supervise exit).
 
-use super::{Control, Intent, Supervisor, flags};
+use super::{Control, Intent, Subject, Supervisor, Watcher, flags, watch};
 
 pub const DAEMONTOOLS: Supervisor = Supervisor {
     name: "daemontools",
@@ -12,6 +12,7 @@ pub const DAEMONTOOLS: Supervisor = Supervisor {
         intent: svc,
         units: None,
     }],
+    watching: Some(watching),
 };
 
 fn svc(args: &[String]) -> Intent {
@@ -20,6 +21,39 @@ fn svc(args: &[String]) -> Intent {
         'u' | 'o' => Some(Intent::Start),
         _ => None,
     })
+}
+
+/// The supervise that runs the service, and what `svstat` says of
+/// it: it starts the service again unless told to keep it down.
+fn watching(subject: &Subject) -> Vec<Watcher> {
+    let Some(supervise) = subject.supervising(&["supervise"]) else {
+        return Vec::new();
+    };
+    let dir = watch::cwd(supervise.pid).unwrap_or_else(|| "SERVICE_DIR".into());
+    let (state, would_restart) = match watch::run(&["svstat", &dir]) {
+        Ok(out) => {
+            let state = out.trim().to_string();
+            let up = state.contains(": up") || state.starts_with("up");
+            let restarts = if up {
+                !state.contains("want down")
+            } else {
+                state.contains("want up")
+            };
+            (state, restarts)
+        }
+        Err(err) => (format!("unknown: {err}"), true),
+    };
+    vec![Watcher {
+        supervisor: DAEMONTOOLS.name.into(),
+        pid: Some(supervise.pid),
+        name: dir.clone(),
+        would_restart,
+        state,
+        how: "supervise starts it again a second after any exit".into(),
+        off: Some(watch::words(&["svc", "-d", &dir])),
+        on: Some(watch::words(&["svc", "-u", &dir])),
+        off_stops: true,
+    }]
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub const KUBELET: Supervisor = Supervisor {
     name: "kubelet",
     comms: &["kubelet"],
     control: &[],
+    watching: None,
 };
 
 #[cfg(test)]

@@ -14,13 +14,18 @@ mod containerd;
 mod daemontools;
 mod kubelet;
 mod monit;
+mod mysqld_safe;
+pub mod patroni;
 mod postgresql;
 mod runit;
 mod s6;
 mod supervisord;
 mod systemd;
+pub mod watch;
 
 use serde::{Deserialize, Serialize};
+
+use self::watch::{Subject, Watcher};
 
 /// Every supervisor, one line each.
 pub const ALL: &[&Supervisor] = &[
@@ -33,6 +38,8 @@ pub const ALL: &[&Supervisor] = &[
     &containerd::CONTAINERD,
     &kubelet::KUBELET,
     &postgresql::POSTGRESQL,
+    &patroni::PATRONI,
+    &mysqld_safe::MYSQLD_SAFE,
 ];
 
 /// What stopguard knows of one supervisor.
@@ -45,7 +52,13 @@ pub struct Supervisor {
     pub comms: &'static [&'static str],
     /// The commands a person runs to stop or start a service through it.
     pub control: &'static [Control],
+    /// Finds what of it watches a service and whether it would start the
+    /// service again; none for one whose state stopguard cannot read.
+    pub watching: Option<Probe>,
 }
+
+/// A supervisor's probe: what of it watches the subject.
+pub type Probe = fn(&Subject) -> Vec<Watcher>;
 
 /// A control command: what it is called and what its arguments ask.
 #[derive(Debug)]
@@ -87,6 +100,34 @@ impl Supervisor {
     }
 }
 
+/// Every supervisor that watches `subject`, each with whether it would
+/// start it again if it stopped now and how to switch that off.
+pub fn watching(subject: &Subject) -> Vec<Watcher> {
+    ALL.iter()
+        .filter_map(|s| s.watching)
+        .flat_map(|probe| probe(subject))
+        .collect()
+}
+
+/// The name a process goes by: its comm, or for an interpreter running a
+/// script (`/usr/bin/python3 /usr/bin/patroni`, `sh /usr/bin/mysqld_safe`)
+/// the script's file name, which is the comm the script has when run
+/// directly.
+pub fn name_of<'a>(comm: &'a str, cmdline: &'a [String]) -> &'a str {
+    let interpreter =
+        comm.starts_with("python") || matches!(comm, "sh" | "bash" | "dash" | "perl" | "ruby");
+    if !interpreter {
+        return comm;
+    }
+    // Options come first; `-c CODE` and `-m MODULE` run no script file.
+    let script = cmdline.iter().skip(1).find(|a| !a.starts_with('-'));
+    let ran_code = cmdline.iter().skip(1).any(|a| a == "-c" || a == "-m");
+    match script {
+        Some(script) if !ran_code => script.rsplit('/').next().unwrap_or(comm),
+        _ => comm,
+    }
+}
+
 /// Whether a process named `comm` is a supervisor's supervising process.
 pub fn is_supervisor(comm: &str) -> bool {
     ALL.iter().any(|s| s.runs_as(comm))
@@ -115,6 +156,16 @@ pub fn unit_request(comm: &str, argv: &[String]) -> Option<(Intent, Vec<String>)
 /// unit, not by the service's name).
 pub fn asks_systemd(comm: &str) -> bool {
     control(comm).is_some_and(|c| c.units.is_some())
+}
+
+/// Whether control command `comm` stops a server by asking it to shut
+/// itself down (`mysqladmin shutdown`): no signal is sent, the server just
+/// exits.
+pub fn shuts_down_itself(comm: &str) -> bool {
+    mysqld_safe::MYSQLD_SAFE
+        .control
+        .iter()
+        .any(|c| c.comm == comm)
 }
 
 /// What a control command asks for, from its arguments.
@@ -192,6 +243,45 @@ mod tests {
         assert!(!is_supervisor("bash"));
         assert!(!is_supervisor("postgres"));
         assert!(!is_supervisor("pg_ctl"), "controls, does not supervise");
+    }
+
+    #[test]
+    fn scripts_go_by_their_file_name() {
+        let name = |comm, argv: &[&str]| name_of(comm, &args(argv)).to_string();
+        assert_eq!(
+            name(
+                "python3",
+                &["/usr/bin/python3", "/usr/bin/patroni", "/etc/patroni.yml"]
+            ),
+            "patroni"
+        );
+        assert_eq!(
+            name("patroni", &["/usr/bin/python3", "/usr/bin/patroni"]),
+            "patroni"
+        );
+        assert_eq!(
+            name(
+                "python3",
+                &[
+                    "/usr/bin/python3",
+                    "-B",
+                    "-c",
+                    "from multiprocessing.spawn import spawn_main"
+                ]
+            ),
+            "python3"
+        );
+        assert_eq!(
+            name("sh", &["/bin/sh", "/usr/bin/mysqld_safe", "--datadir=/x"]),
+            "mysqld_safe"
+        );
+        assert_eq!(
+            name(
+                "postgres",
+                &["/usr/lib/postgresql/15/bin/postgres", "-D", "/x"]
+            ),
+            "postgres"
+        );
     }
 
     #[test]

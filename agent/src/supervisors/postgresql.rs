@@ -22,6 +22,7 @@ pub const POSTGRESQL: Supervisor = Supervisor {
             units: Some(pg_ctlcluster_units),
         },
     ],
+    watching: None,
 };
 
 /// pg_ctlcluster's options that take the next argument as their value.

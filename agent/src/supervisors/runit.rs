@@ -1,7 +1,7 @@
 //! runit: runsv restarts its service; `sv down|up|once|restart DIR`, or
 //! their first letters.
 
-use super::{Control, Supervisor, verb};
+use super::{Control, Subject, Supervisor, Watcher, verb, watch};
 
 pub const RUNIT: Supervisor = Supervisor {
     name: "runit",
@@ -11,7 +11,32 @@ pub const RUNIT: Supervisor = Supervisor {
         intent: verb,
         units: None,
     }],
+    watching: Some(watching),
 };
+
+/// The runsv that runs the service, and what its `supervise/stat` says:
+/// runsv starts the service again unless told to keep it down.
+fn watching(subject: &Subject) -> Vec<Watcher> {
+    let Some(runsv) = subject.supervising(&["runsv"]) else {
+        return Vec::new();
+    };
+    let dir = watch::cwd(runsv.pid).unwrap_or_else(|| "SERVICE_DIR".into());
+    let stat = std::fs::read_to_string(format!("{dir}/supervise/stat"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|err| format!("unknown ({dir}/supervise/stat: {err})"));
+    let kept_down = stat.contains("want down") || stat == "down";
+    vec![Watcher {
+        supervisor: RUNIT.name.into(),
+        pid: Some(runsv.pid),
+        name: dir.clone(),
+        would_restart: !kept_down,
+        state: stat,
+        how: "runsv starts it again within a second of any exit".into(),
+        off: Some(watch::words(&["sv", "down", &dir])),
+        on: Some(watch::words(&["sv", "up", &dir])),
+        off_stops: true,
+    }]
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,7 @@
 //! s6: s6-supervise restarts its service; `s6-svc` takes one-letter flags:
 //! -d down, -u up, -o once, -r restart, -t and -k signals that end it.
 
-use super::{Control, Intent, Supervisor, flags};
+use super::{Control, Intent, Subject, Supervisor, Watcher, flags, watch};
 
 pub const S6: Supervisor = Supervisor {
     name: "s6",
@@ -11,6 +11,7 @@ pub const S6: Supervisor = Supervisor {
         intent: s6_svc,
         units: None,
     }],
+    watching: Some(watching),
 };
 
 fn s6_svc(args: &[String]) -> Intent {
@@ -20,6 +21,39 @@ fn s6_svc(args: &[String]) -> Intent {
         'r' => Some(Intent::Restart),
         _ => None,
     })
+}
+
+/// The s6-supervise that runs the service, and what `s6-svstat` says of
+/// it: it starts the service again unless told to keep it down.
+fn watching(subject: &Subject) -> Vec<Watcher> {
+    let Some(supervise) = subject.supervising(&["s6-supervise"]) else {
+        return Vec::new();
+    };
+    let dir = watch::cwd(supervise.pid).unwrap_or_else(|| "SERVICE_DIR".into());
+    let (state, would_restart) = match watch::run(&["s6-svstat", &dir]) {
+        Ok(out) => {
+            let state = out.trim().to_string();
+            let up = state.contains(": up") || state.starts_with("up");
+            let restarts = if up {
+                !state.contains("want down")
+            } else {
+                state.contains("want up")
+            };
+            (state, restarts)
+        }
+        Err(err) => (format!("unknown: {err}"), true),
+    };
+    vec![Watcher {
+        supervisor: S6.name.into(),
+        pid: Some(supervise.pid),
+        name: dir.clone(),
+        would_restart,
+        state,
+        how: "s6-supervise starts it again a second after any exit".into(),
+        off: Some(watch::words(&["s6-svc", "-d", &dir])),
+        on: Some(watch::words(&["s6-svc", "-u", &dir])),
+        off_stops: true,
+    }]
 }
 
 #[cfg(test)]

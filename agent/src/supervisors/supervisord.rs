@@ -1,7 +1,7 @@
 //! supervisord: restarts its programs with `autorestart`;
 //! `supervisorctl stop|start|restart NAME`.
 
-use super::{Control, Supervisor, verb};
+use super::{Control, Subject, Supervisor, Watcher, verb, watch};
 
 pub const SUPERVISORD: Supervisor = Supervisor {
     name: "supervisord",
@@ -11,7 +11,54 @@ pub const SUPERVISORD: Supervisor = Supervisor {
         intent: verb,
         units: None,
     }],
+    watching: Some(watching),
 };
+
+/// The supervisord that runs the service, and its program's state as
+/// `supervisorctl status` tells it: a running program is started again
+/// when it exits unexpectedly (`autorestart`, on by default).
+fn watching(subject: &Subject) -> Vec<Watcher> {
+    let Some(supervisord) = subject.supervising(&["supervisord"]) else {
+        return Vec::new();
+    };
+    let config = watch::option(&supervisord.cmdline, "-c", "--configuration");
+    let mut ctl = watch::words(&["supervisorctl"]);
+    if let Some(config) = &config {
+        ctl.extend(watch::words(&["-c", config]));
+    }
+    // Its program is the child of supervisord the main process is or
+    // descends from.
+    let child = subject
+        .ancestor(&["supervisord"])
+        .and_then(|(_, below)| below.map(|b| b.pid))
+        .or(subject.main.as_ref().map(|m| m.pid));
+    let argv: Vec<&str> = ctl.iter().map(String::as_str).chain(["status"]).collect();
+    let program = watch::run(&argv).ok().and_then(|out| {
+        out.lines().find_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let pid = words.iter().position(|w| *w == "pid")?;
+            let pid: u32 = words.get(pid + 1)?.trim_end_matches(',').parse().ok()?;
+            (Some(pid) == child).then(|| (words[0].to_string(), words[1].to_string()))
+        })
+    });
+    let (name, state) = program.unwrap_or_else(|| ("PROGRAM".into(), "unknown".into()));
+    let verb = |v: &str| {
+        let mut argv = ctl.clone();
+        argv.extend(watch::words(&[v, &name]));
+        argv
+    };
+    vec![Watcher {
+        supervisor: SUPERVISORD.name.into(),
+        pid: Some(supervisord.pid),
+        would_restart: state != "STOPPED",
+        state,
+        how: "supervisord starts it again when it exits unexpectedly (autorestart)".into(),
+        off: Some(verb("stop")),
+        on: Some(verb("start")),
+        name,
+        off_stops: true,
+    }]
+}
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 //! requests to PID 1 about named units: PID 1 sends the signals and starts
 //! the processes, so the request is what names who asked.
 
-use super::{Control, Intent, Supervisor};
+use super::{Control, Intent, Subject, Supervisor, Watcher, watch};
 
 pub const SYSTEMD: Supervisor = Supervisor {
     name: "systemd",
@@ -20,6 +20,7 @@ pub const SYSTEMD: Supervisor = Supervisor {
             units: Some(service_units),
         },
     ],
+    watching: Some(watching),
 };
 
 /// The unit suffixes systemd knows; a name without one means `.service`.
@@ -155,6 +156,72 @@ fn service_units(args: &[String]) -> Vec<String> {
     match (service_intent(args), service(args)) {
         (Intent::Other, _) | (_, None) => Vec::new(),
         (_, Some((name, _))) => vec![unit_name(name)],
+    }
+}
+
+/// The service's unit and its `Restart=`, as `systemctl show` tells it:
+/// systemd starts a unit again by itself when its main process exits in a
+/// way its policy names, unless the unit is masked. A stop asked through
+/// systemctl is never restarted.
+fn watching(subject: &Subject) -> Vec<Watcher> {
+    let Some(unit) = subject.unit.as_deref().filter(|u| u.ends_with(".service")) else {
+        return Vec::new();
+    };
+    if !std::path::Path::new("/run/systemd/system").exists() {
+        return Vec::new();
+    }
+    let shown = watch::run(&[
+        "systemctl",
+        "show",
+        "--property=Restart,LoadState",
+        "--",
+        unit,
+    ]);
+    let property = |name: &str| {
+        shown.as_ref().ok().and_then(|out| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_string)
+        })
+    };
+    let restart = property("Restart");
+    let masked = property("LoadState").is_some_and(|s| s == "masked");
+    let (state, would_restart) = match (&shown, &restart) {
+        (Err(err), _) => (format!("unknown: {err}"), true),
+        (Ok(_), Some(policy)) if masked => (format!("masked (Restart={policy})"), false),
+        (Ok(_), Some(policy)) => (format!("Restart={policy}"), policy != "no"),
+        (Ok(_), None) => ("Restart= unknown".into(), true),
+    };
+    vec![Watcher {
+        supervisor: SYSTEMD.name.into(),
+        pid: Some(1),
+        name: unit.to_string(),
+        would_restart,
+        state,
+        how: restart_policy(restart.as_deref().unwrap_or("")).into(),
+        off: Some(watch::words(&["systemctl", "mask", "--runtime", unit])),
+        on: Some(watch::words(&["systemctl", "unmask", "--runtime", unit])),
+        off_stops: false,
+    }]
+}
+
+/// When systemd starts a unit again under `Restart=policy`.
+fn restart_policy(policy: &str) -> &'static str {
+    match policy {
+        "no" => "systemd does not start it again by itself; `systemctl start` does",
+        "always" => {
+            "systemd starts it again after any exit, unless it was stopped through systemctl"
+        }
+        "on-success" => "systemd starts it again after a clean exit (code 0 or SIGTERM)",
+        "on-failure" => {
+            "systemd starts it again after a non-zero exit, a kill -9 or a crash, unless stopped through systemctl"
+        }
+        "on-abnormal" => {
+            "systemd starts it again after a kill or a crash, unless stopped through systemctl"
+        }
+        "on-abort" => "systemd starts it again after a crash or a kill by an unclean signal",
+        "on-watchdog" => "systemd starts it again when its watchdog times out",
+        _ => "systemd starts it again as its unit's Restart= says",
     }
 }
 
