@@ -174,6 +174,10 @@ pub struct RespawnedBy {
     /// The unit's `Restart=` when systemd started it again by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<String>,
+    /// The supervisor's state when it was switched off and started it all
+    /// the same (Patroni paused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 impl RespawnedBy {
@@ -203,6 +207,7 @@ impl RespawnedBy {
             restart: restart
                 .filter(|_| started.requested.is_none() && started.unit.is_some())
                 .map(str::to_string),
+            paused: None,
         }
     }
 }
@@ -239,6 +244,17 @@ pub fn while_agent_down(alert: &mut Alert) {
     alert.summary.push_str(&format!(
         "; it happened while the agent was down, seen {:.1} s later",
         alert.detected_after_ms / 1e3
+    ));
+}
+
+/// Marks `alert` as about a supervisor that started the service while it
+/// was switched off (`state`: Patroni's "paused (maintenance mode)").
+pub fn while_paused(alert: &mut Alert, supervisor: &str, state: &str) {
+    if let Some(by) = alert.respawned_by.as_mut() {
+        by.paused = Some(state.to_string());
+    }
+    alert.summary.push_str(&format!(
+        "; {supervisor} was {state} and started it all the same"
     ));
 }
 

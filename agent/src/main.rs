@@ -10,8 +10,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use stopguard::{
     config::{Config, RingBytes},
     control::{
-        AlertTested, AuditRead, Request, Status, Stopped, Thawed, WindowClosed, WindowList,
-        WindowOpened, client,
+        AlertTested, AuditRead, Explanation, Request, Status, Stopped, Thawed, WindowClosed,
+        WindowList, WindowOpened, client,
     },
     kernel::ProbeOptions,
     trace::TraceOptions,
@@ -102,6 +102,9 @@ enum Command {
         `stop_command`, or sends SIGTERM to its main process, and waits until\n\
         the main process is gone. A supervisor that restarts it is caught as\n\
         a respawn in the window. End maintenance with `stopguard window close`.\n\n\
+        It first prints what would start the service again (`stopguard\n\
+        explain`); with --and-pause it switches those off before the stop,\n\
+        as you, and the window's close switches them back on.\n\n\
         Exit status: 0 once stopped, 1 when it could not be stopped (the\n\
         window stays open).")]
     Stop {
@@ -114,6 +117,29 @@ enum Command {
         /// How long to wait for the service to exit.
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = wait_length)]
         wait: std::time::Duration,
+        /// First switch off every supervisor that would start it again
+        /// (`patronictl pause`, `monit unmonitor`...); the window's close
+        /// switches them back on.
+        #[arg(long)]
+        and_pause: bool,
+    },
+    /// What would start a service again if it stopped now, and how to
+    /// switch each of those off.
+    #[command(after_help = "Examples:\n  \
+        stopguard explain postgres\n  \
+        stopguard explain postgresql@15-main --json\n  \
+        stopguard explain mariadb && echo 'nothing restarts it'\n\n\
+        Shows its main process and how it was started (the creator chain\n\
+        recorded at its exec, or what /proc shows for one started before the\n\
+        agent), then every supervisor watching it: monit, systemd, Patroni,\n\
+        runit, s6, daemontools, supervisord, mysqld_safe; each with its state\n\
+        and the command that switches it off.\n\n\
+        Exit status: 0 when nothing would start it again, 3 when something\n\
+        would, 1 on an error (no agent, no such service).")]
+    Explain {
+        service: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Alert delivery: send a test alert through the sinks.
     #[command(subcommand)]
@@ -387,16 +413,44 @@ fn run(cli: Cli) -> Result<()> {
             reason,
             duration,
             wait,
-        } => show::<Stopped>(
-            cli.socket,
-            &Request::Stop {
-                service,
-                reason,
-                for_secs: duration.map(|d| d.as_secs().max(1)),
-                wait_secs: wait.as_secs().max(1),
-            },
-            false,
-        ),
+            and_pause,
+        } => {
+            // What would start it again, before it is stopped.
+            if let Ok(answer) = call(
+                cli.socket.clone(),
+                &Request::Explain {
+                    service: service.clone(),
+                },
+            ) {
+                print_lines(&client::read::<Explanation>(answer)?);
+                println!();
+            }
+            show::<Stopped>(
+                cli.socket,
+                &Request::Stop {
+                    service,
+                    reason,
+                    for_secs: duration.map(|d| d.as_secs().max(1)),
+                    wait_secs: wait.as_secs().max(1),
+                    and_pause,
+                },
+                false,
+            )
+        }
+        Command::Explain { service, json } => {
+            let answer = call(cli.socket, &Request::Explain { service })?;
+            let explanation: Explanation = client::read(answer.clone())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print_lines(&explanation);
+            }
+            if explanation.would_restart {
+                std::io::Write::flush(&mut std::io::stdout())?;
+                std::process::exit(3);
+            }
+            Ok(())
+        }
         Command::Alert(AlertCommand::Test { sink, json }) => {
             let answer = call(cli.socket, &Request::AlertTest { sink })?;
             if json {

@@ -34,6 +34,14 @@ pub enum Request {
         for_secs: Option<u64>,
         /// How long to wait for the main process to exit.
         wait_secs: u64,
+        /// Switch off, before the stop, every supervisor that would start
+        /// it again; undone when the window closes.
+        #[serde(default)]
+        and_pause: bool,
+    },
+    /// What would start a service again if it stopped now.
+    Explain {
+        service: String,
     },
     /// A test alert through every sink, or the one named.
     AlertTest {
@@ -97,6 +105,7 @@ impl Request {
             | Request::Status {}
             | Request::Thaw { .. }
             | Request::AlertTest { .. }
+            | Request::Explain { .. }
             | Request::Audit { .. } => Ok(()),
         }
     }
@@ -105,7 +114,10 @@ impl Request {
     pub fn changes_state(&self) -> bool {
         !matches!(
             self,
-            Request::WindowList {} | Request::Status {} | Request::Audit { .. }
+            Request::WindowList {}
+                | Request::Status {}
+                | Request::Audit { .. }
+                | Request::Explain { .. }
         )
     }
 }

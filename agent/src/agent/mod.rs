@@ -12,6 +12,7 @@
 
 mod alerting;
 mod custody;
+mod explain;
 mod gap;
 pub mod host_lock;
 mod policy;
@@ -51,6 +52,9 @@ use crate::{
 
 /// How often the agent logs what it has seen.
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+/// How often the supervisors of every service are looked at again (also
+/// after each start and stop), for `status` and alerts.
+const LOOK_EVERY: Duration = Duration::from_secs(15);
 
 /// What one batch of events asked of the agent.
 #[derive(Default)]
@@ -85,6 +89,10 @@ struct Agent {
     /// When this agent read what its predecessor's pinned probes recorded
     /// (boot ns): what started before happened while no agent ran.
     down_until_ns: Option<u64>,
+    /// What the supervisors said last of each service.
+    watchers: explain::Watchers,
+    /// Off switches `stop --and-pause` ran, not yet in their windows.
+    switched: stop::Switched,
 }
 
 /// Runs the agent on `config`, read from `path` (None: the default
@@ -131,6 +139,8 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         settings: config.agent.clone(),
         sinks: config.sinks.clone(),
         down_until_ns: None,
+        watchers: explain::Watchers::default(),
+        switched: stop::Switched::default(),
     };
     agent.detector.set_agent_pid(std::process::id());
     let mut monitor = Monitor::start(&ProbeOptions {
@@ -188,6 +198,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     let mut summary = tokio::time::interval(SUMMARY_EVERY);
     summary.tick().await;
     let mut second = tokio::time::interval(Duration::from_secs(1));
+    let mut look = tokio::time::interval(LOOK_EVERY);
     let mut batch = Batch::default();
     loop {
         let detector = &mut agent.detector;
@@ -206,6 +217,10 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
                 continue;
             }
             _ = summary.tick() => log_summary(&monitor),
+            _ = look.tick() => {
+                agent.refresh_watchers(&monitor);
+                continue;
+            }
             _ = second.tick() => {
                 notifier.keep_alive();
                 agent.alerting.follow_up_groups();
@@ -383,14 +398,27 @@ impl Agent {
             );
             self.audit.write(AgentEvent::EventsLost { count });
         }
+        self.record_switches();
         for expired in self.detector.expire_windows(boot_ns()) {
             tracing::info!("window {} on {} expired", expired.id, expired.service);
+            if !expired.switched_off.is_empty() {
+                tokio::spawn(self.resume_switches(&expired));
+            }
             self.audit.write(AgentEvent::WindowExpired {
                 window: expired.clone(),
             });
             self.guard(monitor, &expired.service, false);
         }
         self.thaw_for_systemd(monitor.table(), &work.by_systemd);
+        // A start or a stop: what watches the service may have changed.
+        if work.findings.iter().any(|f| {
+            matches!(
+                f,
+                Finding::OperatorStop(_) | Finding::Start { .. } | Finding::OperatorStart { .. }
+            )
+        }) {
+            self.refresh_watchers(monitor);
+        }
         for finding in work.findings {
             self.audit.write(finding.clone());
             self.respond(monitor, &finding);
@@ -508,6 +536,14 @@ impl Agent {
                 .is_some_and(|until| started.time_ns < until)
             {
                 alert::while_agent_down(&mut record);
+            }
+            if let Some(paused) = started.supervisor.as_ref().and_then(|s| {
+                self.watchers
+                    .of(&started.service)
+                    .into_iter()
+                    .find(|w| w.pid == Some(s.pid) && w.paused())
+            }) {
+                alert::while_paused(&mut record, &paused.supervisor, &paused.state);
             }
             self.alerting.raise(record);
         }

@@ -128,6 +128,7 @@ mod tests {
             opened_by_loginuid: Some(1000),
             opened_at_ns: 0,
             expires_at_ns: None,
+            switched_off: Vec::new(),
         }
     }
 

@@ -54,7 +54,11 @@ impl Agent {
                 reason,
                 for_secs,
                 wait_secs,
-            } => self.stop(monitor, service, reason, for_secs, wait_secs, peer),
+                and_pause,
+            } => self.stop(
+                monitor, service, reason, for_secs, wait_secs, and_pause, peer,
+            ),
+            Request::Explain { service } => self.explain(monitor, &service),
             Request::AlertTest { sink } => self.alert_test(sink),
             Request::Audit {
                 since_secs,
@@ -73,7 +77,7 @@ impl Agent {
                 },
             ),
             Request::WindowClose { target, thaw, kill } => {
-                Answer::Now(self.close_window(monitor, &target, thaw, kill))
+                self.close_window(monitor, &target, thaw, kill)
             }
             Request::WindowList {} => Answer::Now(ok(WindowList {
                 windows: self.window_infos(),
@@ -125,9 +129,10 @@ impl Agent {
         target: &str,
         thaw: bool,
         kill: bool,
-    ) -> Value {
+    ) -> Answer {
+        self.record_switches();
         let Some(window) = self.detector.close_window(target) else {
-            return error(format!("no open window on or named `{target}`"));
+            return Answer::Now(error(format!("no open window on or named `{target}`")));
         };
         let covered = self.covering(&window.service);
         for service in &covered {
@@ -140,7 +145,7 @@ impl Agent {
             Vec::new()
         };
         tracing::info!("window {} on {} closed", window.id, window.service);
-        ok(WindowClosed {
+        let mut closed = WindowClosed {
             window: WindowInfo::new(&window, &self.clock),
             thawed: (!kill).then(|| released.clone()),
             killed: kill.then_some(released),
@@ -148,7 +153,16 @@ impl Agent {
                 .iter()
                 .flat_map(|service| self.custody.held_of(service))
                 .collect(),
-        })
+            resumed: Vec::new(),
+        };
+        if window.switched_off.is_empty() {
+            return Answer::Now(ok(closed));
+        }
+        let resume = self.resume_switches(&window);
+        Answer::Later(Box::pin(async move {
+            closed.resumed = resume.await;
+            ok(closed)
+        }))
     }
 
     /// Thaws (or kills) what custody holds for `target`, and resolves the
@@ -211,6 +225,7 @@ impl Agent {
                     },
                     stopped_by: stop.cloned(),
                     frozen: self.custody.held_of(name),
+                    supervisors: self.watchers.of(name),
                 }
             })
             .collect();

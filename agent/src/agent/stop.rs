@@ -8,19 +8,27 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::Agent;
+use std::sync::{Arc, Mutex};
+
+use super::explain::Watchers;
 use crate::{
     actions,
     alert::WindowInfo,
+    audit::AgentEvent,
     clock::boot_ns,
+    control::SwitchRun,
     control::{
         Peer, Stopped,
         server::{Answer, error, ok},
     },
     detect::{ControlCommand, Intent},
+    detect::{SwitchedOff, Window},
     monitor::Monitor,
+    supervisors::watch::{Subject, shell_words},
 };
 
 impl Agent {
+    #[allow(clippy::too_many_arguments)] // each is one of the request's
     pub(super) fn stop(
         &mut self,
         monitor: &mut Monitor,
@@ -28,6 +36,7 @@ impl Agent {
         reason: String,
         for_secs: Option<u64>,
         wait_secs: u64,
+        and_pause: bool,
         peer: Peer,
     ) -> Answer {
         let instances = self.detector.instances_of(&service);
@@ -79,18 +88,165 @@ impl Agent {
             output: None,
             signal: None,
             seconds: None,
+            paused: Vec::new(),
         };
         if let Some((pid, _)) = main.filter(|(pid, _)| self.custody.is_held(*pid)) {
             answer.held_frozen = Some(pid);
             return Answer::Now(ok(answer));
         }
-        Answer::Later(Box::pin(stop_service(
-            answer,
-            command,
+        let pause = match and_pause {
+            false => None,
+            true => match self.explanation(monitor, &answer.service) {
+                Ok((_, subject, main)) => Some(Pause {
+                    subject,
+                    main,
+                    watchers: self.watchers.clone(),
+                    switched: self.switched.clone(),
+                }),
+                Err(err) => return Answer::Now(error(err)),
+            },
+        };
+        let wait = Duration::from_secs(wait_secs);
+        Answer::Later(Box::pin(async move {
+            if let Some(pause) = pause {
+                answer.paused = pause.run(&answer.window.id, peer.loginuid, wait).await;
+            }
+            stop_service(answer, command, main, peer.loginuid, wait).await
+        }))
+    }
+
+    /// Records the off switches run for windows since last asked, in their
+    /// windows (to undo as each closes) and in the audit log.
+    pub(super) fn record_switches(&mut self) {
+        let switched = std::mem::take(&mut *self.switched.0.lock().unwrap());
+        for (window, service, switch, run) in switched {
+            self.audit.write(AgentEvent::SupervisorSwitched {
+                service,
+                window: window.clone(),
+                supervisor: run.supervisor.clone(),
+                on: false,
+                command: run.command.clone(),
+                loginuid: switch.1,
+                error: run.error.clone(),
+            });
+            if run.error.is_none() && !self.detector.switched_off(&window, switch.0) {
+                tracing::warn!(
+                    "window {window} closed before `{}` was recorded: switch it back on by hand",
+                    run.command
+                );
+            }
+        }
+    }
+
+    /// Switches back on what `stop --and-pause` switched off for `window`,
+    /// as the person who switched it off; each run is audited.
+    pub(super) fn resume_switches(
+        &self,
+        window: &Window,
+    ) -> impl std::future::Future<Output = Vec<SwitchRun>> + Send + use<> {
+        let switches = window.switched_off.clone();
+        let loginuid = window.opened_by_loginuid;
+        let (id, service) = (window.id.clone(), window.service.clone());
+        let audit = self.audit.clone();
+        async move {
+            let mut runs = Vec::new();
+            // Undone in the reverse order they were switched off.
+            for switch in switches.iter().rev() {
+                let run = run_switch(&switch.supervisor, &switch.on, loginuid).await;
+                tracing::info!(
+                    "window {id}: {} switched back on: `{}`{}",
+                    run.supervisor,
+                    run.command,
+                    run.error
+                        .as_ref()
+                        .map(|e| format!(" FAILED: {e}"))
+                        .unwrap_or_default()
+                );
+                audit.write(AgentEvent::SupervisorSwitched {
+                    service: service.clone(),
+                    window: id.clone(),
+                    supervisor: run.supervisor.clone(),
+                    on: true,
+                    command: run.command.clone(),
+                    loginuid,
+                    error: run.error.clone(),
+                });
+                runs.push(run);
+            }
+            runs
+        }
+    }
+}
+
+/// The off switches run by `stop --and-pause`, waiting to be recorded in
+/// their windows: (window, service, (switch, login uid), how it went).
+#[derive(Clone, Default)]
+pub struct Switched(
+    #[allow(clippy::type_complexity)]
+    Arc<Mutex<Vec<(String, String, (SwitchedOff, Option<u32>), SwitchRun)>>>,
+);
+
+/// What `stop --and-pause` switches off before the stop.
+struct Pause {
+    subject: Subject,
+    main: Option<(u32, Vec<String>)>,
+    watchers: Watchers,
+    switched: Switched,
+}
+
+impl Pause {
+    /// Looks at what watches the service and runs each off switch of what
+    /// would start it again, as the operator (`loginuid`).
+    async fn run(self, window: &str, loginuid: Option<u32>, wait: Duration) -> Vec<SwitchRun> {
+        let Pause {
+            subject,
             main,
-            peer.loginuid,
-            Duration::from_secs(wait_secs),
-        )))
+            watchers,
+            switched,
+        } = self;
+        let service = subject.service.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut subject = subject;
+            watchers.look(&mut subject, main)
+        })
+        .await
+        .unwrap_or_default();
+        let mut runs = Vec::new();
+        for watcher in found.into_iter().filter(|w| w.would_restart) {
+            let (Some(off), Some(on)) = (watcher.off.clone(), watcher.on.clone()) else {
+                continue;
+            };
+            let run = tokio::time::timeout(wait, run_switch(&watcher.supervisor, &off, loginuid))
+                .await
+                .unwrap_or_else(|_| SwitchRun {
+                    supervisor: watcher.supervisor.clone(),
+                    command: shell_words(&off),
+                    error: Some(format!("did not finish within {} s", wait.as_secs())),
+                });
+            let switch = SwitchedOff {
+                supervisor: watcher.supervisor.clone(),
+                off,
+                on,
+            };
+            switched.0.lock().unwrap().push((
+                window.to_string(),
+                service.clone(),
+                (switch, loginuid),
+                run.clone(),
+            ));
+            runs.push(run);
+        }
+        runs
+    }
+}
+
+/// Runs one supervisor switch as `loginuid`.
+async fn run_switch(supervisor: &str, argv: &[String], loginuid: Option<u32>) -> SwitchRun {
+    let result = run_as_operator(argv, loginuid, Duration::from_secs(120)).await;
+    SwitchRun {
+        supervisor: supervisor.to_string(),
+        command: shell_words(argv),
+        error: result.err(),
     }
 }
 
@@ -140,7 +296,10 @@ async fn stop_service(
     let service = answer.service.clone();
     let stays = format!("window {} stays open", answer.window.id);
     answer.pid = main.map(|m| m.0);
-    if let Some(argv) = command {
+    // An off switch that stops the service (`sv down`) has done the stop.
+    let already_gone = main.is_some_and(|(pid, ticks)| !actions::still_runs(pid, ticks));
+    if already_gone {
+    } else if let Some(argv) = command {
         let shown = argv.join(" ");
         match run_as_operator(&argv, loginuid, wait).await {
             Ok(tail) => {

@@ -124,6 +124,7 @@ fn request_words(request: &Request) -> (String, Option<&str>) {
         Request::WindowClose { target, .. } | Request::Thaw { target } => Some(target),
         Request::Audit { service, .. } => service.as_ref(),
         Request::AlertTest { sink } => sink.as_ref(),
+        Request::Explain { service } => Some(service),
         Request::WindowList {} | Request::Status {} => None,
     };
     (command, subject.map(String::as_str))
@@ -180,6 +181,26 @@ fn agent_words(event: &AgentEvent) -> (String, String) {
             service.clone(),
             format!(
                 "respawned again as pid {pid}, killed ({retries} retries; pid {frozen_pid} stays frozen)"
+            ),
+        ),
+        AgentEvent::SupervisorSwitched {
+            service,
+            window,
+            supervisor,
+            on,
+            command,
+            loginuid,
+            error,
+        } => (
+            service.clone(),
+            format!(
+                "{supervisor} switched {} for window {window} by {}: `{command}`{}",
+                if *on { "back on" } else { "off" },
+                person(*loginuid),
+                error
+                    .as_ref()
+                    .map(|e| format!(" FAILED: {e}"))
+                    .unwrap_or_default()
             ),
         ),
         AgentEvent::GuardReleased { pid } => {

@@ -54,6 +54,17 @@ pub enum AgentEvent {
         frozen_pid: u32,
         error: Option<String>,
     },
+    /// A supervisor's off switch run for `stop --and-pause` (`on` false),
+    /// or run back on as its window closed.
+    SupervisorSwitched {
+        service: String,
+        window: String,
+        supervisor: String,
+        on: bool,
+        command: String,
+        loginuid: Option<u32>,
+        error: Option<String>,
+    },
     /// A process the kernel guard stopped at exec that was no respawn.
     GuardReleased {
         pid: u32,

@@ -7,10 +7,14 @@ use anyhow::{Context, Result, bail};
 use serde::de::DeserializeOwned;
 
 use super::{
-    AlertTested, Request, ServiceState, Status, Stopped, Thawed, WindowClosed, WindowList,
-    WindowOpened,
+    AlertTested, Explanation, Request, ServiceState, Status, Stopped, SwitchRun, Thawed,
+    WindowClosed, WindowList, WindowOpened,
 };
-use crate::kernel::Pinning;
+use crate::{
+    kernel::Pinning,
+    process::Link,
+    supervisors::watch::{Watcher, shell_words},
+};
 
 /// Sends `request` to the agent at `socket` and returns its answer as sent:
 /// `{"ok": true, ...}`, or the agent's refusal as the error.
@@ -83,8 +87,140 @@ impl fmt::Display for WindowClosed {
                 pids(&self.still_frozen)
             )?;
         }
+        for run in &self.resumed {
+            write!(f, "\n{}", switch_line(run, "switched back on"))?;
+        }
         Ok(())
     }
+}
+
+/// A switch as run, in a line: what it did, or why it failed.
+fn switch_line(run: &SwitchRun, done: &str) -> String {
+    match &run.error {
+        None => format!("{} {done}: {}", run.supervisor, run.command),
+        Some(err) => format!(
+            "{} NOT {done}: {} failed: {err} (run it by hand)",
+            run.supervisor, run.command
+        ),
+    }
+}
+
+/// A creator chain in words, parent first: `python3 (pid 5001) <- patroni
+/// (pid 4990)`.
+fn chain(links: &[Link]) -> String {
+    let words: Vec<String> = links
+        .iter()
+        .map(|l| format!("{} (pid {})", l.comm, l.pid))
+        .collect();
+    words.join(" <- ")
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = self
+            .unit
+            .as_ref()
+            .map(|u| format!(" (unit {u})"))
+            .unwrap_or_default();
+        match (&self.main, &self.stopped_by) {
+            (Some(main), _) => {
+                writeln!(f, "{}{unit}: running, pid {}", self.service, main.pid)?;
+                writeln!(f, "  {}", shell_words(&main.cmdline))?;
+                let by = main
+                    .started_by
+                    .as_ref()
+                    .map(|s| format!(" by {s}"))
+                    .unwrap_or_default();
+                let person = main
+                    .started_by_person
+                    .as_ref()
+                    .map(|p| format!(", run by {p}"))
+                    .unwrap_or_default();
+                match &main.started_at {
+                    Some(at) => writeln!(
+                        f,
+                        "  started{by} at {at}{person}; its creator chain at the exec: {}",
+                        chain(&main.chain)
+                    )?,
+                    None => writeln!(
+                        f,
+                        "  started before the agent{person}; /proc shows its ancestors: {}",
+                        chain(&main.chain)
+                    )?,
+                }
+            }
+            (None, Some(stop)) => writeln!(
+                f,
+                "{}{unit}: stopped by {} ({} of pid {} by {})",
+                self.service,
+                crate::identity::person(stop.loginuid),
+                stop.signal_name,
+                stop.pid,
+                stop.sender.comm
+            )?,
+            (None, None) => writeln!(f, "{}{unit}: not running", self.service)?,
+        }
+        let restarting: Vec<&Watcher> = self
+            .supervisors
+            .iter()
+            .filter(|w| w.would_restart)
+            .collect();
+        let verb = if self.main.is_some() {
+            "stopped now"
+        } else {
+            "were started and stopped"
+        };
+        match restarting.len() {
+            0 => write!(f, "\nNothing would start it again if it {verb}.")?,
+            1 => write!(f, "\nIf it {verb}, 1 supervisor would start it again:")?,
+            n => write!(f, "\nIf it {verb}, {n} supervisors would start it again:")?,
+        }
+        for w in &restarting {
+            write_watcher(f, w)?;
+        }
+        let idle: Vec<&Watcher> = self
+            .supervisors
+            .iter()
+            .filter(|w| !w.would_restart)
+            .collect();
+        if !idle.is_empty() {
+            write!(f, "\n\nWatching it, but would not start it again now:")?;
+            for w in idle {
+                write_watcher(f, w)?;
+            }
+        }
+        if restarting.iter().any(|w| w.off.is_some()) {
+            write!(
+                f,
+                "\n\n`stopguard stop {} --and-pause` switches these off before the stop and back on when its window closes.",
+                self.service
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn write_watcher(f: &mut fmt::Formatter<'_>, w: &Watcher) -> fmt::Result {
+    let pid = w.pid.map(|p| format!("pid {p}, ")).unwrap_or_default();
+    write!(f, "\n  {} ({pid}{}): {}", w.supervisor, w.name, w.state)?;
+    write!(f, "\n      {}", w.how)?;
+    if w.would_restart {
+        match &w.off {
+            Some(off) => {
+                let stops = if w.off_stops {
+                    " (this stops it too)"
+                } else {
+                    ""
+                };
+                write!(f, "\n      switch it off:  {}{stops}", shell_words(off))?;
+            }
+            None => write!(f, "\n      no off switch known")?,
+        }
+    }
+    if let Some(on) = &w.on {
+        write!(f, "\n      switch it on:   {}", shell_words(on))?;
+    }
+    Ok(())
 }
 
 impl fmt::Display for WindowList {
@@ -131,6 +267,9 @@ impl fmt::Display for Stopped {
                 .map(|e| format!(", closes by itself at {e}"))
                 .unwrap_or_default()
         )?;
+        for run in &self.paused {
+            writeln!(f, "{}", switch_line(run, "switched off"))?;
+        }
         let seconds = json(self.seconds);
         match (self.held_frozen, self.pid, &self.command) {
             (Some(held), _, _) => writeln!(
@@ -174,6 +313,18 @@ impl fmt::Display for Status {
                 json(s.pid),
                 json(&s.frozen)
             )?;
+            for w in &s.supervisors {
+                let restarts = if w.would_restart {
+                    "would restart it"
+                } else {
+                    "would not restart it"
+                };
+                writeln!(
+                    f,
+                    "      {} ({}): {}, {restarts}",
+                    w.supervisor, w.name, w.state
+                )?;
+            }
         }
         write!(
             f,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::request::{MAX_REQUEST, Peer, Request};
 use crate::{
     alert::WindowInfo, audit::Timeline, detect::OperatorStop, files::WriteFailure, monitor::Counts,
-    sinks::TestResult,
+    process::Link, sinks::TestResult, supervisors::watch::Watcher,
 };
 
 /// `window open`: the window opened.
@@ -32,6 +32,19 @@ pub struct WindowClosed {
     pub killed: Option<Vec<u32>>,
     /// Respawns of the service still held frozen.
     pub still_frozen: Vec<u32>,
+    /// The off switches `stop --and-pause` ran, switched back on: each
+    /// command, and what went wrong when one failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumed: Vec<SwitchRun>,
+}
+
+/// A supervisor's switch as run, and how it went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwitchRun {
+    pub supervisor: String,
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `window list`.
@@ -68,6 +81,46 @@ pub struct Stopped {
     /// How long the stop took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
+    /// With --and-pause: the off switches run before the stop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paused: Vec<SwitchRun>,
+}
+
+/// `explain`: a service's main process, how it started, and what would
+/// start it again if it stopped now.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Explanation {
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    pub state: ServiceState,
+    pub main: Option<MainProcess>,
+    pub stopped_by: Option<OperatorStop>,
+    /// Every supervisor that watches it.
+    pub supervisors: Vec<Watcher>,
+    /// Whether any of them would start it again.
+    pub would_restart: bool,
+}
+
+/// A main process in `explain`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MainProcess {
+    pub pid: u32,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    /// Whether the agent saw it start (else it was running before).
+    pub seen_starting: bool,
+    /// When it started, for one seen starting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// Its creator chain as recorded at its exec (parent first); for one
+    /// running before the agent, its ancestors as /proc showed them.
+    pub chain: Vec<Link>,
+    /// The supervisor that started it, per that chain.
+    pub started_by: Option<String>,
+    /// The person who started it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by_person: Option<String>,
 }
 
 /// A watched service in `status`.
@@ -81,6 +134,9 @@ pub struct ServiceStatus {
     pub state: ServiceState,
     pub stopped_by: Option<OperatorStop>,
     pub frozen: Vec<u32>,
+    /// The supervisors that watch it, as last looked at.
+    #[serde(default)]
+    pub supervisors: Vec<Watcher>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! of a per-instance one) a process belongs to, the instances met so far,
 //! and what status shows of them.
 
-use super::{Detector, OperatorStop, Watched};
+use super::{Detector, OperatorStop, Started, Watched};
 use crate::{
     config,
     events::ProcessKey,
@@ -27,6 +27,8 @@ pub struct ServiceView<'a> {
     pub config: &'a str,
     pub pid: Option<u32>,
     pub stop: Option<&'a OperatorStop>,
+    /// How its main process was seen to start; none for one found running.
+    pub start: Option<&'a Started>,
 }
 
 impl Detector {
@@ -102,6 +104,10 @@ impl Detector {
                 config: &self.specs[s.spec].name,
                 pid: s.main.map(|k| k.pid),
                 stop: s.stop.as_ref(),
+                start: s
+                    .start
+                    .as_deref()
+                    .filter(|st| Some(st.pid) == s.main.map(|k| k.pid)),
             })
             .collect()
     }

@@ -24,11 +24,11 @@ pub use self::{
     findings::{Actor, AtRisk, ControlCommand, Finding, OperatorStop, Started, UnitRequest},
     instances::ServiceView,
     intent::Intent,
-    windows::{Saved, Window},
+    windows::{Saved, SwitchedOff, Window},
 };
 use crate::{
     config,
-    events::{Event, ProcessKey, Signal},
+    events::{Event, Exit, ProcessKey, Signal},
     process::{Link, Process, ProcessTable},
     supervisors,
 };
@@ -66,6 +66,8 @@ struct Watched {
     /// None for one found running. A request to systemd made before it is
     /// not about it: it was served by that start or asked of its predecessor.
     started_ns: Option<u64>,
+    /// How its latest main process was seen to start.
+    start: Option<Box<Started>>,
 }
 
 pub struct Detector {
@@ -254,16 +256,24 @@ impl Detector {
                     self.set_main(index, &heir);
                     return Vec::new();
                 }
+                let mut findings = Vec::new();
+                if self.services[index].stop.is_none()
+                    && let Some(stop) = self.asked_to_exit(index, exit, table)
+                {
+                    self.services[index].stop = Some(stop.clone());
+                    findings.push(Finding::OperatorStop(stop));
+                }
                 let service = &mut self.services[index];
                 service.main = None;
                 service.crashed = service.stop.is_none();
-                vec![Finding::Exited {
+                findings.push(Finding::Exited {
                     service: service.name.clone(),
                     pid: exit.pid,
                     exit_code: exit.exit_code,
                     signal: exit.signal,
                     operator_stop: service.stop.is_some(),
-                }]
+                });
+                findings
             }
             Event::Lost(lost) => self.resync(lost.count, table).into_iter().collect(),
             Event::Fork(_) => Vec::new(),
@@ -393,6 +403,58 @@ impl Detector {
             .or_else(|| self.named_control(index, Intent::stops).cloned())
     }
 
+    /// The operator's stop behind a main process's exit that no stop signal
+    /// explained: a person's command that asks the server itself to shut
+    /// down (`mysqladmin shutdown`, which sends no signal), or any exit
+    /// inside a window.
+    fn asked_to_exit(
+        &self,
+        index: usize,
+        exit: &Exit,
+        table: &ProcessTable,
+    ) -> Option<OperatorStop> {
+        let command = self
+            .named_control(index, Intent::stops)
+            .filter(|c| supervisors::shuts_down_itself(&c.comm))
+            .or_else(|| {
+                self.control
+                    .iter()
+                    .rev()
+                    .find(|c| c.intent.stops() && supervisors::shuts_down_itself(&c.comm))
+            })
+            .filter(|c| exit.time_ns.saturating_sub(c.time_ns) <= CONTROL_WINDOW_NS);
+        let window = self.window_on(index);
+        if command.is_none() && window.is_none() {
+            return None;
+        }
+        let sender = match command {
+            Some(c) => Actor {
+                pid: c.pid,
+                comm: c.comm.clone(),
+                uid: table.live(c.pid).map_or(c.loginuid, |p| p.uid),
+                loginuid: Some(c.loginuid),
+            },
+            None => Actor {
+                pid: exit.pid,
+                comm: exit.comm.clone(),
+                uid: table.get(&exit.key).map_or(0, |p| p.uid),
+                loginuid: None,
+            },
+        };
+        Some(OperatorStop {
+            service: self.services[index].name.clone(),
+            pid: exit.pid,
+            signal: 0,
+            signal_name: "exit".into(),
+            loginuid: command
+                .map(|c| c.loginuid)
+                .or(window.and_then(|w| w.opened_by_loginuid)),
+            sender,
+            via: command.cloned(),
+            time_ns: exit.time_ns,
+        })
+    }
+
     fn signalled(&mut self, signal: &Signal, table: &ProcessTable) -> Option<Finding> {
         if !STOP_SIGNALS.contains(&signal.signal) {
             return None;
@@ -477,7 +539,7 @@ impl Detector {
             Some(request) => request.supervisor.clone(),
             None => table.nearest_supervisor(&process.key).map(|p| Link {
                 pid: p.pid,
-                comm: p.comm.clone(),
+                comm: supervisors::name_of(&p.comm, &p.cmdline).to_string(),
             }),
         };
         let started = Started {
@@ -493,6 +555,7 @@ impl Detector {
         };
         self.set_main(index, process);
         let service = &mut self.services[index];
+        service.start = Some(Box::new(started.clone()));
         let crashed = std::mem::take(&mut service.crashed);
         service.started_ns = Some(time_ns);
         match (operator, service.stop.take()) {
@@ -526,6 +589,7 @@ impl Watched {
             crashed: false,
             unseen: None,
             started_ns: None,
+            start: None,
         }
     }
 }

@@ -38,6 +38,17 @@ pub struct Window {
     pub opened_by_loginuid: Option<u32>,
     pub opened_at_ns: u64,
     pub expires_at_ns: Option<u64>,
+    /// What `stop --and-pause` switched off for it, undone when it closes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub switched_off: Vec<SwitchedOff>,
+}
+
+/// A supervisor's off switch run for a window, and its undoing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchedOff {
+    pub supervisor: String,
+    pub off: Vec<String>,
+    pub on: Vec<String>,
 }
 
 impl Detector {
@@ -71,6 +82,7 @@ impl Detector {
             opened_by_loginuid: by.1,
             opened_at_ns: now_ns,
             expires_at_ns: duration_ns.map(|d| now_ns + d),
+            switched_off: Vec::new(),
         };
         self.next_window += 1;
         self.windows.push(window.clone());
@@ -96,6 +108,17 @@ impl Detector {
     pub fn release(&mut self, service: &str) {
         for index in self.covered(service) {
             self.services[index].stop = None;
+        }
+    }
+
+    /// Records an off switch run for window `id`; false when it is closed.
+    pub fn switched_off(&mut self, id: &str, switch: SwitchedOff) -> bool {
+        match self.windows.iter_mut().find(|w| w.id == id) {
+            Some(window) => {
+                window.switched_off.push(switch);
+                true
+            }
+            None => false,
         }
     }
 
