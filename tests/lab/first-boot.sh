@@ -12,4 +12,5 @@ scenario systemd-monit /lab/systemd-monit.sh
 scenario systemd-stop-frozen /lab/systemd-stop-frozen.sh
 scenario systemd-redis /lab/systemd-redis.sh
 scenario systemd-clusters /lab/systemd-clusters.sh
+scenario systemd-explain /lab/systemd-explain.sh
 scenario upgrade /lab/upgrade.sh /lab/stopguard-2.deb
