@@ -26,6 +26,9 @@ use crate::{
     },
 };
 
+/// A main process to look at: its pid and command line.
+pub type MainArgs = Option<(u32, Vec<String>)>;
+
 /// What the supervisors said last of each service, and each service's last
 /// main process (to tell, once it is stopped, which cluster was its own).
 #[derive(Clone, Default)]
@@ -48,7 +51,7 @@ impl Watchers {
 
     /// Looks at what watches each of `subjects` in the background, unless a
     /// look is still under way.
-    pub fn refresh(&self, subjects: Vec<(Subject, Option<(u32, Vec<String>)>)>) {
+    pub fn refresh(&self, subjects: Vec<(Subject, MainArgs)>) {
         if self.looking.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -62,11 +65,7 @@ impl Watchers {
     }
 
     /// Looks at what watches `subject` now (blocking), remembering it.
-    pub(super) fn look(
-        &self,
-        subject: &mut Subject,
-        main: Option<(u32, Vec<String>)>,
-    ) -> Vec<Watcher> {
+    pub(super) fn look(&self, subject: &mut Subject, main: MainArgs) -> Vec<Watcher> {
         subject.read_proc(main);
         let service = subject.service.clone();
         match &subject.main {
@@ -112,12 +111,11 @@ impl Agent {
     /// What the agent knows of `service` (a watched service, or the one
     /// instance of a per-instance one), and the subject its supervisors are
     /// looked for with.
-    #[allow(clippy::type_complexity)]
     pub(super) fn explanation(
         &self,
         monitor: &Monitor,
         service: &str,
-    ) -> Result<(Explanation, Subject, Option<(u32, Vec<String>)>), String> {
+    ) -> Result<(Explanation, Subject, MainArgs), String> {
         let views = self.detector.services();
         let view = match views.iter().find(|v| v.name == service) {
             Some(view) => view,

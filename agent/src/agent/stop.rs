@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::Agent;
 use std::sync::{Arc, Mutex};
 
-use super::explain::Watchers;
+use super::explain::{MainArgs, Watchers};
 use crate::{
     actions,
     alert::WindowInfo,
@@ -189,7 +189,7 @@ pub struct Switched(
 /// What `stop --and-pause` switches off before the stop.
 struct Pause {
     subject: Subject,
-    main: Option<(u32, Vec<String>)>,
+    main: MainArgs,
     watchers: Watchers,
     switched: Switched,
 }

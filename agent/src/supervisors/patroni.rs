@@ -165,7 +165,7 @@ fn environ(pid: u32) -> Vec<(String, String)> {
 fn local_address(address: &str) -> String {
     let address = address.trim();
     match address.rsplit_once(':') {
-        Some((host, port)) if matches!(host, "" | "0.0.0.0" | "::" | "[::]" | "*") => {
+        Some(("" | "0.0.0.0" | "::" | "[::]" | "*", port)) => {
             format!("127.0.0.1:{port}")
         }
         _ => address.to_string(),
