@@ -22,7 +22,7 @@ use crate::{
     monitor::Monitor,
     supervisors::{
         self,
-        watch::{Main, Subject, Watcher},
+        watch::{self, Main, Subject, Watcher},
     },
 };
 
@@ -57,7 +57,10 @@ impl Watchers {
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
+            // One read of /proc for all of them.
+            let processes = watch::running();
             for (mut subject, main) in subjects {
+                subject.processes = processes.clone();
                 this.look(&mut subject, main);
             }
             this.looking.store(false, Ordering::Release);

@@ -22,8 +22,9 @@ const RC_FILES: [&str; 4] = [
 ];
 
 /// Each running monit's check of the service, from `monit status`: the
-/// process check whose pid is the main process (or, while the service is
-/// stopped, that is named after it or started it), and whether monit
+/// process check whose pid is the main process (or, with no pid, while the
+/// service is stopped or until monit's next cycle sees the pid of what it
+/// started, that is named after it or started it), and whether monit
 /// monitors it. Without monit's HTTP interface its state is unknown, and
 /// counted as restarting.
 fn watching(subject: &Subject) -> Vec<Watcher> {
@@ -44,10 +45,12 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
                     let check = checks
                         .iter()
                         .find(|c| c.pid.is_some() && c.pid == main)
+                        // No pid: the service is stopped, or monit has not
+                        // looked at it since it started it (one cycle).
                         .or_else(|| {
-                            checks.iter().find(|c| {
-                                main.is_none() && c.pid.is_none() && c.name == subject.service
-                            })
+                            checks
+                                .iter()
+                                .find(|c| c.pid.is_none() && c.name == subject.service)
                         });
                     match check {
                         Some(c) => (c.name.clone(), c.monitoring.clone()),

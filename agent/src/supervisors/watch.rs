@@ -91,7 +91,9 @@ impl Subject {
     /// Reads `pid`'s ancestors, its working directory and every running
     /// process from /proc.
     pub fn read_proc(&mut self, main: Option<(u32, Vec<String>)>) {
-        self.processes = running();
+        if self.processes.is_empty() {
+            self.processes = running();
+        }
         self.main = main.map(|(pid, cmdline)| {
             let mut ancestors = Vec::new();
             let mut next = self.process(pid).map(|p| p.ppid);
@@ -139,13 +141,19 @@ impl Subject {
 
     /// The process of a supervisor named one of `comms` that runs the
     /// service: an ancestor of its main process, else (when it is not
-    /// running) one in the chain recorded at its last exec that still runs.
+    /// running) one that still runs in the chain recorded at its last exec
+    /// or, for one started before the agent, among the ancestors of its
+    /// last main process (a runsv told `sv down` still watches it).
     pub fn supervising(&self, comms: &[&str]) -> Option<&Running> {
         if self.main.is_some() {
             return self.ancestor(comms).map(|(s, _)| s);
         }
-        self.chain.iter().find_map(|l| {
-            self.process(l.pid)
+        let was = self
+            .was
+            .iter()
+            .flat_map(|w| w.ancestors.iter().map(|a| a.pid));
+        self.chain.iter().map(|l| l.pid).chain(was).find_map(|pid| {
+            self.process(pid)
                 .filter(|p| comms.contains(&super::name_of(&p.comm, &p.cmdline)))
         })
     }
@@ -157,7 +165,8 @@ impl Subject {
     }
 }
 
-fn running() -> Vec<Running> {
+/// Every process now running, as /proc shows it.
+pub fn running() -> Vec<Running> {
     let Ok(all) = procfs::process::all_processes() else {
         return Vec::new();
     };
@@ -328,6 +337,29 @@ mod tests {
             Some("/x.conf")
         );
         assert_eq!(option(&args, "-x", "--none"), None);
+    }
+
+    #[test]
+    fn a_stopped_service_is_supervised_by_what_still_runs_above_its_last_main() {
+        let runsv = Running {
+            pid: 40,
+            ppid: 1,
+            comm: "runsv".into(),
+            cmdline: words(&["runsv", "/etc/sv/pg"]),
+        };
+        let mut subject = Subject {
+            processes: vec![runsv.clone()],
+            was: Some(Main {
+                pid: 41,
+                ancestors: vec![runsv],
+                ..Main::default()
+            }),
+            ..Subject::default()
+        };
+        assert_eq!(subject.supervising(&["runsv"]).map(|r| r.pid), Some(40));
+        // Gone since: nothing supervises it.
+        subject.processes.clear();
+        assert_eq!(subject.supervising(&["runsv"]).map(|r| r.pid), None);
     }
 
     #[test]
