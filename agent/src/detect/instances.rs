@@ -7,6 +7,7 @@ use crate::{
     config,
     events::ProcessKey,
     process::{Process, ProcessTable},
+    supervisors,
 };
 
 /// Where a process belongs: a service watched already, or a new instance
@@ -144,12 +145,20 @@ impl Detector {
     /// globs, or for an interpreted daemon (`/bin/sh /path/daemon`, where
     /// /proc's exe is the interpreter) its first arguments do; or it runs
     /// in a unit of a service with no exe globs. In a unit of a
-    /// per-instance service, it is that unit's instance.
+    /// per-instance service, it is that unit's instance. A wrapper's
+    /// arguments (`nohup /usr/sbin/mariadbd`) are not what it runs: the
+    /// daemon is met at the wrapper's exec of it.
     pub(super) fn slot_of(&self, process: &Process) -> Option<Slot> {
+        let interpreted = supervisors::is_interpreter(&process.comm)
+            || process
+                .exe
+                .as_deref()
+                .and_then(|exe| exe.rsplit('/').next())
+                .is_some_and(supervisors::is_interpreter);
         let paths: Vec<&str> = process
             .exe
             .iter()
-            .chain(process.cmdline.iter().take(2))
+            .chain(process.cmdline.iter().take(if interpreted { 2 } else { 1 }))
             .map(String::as_str)
             .collect();
         let by_exe = paths.iter().find_map(|path| {

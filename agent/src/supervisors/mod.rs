@@ -114,9 +114,7 @@ pub fn watching(subject: &Subject) -> Vec<Watcher> {
 /// the script's file name, which is the comm the script has when run
 /// directly.
 pub fn name_of<'a>(comm: &'a str, cmdline: &'a [String]) -> &'a str {
-    let interpreter =
-        comm.starts_with("python") || matches!(comm, "sh" | "bash" | "dash" | "perl" | "ruby");
-    if !interpreter {
+    if !is_interpreter(comm) {
         return comm;
     }
     // Options come first; `-c CODE` and `-m MODULE` run no script file.
@@ -126,6 +124,14 @@ pub fn name_of<'a>(comm: &'a str, cmdline: &'a [String]) -> &'a str {
         Some(script) if !ran_code => script.rsplit('/').next().unwrap_or(comm),
         _ => comm,
     }
+}
+
+/// Whether a program named `name` (a comm, or an executable's file name)
+/// is an interpreter, whose first argument that is no option is the script
+/// it runs. Not a wrapper that execs its arguments (`nohup`, `env`): what
+/// it runs is seen at its own exec.
+pub fn is_interpreter(name: &str) -> bool {
+    name.starts_with("python") || matches!(name, "sh" | "bash" | "dash" | "perl" | "ruby")
 }
 
 /// Whether a process named `comm` is a supervisor's supervising process.

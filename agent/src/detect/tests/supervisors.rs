@@ -211,3 +211,41 @@ fn running_services_are_adopted_from_the_table() {
     fresh.adopt(&host.table);
     assert_eq!(fresh.running(), [("postgres", 202)]);
 }
+
+#[test]
+fn a_wrapper_is_not_the_service_it_runs_but_an_interpreter_is() {
+    let mut host = Host::with("init", &[service("mariadb", "/usr/sbin/mariadbd")]);
+    let (safe, _) = host.spawn(
+        INIT,
+        300,
+        "/usr/bin/mysqld_safe",
+        &["/bin/sh", "/usr/bin/mysqld_safe"],
+    );
+    // mysqld_safe runs `nohup /usr/sbin/mariadbd`: nohup is not the server
+    // (it would be held before it execs the server, as nohup)...
+    let (wrapper, findings) = host.spawn(
+        safe,
+        301,
+        "/usr/bin/nohup",
+        &["nohup", "/usr/sbin/mariadbd", "--datadir=/srv/db"],
+    );
+    assert!(findings.is_empty(), "{findings:#?}");
+    assert_eq!(host.detector.running(), []);
+    // ...its exec of the server is.
+    let findings = host.exec(
+        wrapper,
+        "/usr/sbin/mariadbd",
+        &["/usr/sbin/mariadbd", "--datadir=/srv/db"],
+    );
+    assert!(
+        matches!(&findings[..], [Finding::Start { started }] if started.pid == 301),
+        "{findings:#?}"
+    );
+    // A daemon run by an interpreter is its script.
+    let mut host = Host::with("init", &[service("sgdaemon", "/opt/bin/sgdaemon")]);
+    let (_, findings) = host.spawn(INIT, 400, "/bin/sh", &["sh", "/opt/bin/sgdaemon"]);
+    assert!(
+        matches!(&findings[..], [Finding::Start { started }] if started.pid == 400),
+        "{findings:#?}"
+    );
+}
