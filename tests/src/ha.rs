@@ -249,7 +249,7 @@ postgresql:
         let patroni = spawn(
             Command::new(AS_POSTGRES[0])
                 .args(&AS_POSTGRES[1..])
-                .args(["/usr/bin/python3", "/usr/bin/patroni"])
+                .arg("/usr/bin/patroni")
                 .arg(dir.join("patroni.yml")),
             &dir.join("patroni.log"),
         );
@@ -291,7 +291,7 @@ postgresql:
         format!("http://127.0.0.1:{}", self.rest_port)
     }
 
-    /// Patroni's own process (python3, as postgres).
+    /// Patroni's own process (comm `patroni`, as postgres).
     pub fn patroni_pid(&self) -> u32 {
         self.patroni.id()
     }
