@@ -416,7 +416,7 @@ fn under_patroni_explain_names_it_its_restart_is_frozen_and_paused_it_restarts_n
     eprintln!("stopguard explain postgres (paused):\n{text}");
     assert_eq!(code, 0, "{text}");
     assert!(
-        text.contains("Nothing would start it again if it were started and stopped."),
+        text.contains("Nothing would start it again now."),
         "{text}"
     );
     assert!(text.contains("paused (maintenance mode)"), "{text}");

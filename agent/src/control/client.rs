@@ -165,15 +165,16 @@ impl fmt::Display for Explanation {
             .iter()
             .filter(|w| w.would_restart)
             .collect();
-        let verb = if self.main.is_some() {
-            "stopped now"
-        } else {
-            "were started and stopped"
-        };
-        match restarting.len() {
-            0 => write!(f, "\nNothing would start it again if it {verb}.")?,
-            1 => write!(f, "\nIf it {verb}, 1 supervisor would start it again:")?,
-            n => write!(f, "\nIf it {verb}, {n} supervisors would start it again:")?,
+        match (restarting.len(), self.main.is_some()) {
+            (0, true) => write!(f, "\nNothing would start it again if it stopped now.")?,
+            (0, false) => write!(f, "\nNothing would start it again now.")?,
+            (1, true) => write!(f, "\nIf it stopped now, 1 supervisor would start it again:")?,
+            (n, true) => write!(
+                f,
+                "\nIf it stopped now, {n} supervisors would start it again:"
+            )?,
+            (1, false) => write!(f, "\n1 supervisor would start it again:")?,
+            (n, false) => write!(f, "\n{n} supervisors would start it again:")?,
         }
         for w in &restarting {
             write_watcher(f, w)?;

@@ -94,6 +94,9 @@ impl Subject {
         if self.processes.is_empty() {
             self.processes = running();
         }
+        // A main process that has just exited is not running, though the
+        // agent has not read its exit yet.
+        let main = main.filter(|(pid, _)| self.process(*pid).is_some());
         self.main = main.map(|(pid, cmdline)| {
             let mut ancestors = Vec::new();
             let mut next = self.process(pid).map(|p| p.ppid);
