@@ -79,7 +79,7 @@ fn spawn(command: &mut Command, log: &Path) -> Child {
 }
 
 /// Polls `ready` every 50 ms until it gives a value, for up to `timeout`.
-fn poll<T>(timeout: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll<T>(timeout: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = ready() {

@@ -15,7 +15,7 @@ use std::{
 use serde_json::Value;
 use stopguard_tests::{
     Agent, Mariadb, Patroni, Sandbox, as_operator, as_person, assert_clean, bash, in_frozen_cgroup,
-    operator_signal, root_test, state_of,
+    operator_signal, poll, root_test, state_of,
 };
 
 fn comm(pid: u32) -> String {
@@ -202,20 +202,6 @@ fn watcher<'a>(explained: &'a Value, name: &str) -> &'a Value {
 /// Words as a JSON array of strings, as an argv is in the answers.
 fn argv(words: &[&str]) -> Value {
     Value::from(words.iter().map(|w| w.to_string()).collect::<Vec<_>>())
-}
-
-/// Polls `ready` every 200 ms for up to `timeout`.
-fn poll<T>(timeout: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = ready() {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// `patronictl -c CONFIG ARGS` from an operator's shell (loginuid 1000),
@@ -415,10 +401,7 @@ fn under_patroni_explain_names_it_its_restart_is_frozen_and_paused_it_restarts_n
     let (code, text) = explain(&sandbox, "postgres");
     eprintln!("stopguard explain postgres (paused):\n{text}");
     assert_eq!(code, 0, "{text}");
-    assert!(
-        text.contains("Nothing would start it again now."),
-        "{text}"
-    );
+    assert!(text.contains("Nothing would start it again now."), "{text}");
     assert!(text.contains("paused (maintenance mode)"), "{text}");
     let status = poll(Duration::from_secs(20), || {
         let status = sandbox.json(&["status"]);

@@ -86,8 +86,11 @@ fn stopguard_stop_opens_a_window_stops_the_service_and_the_respawn_is_frozen() {
     // Outside a window the policy would only alert: `stop` opens one.
     sandbox.start_agent("alert");
     let out = as_operator(&sandbox, "stop sgdaemon --reason 'disk swap'");
+    // What would restart it first, then the stop.
     assert!(
-        out.starts_with("window w1 open on sgdaemon ('disk swap')\n"),
+        out.starts_with("sgdaemon: running, pid ")
+            && out.contains("runit (pid ")
+            && out.contains("\n\nwindow w1 open on sgdaemon ('disk swap')\n"),
         "{out}"
     );
     assert!(
@@ -208,7 +211,7 @@ fn a_configured_stop_command_runs_with_the_operators_login() {
     // Stopping again: the same window; the respawn is held, not signalled.
     let respawned = alert["process"]["pid"].as_u64().unwrap();
     let out = sandbox.ok(&["stop", "sgdaemon"]);
-    assert!(out.starts_with("window w1 open on sgdaemon"), "{out}");
+    assert!(out.contains("\nwindow w1 open on sgdaemon"), "{out}");
     assert!(
         out.contains(&format!(
             "sgdaemon is not running: pid {respawned} is held frozen"

@@ -541,7 +541,8 @@ impl Agent {
                 self.watchers
                     .of(&started.service)
                     .into_iter()
-                    .find(|w| w.pid == Some(s.pid) && w.paused())
+                    // Paused, not stopped by its own off switch (`sv down`).
+                    .find(|w| w.pid == Some(s.pid) && w.paused() && !w.off_stops)
             }) {
                 alert::while_paused(&mut record, &paused.supervisor, &paused.state);
             }

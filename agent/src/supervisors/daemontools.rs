@@ -23,37 +23,17 @@ fn svc(args: &[String]) -> Intent {
     })
 }
 
-/// The supervise that runs the service, and what `svstat` says of
-/// it: it starts the service again unless told to keep it down.
+/// The supervise that runs the service, and what `svstat` says of it.
 fn watching(subject: &Subject) -> Vec<Watcher> {
-    let Some(supervise) = subject.supervising(&["supervise"]) else {
-        return Vec::new();
-    };
-    let dir = watch::cwd(supervise.pid).unwrap_or_else(|| "SERVICE_DIR".into());
-    let (state, would_restart) = match watch::run(&["svstat", &dir]) {
-        Ok(out) => {
-            let state = out.trim().to_string();
-            let up = state.contains(": up") || state.starts_with("up");
-            let restarts = if up {
-                !state.contains("want down")
-            } else {
-                state.contains("want up")
-            };
-            (state, restarts)
-        }
-        Err(err) => (format!("unknown: {err}"), true),
-    };
-    vec![Watcher {
-        supervisor: DAEMONTOOLS.name.into(),
-        pid: Some(supervise.pid),
-        name: dir.clone(),
-        would_restart,
-        state,
-        how: "supervise starts it again a second after any exit".into(),
-        off: Some(watch::words(&["svc", "-d", &dir])),
-        on: Some(watch::words(&["svc", "-u", &dir])),
-        off_stops: true,
-    }]
+    watch::Supervise {
+        supervisor: DAEMONTOOLS.name,
+        comm: "supervise",
+        status: &["svstat"],
+        control: "svc",
+        down: "-d",
+        up: "-u",
+    }
+    .watching(subject)
 }
 
 #[cfg(test)]

@@ -14,28 +14,17 @@ pub const RUNIT: Supervisor = Supervisor {
     watching: Some(watching),
 };
 
-/// The runsv that runs the service, and what its `supervise/stat` says:
-/// runsv starts the service again unless told to keep it down.
+/// The runsv that runs the service, and what `sv status` says of it.
 fn watching(subject: &Subject) -> Vec<Watcher> {
-    let Some(runsv) = subject.supervising(&["runsv"]) else {
-        return Vec::new();
-    };
-    let dir = watch::cwd(runsv.pid).unwrap_or_else(|| "SERVICE_DIR".into());
-    let stat = std::fs::read_to_string(format!("{dir}/supervise/stat"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|err| format!("unknown ({dir}/supervise/stat: {err})"));
-    let kept_down = stat.contains("want down") || stat == "down";
-    vec![Watcher {
-        supervisor: RUNIT.name.into(),
-        pid: Some(runsv.pid),
-        name: dir.clone(),
-        would_restart: !kept_down,
-        state: stat,
-        how: "runsv starts it again within a second of any exit".into(),
-        off: Some(watch::words(&["sv", "down", &dir])),
-        on: Some(watch::words(&["sv", "up", &dir])),
-        off_stops: true,
-    }]
+    watch::Supervise {
+        supervisor: RUNIT.name,
+        comm: "runsv",
+        status: &["sv", "status"],
+        control: "sv",
+        down: "down",
+        up: "up",
+    }
+    .watching(subject)
 }
 
 #[cfg(test)]

@@ -23,37 +23,17 @@ fn s6_svc(args: &[String]) -> Intent {
     })
 }
 
-/// The s6-supervise that runs the service, and what `s6-svstat` says of
-/// it: it starts the service again unless told to keep it down.
+/// The s6-supervise that runs the service, and what `s6-svstat` says of it.
 fn watching(subject: &Subject) -> Vec<Watcher> {
-    let Some(supervise) = subject.supervising(&["s6-supervise"]) else {
-        return Vec::new();
-    };
-    let dir = watch::cwd(supervise.pid).unwrap_or_else(|| "SERVICE_DIR".into());
-    let (state, would_restart) = match watch::run(&["s6-svstat", &dir]) {
-        Ok(out) => {
-            let state = out.trim().to_string();
-            let up = state.contains(": up") || state.starts_with("up");
-            let restarts = if up {
-                !state.contains("want down")
-            } else {
-                state.contains("want up")
-            };
-            (state, restarts)
-        }
-        Err(err) => (format!("unknown: {err}"), true),
-    };
-    vec![Watcher {
-        supervisor: S6.name.into(),
-        pid: Some(supervise.pid),
-        name: dir.clone(),
-        would_restart,
-        state,
-        how: "s6-supervise starts it again a second after any exit".into(),
-        off: Some(watch::words(&["s6-svc", "-d", &dir])),
-        on: Some(watch::words(&["s6-svc", "-u", &dir])),
-        off_stops: true,
-    }]
+    watch::Supervise {
+        supervisor: S6.name,
+        comm: "s6-supervise",
+        status: &["s6-svstat"],
+        control: "s6-svc",
+        down: "-d",
+        up: "-u",
+    }
+    .watching(subject)
 }
 
 #[cfg(test)]

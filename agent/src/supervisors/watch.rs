@@ -315,6 +315,60 @@ pub fn cwd(pid: u32) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
+/// A supervise-style supervisor's watch over the service (runit's runsv,
+/// s6's s6-supervise, daemontools' supervise): its process named `comm`
+/// above the service, whose working directory is the service directory,
+/// and what `status` (`sv status`, `s6-svstat`, `svstat`) says of that
+/// directory. It starts the service again unless told to keep it down:
+/// while up unless it says `want down`, while down only if it says `want
+/// up` (a restart due within a second). `control` with `down` keeps it
+/// down, with `up` undoes it.
+pub struct Supervise {
+    pub supervisor: &'static str,
+    pub comm: &'static str,
+    pub status: &'static [&'static str],
+    pub control: &'static str,
+    pub down: &'static str,
+    pub up: &'static str,
+}
+
+impl Supervise {
+    pub fn watching(&self, subject: &Subject) -> Vec<Watcher> {
+        let Some(supervise) = subject.supervising(&[self.comm]) else {
+            return Vec::new();
+        };
+        let dir = cwd(supervise.pid).unwrap_or_else(|| "SERVICE_DIR".into());
+        let mut status = self.status.to_vec();
+        status.push(&dir);
+        let (state, would_restart) = match run(&status) {
+            Ok(out) => {
+                // `sv status` adds its log service after a `;`.
+                let state = out.split(';').next().unwrap_or("").trim().to_string();
+                let up =
+                    state.contains(": up") || state.starts_with("up") || state.starts_with("run:");
+                let restarts = if up {
+                    !state.contains("want down")
+                } else {
+                    state.contains("want up")
+                };
+                (state, restarts)
+            }
+            Err(err) => (format!("unknown: {err}"), true),
+        };
+        vec![Watcher {
+            supervisor: self.supervisor.into(),
+            pid: Some(supervise.pid),
+            name: dir.clone(),
+            would_restart,
+            state,
+            how: format!("{} starts it again a second after any exit", self.comm),
+            off: Some(words(&[self.control, self.down, &dir])),
+            on: Some(words(&[self.control, self.up, &dir])),
+            off_stops: true,
+        }]
+    }
+}
+
 /// Owned words from string literals.
 pub fn words(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| w.to_string()).collect()
