@@ -23,12 +23,13 @@ echo "$out" | jq -e '.main.pid == '"$main"' and ([.supervisors[] | select(.super
 text=$(timeout 30 stopguard explain redis || true)
 echo "$text" | grep -q "switch it off:  systemctl mask --runtime redis-server.service" ||
     fail "explain's words do not give the off switch: $text"
-systemctl start postgresql@15-main
-wait_until 30 "the agent to see the cluster" status_has '.services[] | select(.name == "postgresql@15-main" and .pid != null)'
-explain postgresql@15-main
-[ "$code" = 0 ] || fail "explain postgresql@15-main exited $code, not 0, though its unit has no Restart=: $out"
+cluster="postgresql@$(ls /etc/postgresql | sort -n | tail -1)-main"
+systemctl start "$cluster"
+wait_until 30 "the agent to see $cluster" status_has ".services[] | select(.name == \"$cluster\" and .pid != null)"
+explain "$cluster"
+[ "$code" = 0 ] || fail "explain $cluster exited $code, not 0, though its unit has no Restart=: $out"
 echo "$out" | jq -e '[.supervisors[] | select(.supervisor == "systemd" and .state == "Restart=no" and (.would_restart | not))] | length == 1' > /dev/null ||
-    fail "explain postgresql@15-main does not say Restart=no: $out"
+    fail "explain $cluster does not say Restart=no: $out"
 as_operator stopguard stop redis --and-pause --reason "lab explain" > /tmp/stop.out 2>&1 ||
     fail "stop redis --and-pause failed: $(cat /tmp/stop.out)"
 grep -q "systemd switched off: systemctl mask --runtime redis-server.service" /tmp/stop.out ||
