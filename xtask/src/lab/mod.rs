@@ -127,6 +127,7 @@ const SCENARIOS: &[&str] = &[
     "systemd-stop-frozen",
     "systemd-redis",
     "systemd-clusters",
+    "systemd-explain",
     "upgrade",
     "reboot",
 ];
@@ -300,10 +301,12 @@ fn matrix(args: &Args) -> Result<()> {
     );
     let failed: Vec<&Row> = done
         .iter()
+        // A failure reported by a scenario not in the matrix fails too.
         .filter(|r| {
-            SCENARIOS
-                .iter()
-                .any(|s| !r.cells.get(*s).is_some_and(|c| c.0))
+            !r.failures.is_empty()
+                || SCENARIOS
+                    .iter()
+                    .any(|s| !r.cells.get(*s).is_some_and(|c| c.0))
         })
         .collect();
     if !failed.is_empty() {
