@@ -181,7 +181,10 @@ impl Agent {
         let subject = Subject {
             service: view.name.to_string(),
             unit: unit.clone(),
-            chain: view.start.map(|s| s.chain.clone()).unwrap_or_default(),
+            chain: view
+                .start
+                .map(|s| s.chain.iter().map(|l| l.pid).collect())
+                .unwrap_or_default(),
             ..Subject::default()
         };
         let explanation = Explanation {

@@ -14,8 +14,6 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::process::Link;
-
 /// How long one probe's command or HTTP request may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -27,9 +25,9 @@ pub struct Subject {
     pub unit: Option<String>,
     /// Its main process, when it runs.
     pub main: Option<Main>,
-    /// Its creator chain as recorded at its exec (parent first), when the
+    /// The pids of its creator chain as recorded at its exec (parent first), when the
     /// agent saw it start.
-    pub chain: Vec<Link>,
+    pub chain: Vec<u32>,
     /// Every process now running.
     pub processes: Vec<Running>,
     /// Its last main process as seen running, while it is stopped.
@@ -155,7 +153,7 @@ impl Subject {
             .was
             .iter()
             .flat_map(|w| w.ancestors.iter().map(|a| a.pid));
-        self.chain.iter().map(|l| l.pid).chain(was).find_map(|pid| {
+        self.chain.iter().copied().chain(was).find_map(|pid| {
             self.process(pid)
                 .filter(|p| comms.contains(&super::name_of(&p.comm, &p.cmdline)))
         })
@@ -164,7 +162,7 @@ impl Subject {
     /// Whether the chain recorded at the main process's exec passes
     /// through `pid`.
     pub fn started_by(&self, pid: u32) -> bool {
-        self.chain.iter().any(|l| l.pid == pid)
+        self.chain.contains(&pid)
     }
 }
 
