@@ -18,6 +18,7 @@ use crate::{
         Explanation, MainProcess, ServiceState,
         server::{Answer, error, ok},
     },
+    detect::Finding,
     identity::person,
     monitor::Monitor,
     supervisors::{
@@ -47,6 +48,14 @@ impl Watchers {
             .get(service)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The supervisor `pid` watching `service`, when it was paused as last
+    /// looked at: paused, not stopped by its own off switch (`sv down`).
+    pub fn paused(&self, service: &str, pid: u32) -> Option<Watcher> {
+        self.of(service)
+            .into_iter()
+            .find(|w| w.pid == Some(pid) && w.paused() && !w.off_stops)
     }
 
     /// Looks at what watches each of `subjects` in the background, unless a
@@ -214,4 +223,13 @@ impl Agent {
             .collect();
         self.watchers.refresh(subjects);
     }
+}
+
+/// Whether `finding` (a start or a stop) may change what watches its
+/// service, so that it is looked at again.
+pub(super) fn changes_watchers(finding: &Finding) -> bool {
+    matches!(
+        finding,
+        Finding::OperatorStop(_) | Finding::Start { .. } | Finding::OperatorStart { .. }
+    )
 }

@@ -410,13 +410,7 @@ impl Agent {
             self.guard(monitor, &expired.service, false);
         }
         self.thaw_for_systemd(monitor.table(), &work.by_systemd);
-        // A start or a stop: what watches the service may have changed.
-        if work.findings.iter().any(|f| {
-            matches!(
-                f,
-                Finding::OperatorStop(_) | Finding::Start { .. } | Finding::OperatorStart { .. }
-            )
-        }) {
+        if work.findings.iter().any(explain::changes_watchers) {
             self.refresh_watchers(monitor);
         }
         for finding in work.findings {
@@ -537,13 +531,11 @@ impl Agent {
             {
                 alert::while_agent_down(&mut record);
             }
-            if let Some(paused) = started.supervisor.as_ref().and_then(|s| {
-                self.watchers
-                    .of(&started.service)
-                    .into_iter()
-                    // Paused, not stopped by its own off switch (`sv down`).
-                    .find(|w| w.pid == Some(s.pid) && w.paused() && !w.off_stops)
-            }) {
+            if let Some(paused) = started
+                .supervisor
+                .as_ref()
+                .and_then(|s| self.watchers.paused(&started.service, s.pid))
+            {
                 alert::while_paused(&mut record, &paused.supervisor, &paused.state);
             }
             self.alerting.raise(record);
