@@ -26,7 +26,7 @@ pub mod kind {
 /// agent loaded: the records, the map keys and values, the slots of the
 /// lost-record counters. Bump it on any change to those; pinned programs
 /// of another layout are never read as this one's.
-pub const LAYOUT: u32 = 1;
+pub const LAYOUT: u32 = 2;
 
 /// The lost-record counters: entry K (a kind) counts records of kind K the
 /// kernel could not write; entry `COUNT + K`, written by userspace on CPU
@@ -42,6 +42,17 @@ pub mod flag {
     pub const FILENAME_TRUNCATED: u32 = 1 << 1;
     /// The arguments did not fit in [`ARGS_LEN`](crate::ARGS_LEN) and were cut.
     pub const ARGS_TRUNCATED: u32 = 1 << 2;
+    /// The arguments were not read: the new image's name is not notable
+    /// for its arguments, and not every exec's are read.
+    pub const ARGS_UNREAD: u32 = 1 << 3;
+}
+
+/// Bits of the `NOTABLE` map's values: what an exec of that name calls for.
+pub mod notable {
+    /// Read its arguments.
+    pub const ARGS: u32 = 1 << 0;
+    /// Wake the reader at once: a watched service starting.
+    pub const WAKE: u32 = 1 << 1;
 }
 
 /// `loginuid` of a task that never logged in ((uid_t)-1).
@@ -92,6 +103,9 @@ pub struct ExecRecord {
     pub ppid: u32,
     /// Bytes of `args` that hold arguments.
     pub args_len: u32,
+    /// The id of its cgroup (v2; on a legacy-only host, the root's), which
+    /// with the cgroup's path read once names its systemd unit.
+    pub cgroup: u64,
     /// The path given to execve, NUL-terminated within the array.
     pub filename: [u8; PATH_LEN],
     /// argv as the new image sees it: NUL-separated, read from its stack at
@@ -169,12 +183,23 @@ pub struct WakePolicy {
     pub batch_bytes: u64,
 }
 
+/// What the exec program reads, a global of the kernel programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capture {
+    /// Non-zero: every exec's arguments are read (`trace`); zero: only those
+    /// of names the `NOTABLE` map says (`run`).
+    pub all_args: u32,
+    pub _pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: all of these are repr(C) plain data with explicit padding.
     unsafe impl aya::Pod for Offsets {}
     unsafe impl aya::Pod for WakePolicy {}
+    unsafe impl aya::Pod for Capture {}
 }
 
 /// Where `cargo xtask build-ebpf` puts the kernel programs, from the
@@ -200,6 +225,8 @@ pub mod names {
     pub const LOST: &str = "LOST";
     pub const SIGNAL_INTEREST: &str = "SIGNAL_INTEREST";
     pub const GUARD: &str = "GUARD";
+    pub const NOTABLE: &str = "NOTABLE";
+    pub const CAPTURE: &str = "CAPTURE";
     pub const OFFSETS: &str = "OFFSETS";
     pub const WAKE: &str = "WAKE";
     /// (program, raw tracepoint) pairs. Program names stay short: the

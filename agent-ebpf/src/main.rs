@@ -5,13 +5,13 @@
 #![no_main]
 
 use agent_common::{
-    ARGS_LEN, Actor, COMM_LEN, ExecRecord, ExitRecord, ForkRecord, Header, LOST_SLOTS, Offsets,
-    PATH_LEN, SignalRecord, Task, WakePolicy, flag, kind,
+    ARGS_LEN, Actor, COMM_LEN, Capture, ExecRecord, ExitRecord, ForkRecord, Header, LOST_SLOTS, Offsets,
+    PATH_LEN, SignalRecord, Task, WakePolicy, flag, kind, notable,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_send_signal, generated,
     },
@@ -39,6 +39,12 @@ static SIGNAL_INTEREST: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static GUARD: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(1024, 0);
 
+/// Image names (comm, NUL-padded) that matter at exec, with `notable` bits:
+/// control commands, supervisors, interpreters, watched services. Filled by
+/// userspace.
+#[map]
+static NOTABLE: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(1024, 0);
+
 #[unsafe(no_mangle)]
 static OFFSETS: Offsets = Offsets {
     task_pid: 0,
@@ -57,6 +63,12 @@ static OFFSETS: Offsets = Offsets {
 
 #[unsafe(no_mangle)]
 static WAKE: WakePolicy = WakePolicy { batch_bytes: 0 };
+
+#[unsafe(no_mangle)]
+static CAPTURE: Capture = Capture {
+    all_args: 0,
+    _pad: 0,
+};
 
 #[inline(always)]
 fn offsets() -> Offsets {
@@ -202,30 +214,50 @@ unsafe fn try_exec(ctx: &RawTracePointContext, bprm: *const u8) -> Result<(), i3
             Err(_) => (*record).filename[0] = 0,
         }
         (*record).args_len = 0;
-        let mm: *const u8 = field(current, off.task_mm).unwrap_or(core::ptr::null());
-        if !mm.is_null() {
-            let [start, end]: [u64; 2] = field(mm, off.mm_arg_start).unwrap_or([0, 0]);
-            let mut len = end.saturating_sub(start) as usize;
-            if len > ARGS_LEN {
-                len = ARGS_LEN;
-                flags |= flag::ARGS_TRUNCATED;
-            }
-            // Only the arguments' own bytes: a fixed-size read could run off
-            // the end of a small stack and fail.
-            if len > 0
-                && generated::bpf_probe_read_user(
-                    (*record).args.as_mut_ptr().cast(),
-                    len as u32,
-                    start as *const core::ffi::c_void,
-                ) == 0
-            {
-                (*record).args_len = len as u32;
-            }
+        (*record).cgroup = bpf_get_current_cgroup_id();
+        let notable = NOTABLE.get(actor.comm).copied().unwrap_or(0);
+        if notable & notable::ARGS != 0 || core::ptr::read_volatile(&CAPTURE).all_args != 0 {
+            flags |= read_args(current, &off, &mut *record);
+        } else {
+            flags |= flag::ARGS_UNREAD;
         }
         (*record).header = header(kind::EXEC, flags);
+        let urgent = flags & flag::GUARD_STOPPED != 0 || notable & notable::WAKE != 0;
+        entry.submit(wake_flags(urgent));
     }
-    entry.submit(wake_flags(flags & flag::GUARD_STOPPED != 0));
     Ok(())
+}
+
+/// The new image's argv into `record`, from its stack where the kernel has
+/// just written it (so it is in memory, unlike argv read at execve entry);
+/// the flags it earns.
+#[inline(always)]
+unsafe fn read_args(current: *const u8, off: &Offsets, record: &mut ExecRecord) -> u32 {
+    let mut flags = 0;
+    unsafe {
+        let mm: *const u8 = field(current, off.task_mm).unwrap_or(core::ptr::null());
+        if mm.is_null() {
+            return flags;
+        }
+        let [start, end]: [u64; 2] = field(mm, off.mm_arg_start).unwrap_or([0, 0]);
+        let mut len = end.saturating_sub(start) as usize;
+        if len > ARGS_LEN {
+            len = ARGS_LEN;
+            flags |= flag::ARGS_TRUNCATED;
+        }
+        // Only the arguments' own bytes: a fixed-size read could run off
+        // the end of a small stack and fail.
+        if len > 0
+            && generated::bpf_probe_read_user(
+                record.args.as_mut_ptr().cast(),
+                len as u32,
+                start as *const core::ffi::c_void,
+            ) == 0
+        {
+            record.args_len = len as u32;
+        }
+    }
+    flags
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]

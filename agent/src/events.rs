@@ -67,10 +67,17 @@ pub struct Exec {
     /// argv of the new image, as far as it fit in the record.
     pub args: Vec<String>,
     pub args_truncated: bool,
+    /// The kernel did not read its arguments (`args` is empty): its name
+    /// is not one whose arguments matter.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub args_unread: bool,
     /// The kernel stopped it at exec because its name is guarded.
     pub guard_stopped: bool,
-    /// Its systemd unit, from its cgroup: not in the kernel record, read
-    /// from /proc by the monitor as the record is handled.
+    /// Its cgroup's id (v2).
+    #[serde(skip)]
+    pub cgroup: u64,
+    /// Its systemd unit, from its cgroup: not in the kernel record, found
+    /// by the monitor as the record is handled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
 }
@@ -344,7 +351,9 @@ impl Event {
                     filename_truncated: header.flags & flag::FILENAME_TRUNCATED != 0,
                     args: split_args(&r.args[..(r.args_len as usize).min(r.args.len())]),
                     args_truncated: header.flags & flag::ARGS_TRUNCATED != 0,
+                    args_unread: header.flags & flag::ARGS_UNREAD != 0,
                     guard_stopped: header.flags & flag::GUARD_STOPPED != 0,
+                    cgroup: r.cgroup,
                     unit: None,
                 })
             }
@@ -499,6 +508,7 @@ mod tests {
             actor: actor(700, b"pg_ctl", 1000),
             ppid: 650,
             args_len: args.len() as u32,
+            cgroup: 77,
             filename: fixed::<PATH_LEN>(b"/usr/lib/postgresql/15/bin/pg_ctl"),
             args: fixed::<ARGS_LEN>(args),
         };

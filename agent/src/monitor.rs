@@ -11,7 +11,7 @@ use anyhow::Result;
 use crate::{
     events::{Event, PerKind, ProcessKey},
     kernel::{ProbeOptions, Probes},
-    process::{ProcessTable, procfs},
+    process::{ProcessTable, Units, procfs},
 };
 
 /// How often the kernel's lost-record counters are read.
@@ -76,6 +76,11 @@ pub struct Monitor {
     counts: Counts,
     last_loss_check: Instant,
     batch: Vec<Event>,
+    units: Units,
+    /// Units of services known by unit alone, which may run any program:
+    /// arguments the kernel did not read are read from /proc for execs in
+    /// them.
+    arg_units: Vec<glob::Pattern>,
 }
 
 impl Monitor {
@@ -91,7 +96,14 @@ impl Monitor {
             counts: Counts::default(),
             last_loss_check: Instant::now(),
             batch: Vec::new(),
+            units: Units::new(),
+            arg_units: Vec::new(),
         })
+    }
+
+    /// Sets the units of services with no program named (see `arg_units`).
+    pub fn set_arg_units(&mut self, units: Vec<glob::Pattern>) {
+        self.arg_units = units;
     }
 
     pub fn table(&self) -> &ProcessTable {
@@ -179,7 +191,11 @@ impl Monitor {
             if let Event::Exec(exec) = &mut event {
                 // Alive at its exec record (a guarded one is stopped), so
                 // its cgroup still says which unit it is in.
-                exec.unit = procfs::unit_of(exec.process.key);
+                exec.unit = self.units.of(exec);
+                let in_arg_unit = |unit: &str| self.arg_units.iter().any(|p| p.matches(unit));
+                if exec.args_unread && exec.unit.as_deref().is_some_and(in_arg_unit) {
+                    exec.args = procfs::cmdline(exec.process.key).unwrap_or_default();
+                }
             }
             self.counts.add(&event);
             self.table.apply(&event);

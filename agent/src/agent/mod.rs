@@ -39,7 +39,7 @@ use crate::{
     clock::{Clock, boot_ns},
     config::{Config, Settings, SinkConfig},
     control::{self, server::Answer},
-    detect::{AtRisk, Detector, Finding, Started},
+    detect::{self, AtRisk, Detector, Finding, Started},
     events::{Event, ProcessKey, RecordKind},
     files::WriteFailure,
     kernel::{Pinning, ProbeOptions, pins},
@@ -146,8 +146,10 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     let mut monitor = Monitor::start(&ProbeOptions {
         ring_bytes: config.agent.ring_bytes,
         pin_root: Some(PathBuf::from(pins::ROOT)),
+        notable: detect::notable_names(&config.services),
         ..ProbeOptions::default()
     })?;
+    monitor.set_arg_units(detect::arg_units(&config.services));
     let backlog = monitor.take_backlog()?;
     if gap::report_handover(monitor.probes_ref(), &backlog) {
         agent.down_until_ns = Some(backlog.read_ns);
@@ -209,7 +211,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
                 notifier.reloading();
-                agent.reload(path.as_deref(), &monitor);
+                agent.reload(path.as_deref(), &mut monitor);
                 agent.save();
                 notifier.send(Notice::Ready {
                     status: &agent.watching(),

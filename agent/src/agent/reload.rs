@@ -8,12 +8,12 @@ use super::Agent;
 use crate::{
     audit::AgentEvent,
     config::{Config, Settings},
-    detect::Detector,
+    detect::{self, Detector},
     monitor::Monitor,
 };
 
 impl Agent {
-    pub(super) fn reload(&mut self, path: Option<&Path>, monitor: &Monitor) {
+    pub(super) fn reload(&mut self, path: Option<&Path>, monitor: &mut Monitor) {
         if let Err(err) = self.audit.reopen() {
             tracing::error!("SIGHUP: {err:#}; entries keep going to the file open before");
         }
@@ -31,6 +31,13 @@ impl Agent {
         };
         // The windows and operator stops carry over to the services that
         // remain; running main processes are found again in the table.
+        if let Err(err) = monitor
+            .probes()
+            .set_notable(detect::notable_names(&config.services).as_deref())
+        {
+            tracing::error!("SIGHUP: {err:#}; the kernel reads arguments as it did");
+        }
+        monitor.set_arg_units(detect::arg_units(&config.services));
         let mut detector = Detector::new(&config.services);
         detector.set_agent_pid(std::process::id());
         detector.adopt(monitor.table());

@@ -15,6 +15,7 @@
 mod findings;
 mod instances;
 mod intent;
+mod notable;
 mod windows;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -24,6 +25,7 @@ pub use self::{
     findings::{Actor, AtRisk, ControlCommand, Finding, OperatorStop, Started, UnitRequest},
     instances::ServiceView,
     intent::Intent,
+    notable::{arg_units, notable_names},
     windows::{Saved, SwitchedOff, Window},
 };
 use crate::{

@@ -4,7 +4,7 @@
 
 use std::{fs, path::Path, time::Duration};
 
-use agent_common::{LAYOUT, Offsets, WakePolicy, boot_ns, names};
+use agent_common::{COMM_LEN, Capture, LAYOUT, Offsets, WakePolicy, boot_ns, names};
 use anyhow::{Context, Result};
 use aya::{
     maps::{Map, MapData, RingBuf},
@@ -12,19 +12,18 @@ use aya::{
 };
 
 use super::{
-    Maps, OBJECT, Overlap, Pinning, ProbeOptions, Probes, load_object, pins, program_of,
-    record_body_hash, record_time, set_interest, start_kernel_log, start_kernel_log_of,
-    unreported_losses,
+    Maps, OBJECT, Overlap, Pinning, ProbeOptions, Probes, capture, load_object, pins, program_of,
+    record_body_hash, record_time, set_interest, set_notable, start_kernel_log,
+    start_kernel_log_of, unreported_losses,
 };
 use crate::{
-    config::RingBytes,
     events::{Event, Lost, PerKind},
 };
 
 /// The programs as they would be loaded here: the object, the offsets this
 /// kernel's BTF gives, the ring's size. Equal identities run the same code
 /// on the same layout and may adopt each other's pins.
-fn identity(offsets: &Offsets, wake: &WakePolicy, ring_bytes: RingBytes) -> u64 {
+fn identity(options: &ProbeOptions, offsets: &Offsets, wake: &WakePolicy) -> u64 {
     // SAFETY: plain repr(C) data without padding, read as bytes.
     let bytes = |p: *const u8, n: usize| unsafe { std::slice::from_raw_parts(p, n) };
     let mut hash = pins::fnv1a(pins::FNV_OFFSET, OBJECT);
@@ -36,7 +35,12 @@ fn identity(offsets: &Offsets, wake: &WakePolicy, ring_bytes: RingBytes) -> u64 
         hash,
         bytes((wake as *const WakePolicy).cast(), size_of::<WakePolicy>()),
     );
-    pins::fnv1a(hash, &ring_bytes.get().to_ne_bytes())
+    let capture = capture(options);
+    hash = pins::fnv1a(
+        hash,
+        bytes((&capture as *const Capture).cast(), size_of::<Capture>()),
+    );
+    pins::fnv1a(hash, &options.ring_bytes.get().to_ne_bytes())
 }
 
 impl Probes {
@@ -56,11 +60,7 @@ impl Probes {
                 return Probes::load(options, offsets, wake, Pinning::Failed { reason });
             }
         };
-        let own = root.join(pins::generation_name(identity(
-            offsets,
-            wake,
-            options.ring_bytes,
-        )));
+        let own = root.join(pins::generation_name(identity(options, offsets, wake)));
         let mut others = Vec::new();
         let mut adoptable = None;
         for generation in pins::generations(root) {
@@ -137,14 +137,18 @@ impl Probes {
         fs::create_dir(&making).with_context(|| format!("creating {}", making.display()))?;
         let mut maps = Maps::take(&mut ebpf, Some(&making))?;
         set_interest(&mut maps.interest, &options.signals)?;
-        for (_, old) in old {
-            if let Some(old) = old {
-                for entry in old.guard.iter().filter_map(Result::ok) {
-                    let (name, value) = entry;
-                    maps.guard
-                        .insert(name, value, 0)
-                        .context("carrying the guard map over")?;
-                }
+        set_notable(&mut maps.notable, options.notable.as_deref())?;
+        for (generation, old) in old {
+            // The guard map has kept its form across layouts: an older
+            // layout's is carried over too.
+            let guarded: Vec<([u8; COMM_LEN], u32)> = match old {
+                Some(old) => old.guard.iter().filter_map(Result::ok).collect(),
+                None => guard_of(generation),
+            };
+            for (name, value) in guarded {
+                maps.guard
+                    .insert(name, value, 0)
+                    .context("carrying the guard map over")?;
             }
         }
         let mut links = Vec::new();
@@ -178,6 +182,7 @@ impl Probes {
     fn adopt(options: &ProbeOptions, generation: &pins::Generation) -> Result<Probes> {
         let mut maps = Maps::from_pins(generation)?;
         set_interest(&mut maps.interest, &options.signals)?;
+        set_notable(&mut maps.notable, options.notable.as_deref())?;
         let (program, _) = names::PROGRAMS[0];
         let logger = PinnedLink::from_pin(generation.link(program))
             .ok()
@@ -253,6 +258,19 @@ impl Probes {
 /// Whether this agent reads records of `generation`'s layout.
 fn readable(generation: &pins::Generation) -> bool {
     generation.layout == Some(LAYOUT)
+}
+
+/// The guard map pinned in `generation`, whatever its layout; empty when
+/// it has none that opens as one.
+fn guard_of(generation: &pins::Generation) -> Vec<([u8; COMM_LEN], u32)> {
+    let guard = MapData::from_pin(generation.map(names::GUARD))
+        .map_err(anyhow::Error::from)
+        .and_then(|data| Ok(Map::from_map_data(data)?))
+        .and_then(|map| Ok(aya::maps::HashMap::<_, [u8; COMM_LEN], u32>::try_from(map)?));
+    match guard {
+        Ok(guard) => guard.iter().filter_map(Result::ok).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// How many records a generation's ring holds, read as frames only.

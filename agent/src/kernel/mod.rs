@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{COMM_LEN, Header, Offsets, WakePolicy, kind, names};
+use agent_common::{COMM_LEN, Capture, Header, Offsets, WakePolicy, kind, names};
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -35,6 +35,10 @@ pub struct ProbeOptions {
     pub ring_bytes: RingBytes,
     /// Signal numbers worth a record. SIGCHLD never is.
     pub signals: Vec<u32>,
+    /// The image names whose execs matter, each with its `notable` bits
+    /// (read its arguments, wake the reader at once); None: every exec's
+    /// arguments are read (`trace`).
+    pub notable: Option<Vec<(String, u32)>>,
     /// Where to pin the probes so that they outlive this process (see
     /// `pins`); None detaches them when it ends (`trace`).
     pub pin_root: Option<PathBuf>,
@@ -47,6 +51,7 @@ impl Default for ProbeOptions {
             // Every standard signal but SIGCHLD (17): stops, continues and
             // terminations are all lifecycle.
             signals: (1..32).filter(|&s| s != libc::SIGCHLD as u32).collect(),
+            notable: None,
             pin_root: None,
         }
     }
@@ -92,6 +97,7 @@ pub struct Probes {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     guard: HashMap<MapData, [u8; COMM_LEN], u32>,
+    notable: HashMap<MapData, [u8; COMM_LEN], u32>,
     pinning: Pinning,
     handover: Handover,
     /// Records of replaced generations (and their losses), read before
@@ -119,6 +125,7 @@ struct Maps {
     lost: PerCpuArray<MapData, u64>,
     guard: HashMap<MapData, [u8; COMM_LEN], u32>,
     interest: Array<MapData, u64>,
+    notable: HashMap<MapData, [u8; COMM_LEN], u32>,
 }
 
 impl Maps {
@@ -134,6 +141,7 @@ impl Maps {
             lost: PerCpuArray::try_from(open(names::LOST)?)?,
             guard: HashMap::try_from(open(names::GUARD)?)?,
             interest: Array::try_from(open(names::SIGNAL_INTEREST)?)?,
+            notable: HashMap::try_from(open(names::NOTABLE)?)?,
         })
     }
 
@@ -154,6 +162,7 @@ impl Maps {
             lost: PerCpuArray::try_from(take(names::LOST)?)?,
             guard: HashMap::try_from(take(names::GUARD)?)?,
             interest: Array::try_from(take(names::SIGNAL_INTEREST)?)?,
+            notable: HashMap::try_from(take(names::NOTABLE)?)?,
         })
     }
 }
@@ -202,6 +211,7 @@ impl Probes {
         let logger = start_kernel_log(&mut ebpf);
         let mut maps = Maps::take(&mut ebpf, None)?;
         set_interest(&mut maps.interest, &options.signals)?;
+        set_notable(&mut maps.notable, options.notable.as_deref())?;
         for (program, tracepoint) in names::PROGRAMS {
             program_of(&mut ebpf, program)?
                 .attach(tracepoint)
@@ -228,6 +238,7 @@ impl Probes {
             ring,
             lost: maps.lost,
             guard: maps.guard,
+            notable: maps.notable,
             pinning,
             handover: Handover::default(),
             backlog: Vec::new(),
@@ -283,6 +294,12 @@ impl Probes {
         unreported_losses(&mut self.lost)
     }
 
+    /// Sets the image names whose execs matter (see `ProbeOptions`), as
+    /// after a configuration reload.
+    pub fn set_notable(&mut self, names: Option<&[(String, u32)]>) -> Result<()> {
+        set_notable(&mut self.notable, names)
+    }
+
     /// The guard map: exec of a process whose name is in it is stopped by
     /// the kernel before its first instruction.
     pub fn guard(&mut self) -> &mut HashMap<MapData, [u8; COMM_LEN], u32> {
@@ -290,10 +307,19 @@ impl Probes {
     }
 }
 
+/// What the exec program reads, for these options.
+fn capture(options: &ProbeOptions) -> Capture {
+    Capture {
+        all_args: u32::from(options.notable.is_none()),
+        _pad: 0,
+    }
+}
+
 fn load_object(options: &ProbeOptions, offsets: &Offsets, wake: &WakePolicy) -> Result<Ebpf> {
     EbpfLoader::new()
         .override_global(names::OFFSETS, offsets, true)
         .override_global(names::WAKE, wake, true)
+        .override_global(names::CAPTURE, &capture(options), true)
         .map_max_entries(names::EVENTS, options.ring_bytes.get())
         .load(OBJECT)
         .context(
@@ -320,6 +346,32 @@ fn set_interest(interest: &mut Array<MapData, u64>, signals: &[u32]) -> Result<(
     interest
         .set(0, mask, 0)
         .context("filling the signal interest map")
+}
+
+/// Makes the notable map hold `names` and nothing else; with None (every
+/// exec's arguments read) it stays empty.
+fn set_notable(
+    map: &mut HashMap<MapData, [u8; COMM_LEN], u32>,
+    names: Option<&[(String, u32)]>,
+) -> Result<()> {
+    let wanted: std::collections::HashMap<[u8; COMM_LEN], u32> = names
+        .unwrap_or_default()
+        .iter()
+        .map(|(name, bits)| (comm_key(name), *bits))
+        .collect();
+    let stale: Vec<[u8; COMM_LEN]> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !wanted.contains_key(key))
+        .collect();
+    for key in stale {
+        map.remove(&key).context("emptying the notable-names map")?;
+    }
+    for (key, bits) in wanted {
+        map.insert(key, bits, 0)
+            .context("filling the notable-names map")?;
+    }
+    Ok(())
 }
 
 /// What the counters say was lost and no agent has reported yet; marks it

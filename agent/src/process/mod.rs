@@ -3,6 +3,9 @@
 //! while so that later events can still be attributed to them.
 
 pub mod procfs;
+mod units;
+
+pub use units::Units;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -319,7 +322,9 @@ mod tests {
             filename_truncated: false,
             args: vec![comm.into()],
             args_truncated: false,
+            args_unread: false,
             guard_stopped: false,
+            cgroup: 0,
             unit: None,
         })
     }

@@ -68,6 +68,24 @@ pub fn unit_of(key: ProcessKey) -> Option<String> {
         .flatten()
 }
 
+/// The command line of the process `key` as /proc shows it now; None when
+/// it has gone.
+pub fn cmdline(key: ProcessKey) -> Option<Vec<String>> {
+    let process = ProcProcess::new(key.pid as i32).ok()?;
+    let cmdline = process.cmdline().ok()?;
+    (process.stat().ok()?.starttime == key.start_ticks).then_some(cmdline)
+}
+
+/// The path of the process `key` in the unified (v2) hierarchy, as /proc
+/// shows it now; None when it has gone (its pid another process's or
+/// nobody's).
+pub fn unified_cgroup(key: ProcessKey) -> Option<String> {
+    let cgroups = cgroups(key.pid)?;
+    let now = ProcProcess::new(key.pid as i32).ok()?.stat().ok()?;
+    let path = cgroups.lines().find_map(|line| line.strip_prefix("0::"))?;
+    (now.starttime == key.start_ticks).then(|| path.to_string())
+}
+
 /// The service unit in a /proc/PID/cgroup text: from the cgroup v2 line
 /// (`0::/system.slice/redis-server.service`), else systemd's own v1
 /// hierarchy (`1:name=systemd:/...`) on a legacy host.
@@ -89,7 +107,7 @@ fn unit_of_cgroups(text: &str) -> Option<String> {
 /// is `postgresql@15-main.service`, as is a sub-cgroup of it). None for a
 /// user's session or user manager, a scope, init.scope, or a cgroup
 /// systemd does not manage.
-fn unit_of_cgroup(path: &str) -> Option<String> {
+pub fn unit_of_cgroup(path: &str) -> Option<String> {
     let mut names = path.split('/').filter(|n| !n.is_empty());
     let mut name = names.next()?;
     if name == "user.slice" {

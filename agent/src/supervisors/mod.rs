@@ -134,6 +134,17 @@ pub fn is_interpreter(name: &str) -> bool {
     name.starts_with("python") || matches!(name, "sh" | "bash" | "dash" | "perl" | "ruby")
 }
 
+/// The comms whose arguments stopguard reads: every supervisor's (its
+/// probe reads its configuration from them) and control command's (its
+/// intent is in them). Comms given as a prefix are left out: the kernel
+/// matches whole names, and none of those is read.
+pub fn notable_names() -> impl Iterator<Item = String> {
+    ALL.iter()
+        .flat_map(|s| s.comms.iter().copied().chain(s.control.iter().map(|c| c.comm)))
+        .filter(|c| !c.ends_with('*'))
+        .map(String::from)
+}
+
 /// Whether a process named `comm` is a supervisor's supervising process.
 pub fn is_supervisor(comm: &str) -> bool {
     ALL.iter().any(|s| s.runs_as(comm))

@@ -142,7 +142,9 @@ impl Host {
             filename_truncated: false,
             args: args.iter().map(|a| a.to_string()).collect(),
             args_truncated: false,
+            args_unread: false,
             guard_stopped: false,
+            cgroup: 0,
             unit: unit.map(str::to_string),
         }))
     }

@@ -1,0 +1,94 @@
+//! Which systemd unit an exec'd process runs in, by the cgroup id its exec
+//! record carries: the unified hierarchy's path of each id is read from
+//! /proc once, not once per exec.
+
+use std::{collections::HashMap, os::unix::fs::MetadataExt, path::PathBuf};
+
+use super::procfs;
+use crate::events::Exec;
+
+/// Ids remembered at most; past it the cache starts again. Units and
+/// scopes come and go (a session, a timer's run), so ids do too.
+const MAX_IDS: usize = 4096;
+
+/// The unit of each cgroup (v2) seen at exec.
+pub struct Units {
+    /// Where the unified hierarchy is mounted, and its root cgroup's id.
+    /// None on a host with cgroup v1 alone, where every exec's cgroup id is
+    /// the same and /proc is read each time.
+    unified: Option<(PathBuf, u64)>,
+    by_id: HashMap<u64, Option<String>>,
+}
+
+impl Units {
+    pub fn new() -> Units {
+        Units {
+            unified: unified_mount(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    /// The unit of the process that made `exec`, which is alive (or
+    /// stopped) at its record.
+    pub fn of(&mut self, exec: &Exec) -> Option<String> {
+        let Some((mount, root)) = &self.unified else {
+            return procfs::unit_of(exec.process.key);
+        };
+        // The root of the unified hierarchy holds no unit: under systemd
+        // only kernel threads stay there, and without systemd everything
+        // does.
+        if exec.cgroup == *root || exec.cgroup == 0 {
+            return None;
+        }
+        if let Some(unit) = self.by_id.get(&exec.cgroup) {
+            return unit.clone();
+        }
+        let path = procfs::unified_cgroup(exec.process.key)?;
+        let unit = procfs::unit_of_cgroup(&path);
+        // Remembered only when the path is that id's own: the process may
+        // have moved since its exec.
+        let id = std::fs::metadata(mount.join(path.trim_start_matches('/'))).map(|m| m.ino());
+        if id.is_ok_and(|id| id == exec.cgroup) {
+            if self.by_id.len() >= MAX_IDS {
+                self.by_id.clear();
+            }
+            self.by_id.insert(exec.cgroup, unit.clone());
+        }
+        unit
+    }
+}
+
+/// The unified (v2) hierarchy's mount point and root id: /sys/fs/cgroup
+/// on a unified host, /sys/fs/cgroup/unified on a hybrid one.
+fn unified_mount() -> Option<(PathBuf, u64)> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|line| {
+        // id parent major:minor root mount-point options... - fstype source
+        let (fields, rest) = line.split_once(" - ")?;
+        let mut fields = fields.split(' ');
+        let root = fields.nth(3)?;
+        let point = fields.next()?;
+        (rest.split(' ').next() == Some("cgroup2") && root == "/").then(|| {
+            let point = PathBuf::from(point);
+            let id = std::fs::metadata(&point).ok()?.ino();
+            Some((point, id))
+        })?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unified_root_is_found_where_this_host_mounts_it() {
+        let Some((point, id)) = unified_mount() else {
+            let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            assert!(!text.contains(" - cgroup2 "), "cgroup2 mounted but not found");
+            return;
+        };
+        assert!(point.starts_with("/sys/fs/cgroup"), "{}", point.display());
+        assert!(point.join("cgroup.procs").exists());
+        assert_ne!(id, 0);
+    }
+}
