@@ -14,8 +14,9 @@ use crate::{
     process::{ProcessTable, Units, procfs},
 };
 
-/// How often the kernel's lost-record counters are read.
-const LOSS_CHECK: Duration = Duration::from_millis(100);
+/// How often the kernel's lost-record counters are read: a system call
+/// per CPU, for what is rare and repaired from /proc when it happens.
+const LOSS_CHECK: Duration = Duration::from_secs(1);
 
 /// What the monitor has seen: records by kind, and records lost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -2,6 +2,8 @@
 //! of a per-instance one) a process belongs to, the instances met so far,
 //! and what status shows of them.
 
+use std::collections::HashSet;
+
 use super::{Detector, OperatorStop, Started, Watched};
 use crate::{
     config,
@@ -155,17 +157,20 @@ impl Detector {
                 .as_deref()
                 .and_then(|exe| exe.rsplit('/').next())
                 .is_some_and(supervisors::is_interpreter);
-        let paths: Vec<&str> = process
+        let may_run = |path: &&String| match &self.exe_files {
+            Some(files) => files.contains(path.rsplit('/').next().unwrap_or_default()),
+            None => true,
+        };
+        let by_exe = process
             .exe
             .iter()
             .chain(process.cmdline.iter().take(if interpreted { 2 } else { 1 }))
-            .map(String::as_str)
-            .collect();
-        let by_exe = paths.iter().find_map(|path| {
-            self.specs
-                .iter()
-                .position(|s| !s.exe.is_empty() && s.runs(&[path]))
-        });
+            .filter(may_run)
+            .find_map(|path| {
+                self.specs
+                    .iter()
+                    .position(|s| !s.exe.is_empty() && s.runs(&[path]))
+            });
         let unit = process.unit.as_deref();
         let spec = by_exe.or_else(|| {
             let unit = unit?;
@@ -250,4 +255,18 @@ impl Detector {
             })
             .min_by_key(|p| (p.key.start_ticks, p.pid))
     }
+}
+
+/// The file names `services`' exe globs can match; None when one of them
+/// is a glob itself (`postgres*`), and every path must be matched.
+pub(super) fn exe_files(services: &[config::Service]) -> Option<HashSet<String>> {
+    let mut files = HashSet::new();
+    for glob in services.iter().flat_map(|s| &s.exe) {
+        let file = glob.as_str().rsplit('/').next().unwrap_or_default();
+        if file.contains(['*', '?', '[', ']']) {
+            return None;
+        }
+        files.insert(file.to_string());
+    }
+    Some(files)
 }

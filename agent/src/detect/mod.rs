@@ -77,6 +77,9 @@ pub struct Detector {
     /// `services` at its index; a per-instance one's units get entries
     /// after those, as they are met.
     specs: Vec<config::Service>,
+    /// The file names the specs' exe globs can match, when none is itself
+    /// a glob: a path with another file name runs none of them.
+    exe_files: Option<HashSet<String>>,
     services: Vec<Watched>,
     /// Main process → index in `services`.
     mains: HashMap<ProcessKey, usize>,
@@ -102,6 +105,7 @@ impl Detector {
             .collect();
         Detector {
             specs: services.to_vec(),
+            exe_files: instances::exe_files(services),
             services: watched,
             mains: HashMap::new(),
             control: VecDeque::new(),

@@ -27,8 +27,10 @@ use crate::{
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("STOPGUARD_EBPF_OBJECT"));
 
 /// How long records may wait in the ring before the reader looks anyway; the
-/// kernel wakes it earlier for urgent records and full batches.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(4);
+/// kernel wakes it at once for urgent records (a signal, a watched
+/// service's exec, a guarded one) and for a full batch. Each look costs
+/// the agent a wake-up whether or not anything waits.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
