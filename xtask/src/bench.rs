@@ -6,7 +6,7 @@ use std::{
     fs,
     io::{BufRead, BufReader, Read},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -17,9 +17,9 @@ use crate::{is_root, step};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// fork+exec+wait of /bin/true per run.
-    #[arg(long, default_value_t = 2000)]
-    execs: u32,
+    /// fork+exec+wait of /bin/true per run [default: 2000, 3000 with --peers].
+    #[arg(long)]
+    execs: Option<u32>,
     /// Pairs of runs (without, then with the agent); medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -29,6 +29,11 @@ pub struct Args {
     /// Spooled alerts the agent delivers to a loopback webhook, to time the spool (0: skip).
     #[arg(long, default_value_t = 500)]
     spool: u32,
+    /// Compare with peer tracers instead (execsnoop + exitsnoop, bpftrace,
+    /// auditd) on the same storm, with 1 and 2 workers, in one table; no
+    /// respawn or spool timings.
+    #[arg(long)]
+    peers: bool,
 }
 
 struct AgentRun {
@@ -43,19 +48,23 @@ struct AgentRun {
 }
 
 pub fn run(agent: &Path, args: &Args) -> Result<()> {
+    if args.peers {
+        return crate::peers::run(agent, args.execs.unwrap_or(3000), args.rounds);
+    }
+    let execs = args.execs.unwrap_or(2000);
     if !is_root() {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
     step(&format!(
         "{} rounds of {} fork+exec+wait of /bin/true, without and with `stopguard trace --json > /dev/null`",
-        args.rounds, args.execs
+        args.rounds, execs
     ));
     let mut without = Vec::new();
     let mut with = Vec::new();
     storm(200); // warm the page cache and the spawn path
     for round in 1..=args.rounds {
-        let base = storm(args.execs);
-        let run = with_agent(agent, args.execs)?;
+        let base = storm(execs);
+        let run = with_agent(agent, execs)?;
         eprintln!(
             "    round {round}: without {:.3} s, with {:.3} s, {} exec events, {} lost",
             base.as_secs_f64(),
@@ -72,10 +81,10 @@ pub fn run(agent: &Path, args: &Args) -> Result<()> {
     };
     let base = median(without.clone());
     let agent_wall = median(with.iter().map(|r| r.wall).collect());
-    let per_exec = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(args.execs);
+    let per_exec = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(execs);
     println!(
         "stopguard bench: {} fork+exec+wait of /bin/true per run, {} rounds",
-        args.execs, args.rounds
+        execs, args.rounds
     );
     println!(
         "  wall time, median       without agent {:.3} s ({:.0} µs/exec)   with agent {:.3} s ({:.0} µs/exec)   ratio {:.3}",
@@ -85,7 +94,7 @@ pub fn run(agent: &Path, args: &Args) -> Result<()> {
         per_exec(agent_wall),
         agent_wall.as_secs_f64() / base.as_secs_f64()
     );
-    let expected = u64::from(args.execs) * u64::from(args.rounds);
+    let expected = u64::from(execs) * u64::from(args.rounds);
     let captured: u64 = with.iter().map(|r| r.exec_events).sum();
     let lost: u64 = with.iter().map(|r| r.lost).sum();
     let events: u64 = with.iter().map(|r| r.events).sum();
@@ -238,7 +247,7 @@ fn spool_throughput(agent: &Path, count: u32) -> Result<(f64, u32)> {
 
 /// Detaches what a stopped agent left pinned, so that its programs do not
 /// run on through the measurements that follow.
-fn unpin(agent: &Path) -> Result<()> {
+pub(crate) fn unpin(agent: &Path) -> Result<()> {
     let status = Command::new(agent)
         .arg("unpin")
         .stdout(Stdio::null())
@@ -403,11 +412,11 @@ fn with_agent(agent: &Path, execs: u32) -> Result<AgentRun> {
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling BPF run-time statistics")?;
     let before_programs = program_stats()?;
-    let before_cpu = cpu_time(&child)?;
+    let before_cpu = cpu_time(child.id())?;
     let wall = storm(execs);
     // Let the agent read what the storm left in the ring before measuring.
     std::thread::sleep(Duration::from_millis(50));
-    let agent_cpu = cpu_time(&child)? - before_cpu;
+    let agent_cpu = cpu_time(child.id())? - before_cpu;
     let after_programs = program_stats()?;
     drop(stats);
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -439,7 +448,7 @@ fn with_agent(agent: &Path, execs: u32) -> Result<AgentRun> {
 }
 
 /// The number right after `marker` in `line`.
-fn number_after(line: &str, marker: &str) -> Result<u64> {
+pub(crate) fn number_after(line: &str, marker: &str) -> Result<u64> {
     let start = line
         .find(marker)
         .with_context(|| format!("`{marker}` not in `{line}`"))?
@@ -467,10 +476,10 @@ fn program_stats() -> Result<BTreeMap<String, (u64, Duration)>> {
     Ok(stats)
 }
 
-/// CPU time used so far by all threads of `child` (schedstat, in ns).
-fn cpu_time(child: &Child) -> Result<Duration> {
+/// CPU time used so far by all threads of process `pid` (schedstat, in ns).
+pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
     let mut total = 0u64;
-    let dir = format!("/proc/{}/task", child.id());
+    let dir = format!("/proc/{pid}/task");
     for task in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
         let path = task?.path().join("schedstat");
         let text =

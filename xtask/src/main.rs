@@ -5,6 +5,7 @@ mod deb;
 mod demo;
 mod fuzz;
 mod lab;
+mod peers;
 mod soak;
 mod toolchain;
 
