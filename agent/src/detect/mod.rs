@@ -18,7 +18,7 @@ mod intent;
 mod notable;
 mod windows;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 
 use self::instances::Slot;
 pub use self::{
@@ -31,7 +31,7 @@ pub use self::{
 use crate::{
     config,
     events::{Event, Exit, ProcessKey, Signal},
-    process::{Link, Process, ProcessTable},
+    process::{IdMap, Link, Process, ProcessTable},
     supervisors,
 };
 
@@ -82,7 +82,7 @@ pub struct Detector {
     exe_files: Option<HashSet<String>>,
     services: Vec<Watched>,
     /// Main process → index in `services`.
-    mains: HashMap<ProcessKey, usize>,
+    mains: IdMap<ProcessKey, usize>,
     control: VecDeque<ControlCommand>,
     /// Recent requests to systemd, by anyone.
     requests: VecDeque<UnitRequest>,
@@ -107,7 +107,7 @@ impl Detector {
             specs: services.to_vec(),
             exe_files: instances::exe_files(services),
             services: watched,
-            mains: HashMap::new(),
+            mains: IdMap::default(),
             control: VecDeque::new(),
             requests: VecDeque::new(),
             windows: Vec::new(),

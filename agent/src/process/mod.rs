@@ -2,12 +2,16 @@
 //! time so that pid reuse cannot confuse it, with exited entries kept for a
 //! while so that later events can still be attributed to them.
 
+mod ids;
 pub mod procfs;
 mod units;
 
-pub use units::Units;
+pub use self::{
+    ids::{IdHasher, IdMap},
+    units::Units,
+};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
@@ -70,8 +74,8 @@ pub struct Link {
 }
 
 pub struct ProcessTable {
-    processes: HashMap<ProcessKey, Process>,
-    live: HashMap<u32, ProcessKey>,
+    processes: IdMap<ProcessKey, Process>,
+    live: IdMap<u32, ProcessKey>,
     exited: VecDeque<(u64, ProcessKey)>,
     retention_ns: u64,
     max_exited: usize,
@@ -91,8 +95,8 @@ impl ProcessTable {
     /// at most `max_exited` of them.
     pub fn new(retention_ns: u64, max_exited: usize) -> Self {
         ProcessTable {
-            processes: HashMap::new(),
-            live: HashMap::new(),
+            processes: IdMap::default(),
+            live: IdMap::default(),
             exited: VecDeque::new(),
             retention_ns,
             max_exited,
