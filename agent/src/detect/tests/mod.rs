@@ -1,6 +1,8 @@
 //! The detector driven by scripted hosts: processes forked, exec'd,
 //! signalled and exited, the findings checked after each step.
 
+use std::collections::HashMap;
+
 use super::*;
 use crate::events::{Exec, Exit, Fork, PerKind, RecordKind, SignalResult, Target, Who};
 
