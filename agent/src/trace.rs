@@ -14,7 +14,7 @@ use crate::{
     events::Event,
     kernel::ProbeOptions,
     monitor::Monitor,
-    process::{Link, ProcessTable},
+    process::ProcessTable,
 };
 
 pub struct TraceOptions {
@@ -26,11 +26,26 @@ pub struct TraceOptions {
 
 #[derive(Serialize)]
 struct JsonLine<'a> {
-    time: String,
+    #[serde(serialize_with = "as_text")]
+    time: humantime::Rfc3339Timestamp,
     #[serde(flatten)]
     event: &'a Event,
     #[serde(skip_serializing_if = "Option::is_none")]
-    chain: Option<Vec<Link>>,
+    chain: Option<Vec<ChainLink<'a>>>,
+}
+
+/// A `Link` borrowed from the table, serialized as one.
+#[derive(Serialize)]
+struct ChainLink<'a> {
+    pid: u32,
+    comm: &'a str,
+}
+
+fn as_text<S: serde::Serializer>(
+    value: &impl std::fmt::Display,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 struct Printer<W: Write> {
@@ -46,12 +61,12 @@ impl<W: Write> Printer<W> {
         if self.failed.is_some() || !wanted(event, &self.comms) {
             return;
         }
-        let line = if self.json {
-            json_line(event, table, &self.clock)
+        let written = if self.json {
+            write_json_line(&mut self.out, event, table, &self.clock)
         } else {
-            human_line(event, table, &self.clock)
+            writeln!(self.out, "{}", human_line(event, table, &self.clock))
         };
-        if let Err(err) = writeln!(self.out, "{line}") {
+        if let Err(err) = written {
             self.failed = Some(err);
         }
     }
@@ -117,7 +132,13 @@ fn wanted(event: &Event, comms: &[String]) -> bool {
     })
 }
 
-pub fn json_line(event: &Event, table: &ProcessTable, clock: &Clock) -> String {
+/// One event as a JSON line, written straight into `out`.
+fn write_json_line(
+    out: &mut impl Write,
+    event: &Event,
+    table: &ProcessTable,
+    clock: &Clock,
+) -> io::Result<()> {
     let time = event
         .time_ns()
         .map(|t| clock.wall(t))
@@ -126,21 +147,26 @@ pub fn json_line(event: &Event, table: &ProcessTable, clock: &Clock) -> String {
         Event::Exec(exec) => Some(ancestors(table, exec)),
         _ => None,
     };
-    serde_json::to_string(&JsonLine {
-        time: humantime::format_rfc3339_millis(time).to_string(),
+    let line = JsonLine {
+        time: humantime::format_rfc3339_millis(time),
         event,
         chain,
-    })
-    .expect("events serialize")
+    };
+    serde_json::to_writer(&mut *out, &line).map_err(io::Error::other)?;
+    out.write_all(b"\n")
 }
 
 /// The exec'ing process's parent chain, nearest first.
-fn ancestors(table: &ProcessTable, exec: &crate::events::Exec) -> Vec<Link> {
-    let mut chain = table.chain(&exec.process.key);
-    if !chain.is_empty() {
-        chain.remove(0);
-    }
-    chain
+fn ancestors<'a>(table: &'a ProcessTable, exec: &crate::events::Exec) -> Vec<ChainLink<'a>> {
+    table
+        .ancestry(&exec.process.key)
+        .into_iter()
+        .skip(1)
+        .map(|p| ChainLink {
+            pid: p.pid,
+            comm: &p.comm,
+        })
+        .collect()
 }
 
 fn login(loginuid: Option<u32>) -> String {
