@@ -15,6 +15,7 @@ mod custody;
 mod explain;
 mod gap;
 pub mod host_lock;
+mod memory;
 mod policy;
 pub mod preflight;
 mod reload;
@@ -177,6 +178,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         agent.act(&mut monitor, batch);
         agent.save();
     }
+    memory::release_startup();
     let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     let mut notifier = Notifier::from_env();
     tracing::info!(
