@@ -1,7 +1,7 @@
 //! Typed lifecycle events: the user view of the kernel records in
 //! `agent_common`, decoded from the bytes of one ring buffer entry.
 
-use std::mem::size_of;
+use std::{mem::size_of, sync::Arc};
 
 use agent_common::{
     Actor, ExecRecord, ExitRecord, ForkRecord, Header, NO_LOGINUID, SignalRecord, Task, flag, kind,
@@ -64,8 +64,9 @@ pub struct Exec {
     pub ppid: u32,
     pub filename: String,
     pub filename_truncated: bool,
-    /// argv of the new image, as far as it fit in the record.
-    pub args: Vec<String>,
+    /// argv of the new image, as far as it fit in the record; shared with
+    /// the process table's entry.
+    pub args: Arc<[String]>,
     pub args_truncated: bool,
     /// The kernel did not read its arguments (`args` is empty): its name
     /// is not one whose arguments matter.
@@ -349,7 +350,7 @@ impl Event {
                     ppid: r.ppid,
                     filename: c_string(&r.filename),
                     filename_truncated: header.flags & flag::FILENAME_TRUNCATED != 0,
-                    args: split_args(&r.args[..(r.args_len as usize).min(r.args.len())]),
+                    args: split_args(&r.args[..(r.args_len as usize).min(r.args.len())]).into(),
                     args_truncated: header.flags & flag::ARGS_TRUNCATED != 0,
                     args_unread: header.flags & flag::ARGS_UNREAD != 0,
                     guard_stopped: header.flags & flag::GUARD_STOPPED != 0,
@@ -529,7 +530,7 @@ mod tests {
         );
         assert_eq!(exec.ppid, 650);
         assert_eq!(exec.filename, "/usr/lib/postgresql/15/bin/pg_ctl");
-        assert_eq!(exec.args, ["pg_ctl", "stop", "-D", "/srv/pg"]);
+        assert_eq!(*exec.args, ["pg_ctl", "stop", "-D", "/srv/pg"]);
         assert!(exec.guard_stopped);
         assert!(!exec.filename_truncated && !exec.args_truncated);
     }

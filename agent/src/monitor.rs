@@ -195,7 +195,7 @@ impl Monitor {
                 exec.unit = self.units.of(exec);
                 let in_arg_unit = |unit: &str| self.arg_units.iter().any(|p| p.matches(unit));
                 if exec.args_unread && exec.unit.as_deref().is_some_and(in_arg_unit) {
-                    exec.args = procfs::cmdline(exec.process.key).unwrap_or_default();
+                    exec.args = procfs::cmdline(exec.process.key).unwrap_or_default().into();
                 }
             }
             self.counts.add(&event);

@@ -167,7 +167,7 @@ impl Agent {
             MainProcess {
                 pid: p.pid,
                 exe: p.exe.clone(),
-                cmdline: p.cmdline.clone(),
+                cmdline: p.cmdline.to_vec(),
                 seen_starting: start.is_some(),
                 started_at: start.map(|s| {
                     humantime::format_rfc3339_seconds(self.clock.wall(s.time_ns)).to_string()

@@ -572,7 +572,7 @@ impl Agent {
             Some(alert::ProcessInfo {
                 pid,
                 exe: p.exe.clone().unwrap_or_default(),
-                cmdline: p.cmdline.clone(),
+                cmdline: p.cmdline.to_vec(),
             })
         });
         let record = alert::events_lost(

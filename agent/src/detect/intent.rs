@@ -32,7 +32,7 @@ pub(super) fn control_command(exec: &Exec) -> Option<ControlCommand> {
     Some(ControlCommand {
         pid: exec.process.pid,
         comm: exec.process.comm.clone(),
-        args: exec.args.clone(),
+        args: exec.args.to_vec(),
         intent: control.intent_of(&exec.args),
         loginuid,
         time_ns: exec.time_ns,
@@ -69,7 +69,7 @@ pub(super) fn unit_request(exec: &Exec, table: &ProcessTable) -> Option<UnitRequ
     Some(UnitRequest {
         pid: exec.process.pid,
         comm: exec.process.comm.clone(),
-        args: exec.args.clone(),
+        args: exec.args.to_vec(),
         intent,
         units,
         loginuid: exec.process.loginuid,

@@ -552,7 +552,7 @@ impl Detector {
             service: name.clone(),
             pid: process.pid,
             exe: process.exe.clone().unwrap_or_default(),
-            args: process.cmdline.clone(),
+            args: process.cmdline.to_vec(),
             chain,
             supervisor,
             unit: process.unit.clone(),

@@ -18,7 +18,7 @@ pub use self::{
     units::Units,
 };
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +39,8 @@ pub struct Process {
     pub comm: String,
     /// The executable: the exec'd filename, or /proc/PID/exe when seeded.
     pub exe: Option<String>,
-    pub cmdline: Vec<String>,
+    /// Shared with its exec record and its children until they exec.
+    pub cmdline: Arc<[String]>,
     /// The systemd unit it runs in (`postgresql@15-main.service`), from its
     /// cgroup; None outside any service unit.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,7 +60,7 @@ impl Process {
             loginuid: None,
             comm: comm.to_string(),
             exe: None,
-            cmdline: Vec::new(),
+            cmdline: Arc::default(),
             unit: None,
             exited: None,
         }

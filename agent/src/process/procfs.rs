@@ -109,7 +109,7 @@ impl ProcReader {
             loginuid,
             comm: stat.comm,
             exe,
-            cmdline,
+            cmdline: cmdline.into(),
             unit,
             exited: None,
         };
@@ -327,6 +327,6 @@ mod tests {
             this.exe.as_deref(),
             std::env::current_exe().unwrap().to_str()
         );
-        assert_eq!(this.cmdline, std::env::args().collect::<Vec<_>>());
+        assert_eq!(*this.cmdline, std::env::args().collect::<Vec<_>>());
     }
 }

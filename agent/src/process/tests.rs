@@ -31,7 +31,7 @@ fn seeded(pid: u32, start: u64, parent: Option<ProcessKey>, comm: &str) -> Proce
         loginuid: None,
         comm: comm.into(),
         exe: None,
-        cmdline: Vec::new(),
+        cmdline: Vec::new().into(),
         unit: None,
         exited: None,
     }
@@ -53,7 +53,7 @@ fn exec(t: u64, k: ProcessKey, parent: ProcessKey, comm: &str, file: &str) -> Ev
         ppid: parent.pid,
         filename: file.into(),
         filename_truncated: false,
-        args: vec![comm.into()],
+        args: vec![comm.to_string()].into(),
         args_truncated: false,
         args_unread: false,
         guard_stopped: false,

@@ -52,7 +52,7 @@ impl Host {
             loginuid: None,
             comm: init_comm.into(),
             exe: Some("/sbin/init".into()),
-            cmdline: vec![],
+            cmdline: Vec::new().into(),
             unit: None,
             exited: None,
         }]);
@@ -142,7 +142,7 @@ impl Host {
             ppid,
             filename: exe.into(),
             filename_truncated: false,
-            args: args.iter().map(|a| a.to_string()).collect(),
+            args: args.iter().map(|a| a.to_string()).collect::<Vec<_>>().into(),
             args_truncated: false,
             args_unread: false,
             guard_stopped: false,
