@@ -775,9 +775,17 @@ impl Session {
         }
         for process in &mut self.processes {
             let status = process.stop()?;
-            if !status.success() && process.name != "auditd" {
+            if status.success() || process.name == "auditd" {
+                continue;
+            }
+            // A peer's failure costs its row's counts, not the comparison.
+            if process.name.starts_with("stopguard") {
                 bail!("{} failed ({status})", process.name);
             }
+            eprintln!(
+                "    warning: {} failed ({status}): its counts may be short",
+                process.name
+            );
         }
         let read = |name: &str| {
             let path = self.dir.join(name);
@@ -933,13 +941,15 @@ impl Tracee {
             // SAFETY: our own child, not yet reaped, so the pid is still its.
             unsafe { libc::kill(self.child.id() as i32, self.signal) };
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // bpftrace drains what its buffers hold before it exits: on a busy
+        // machine that can take a while.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
                 break status;
             }
             if Instant::now() > deadline {
-                eprintln!("    {} did not stop within 10 s: killing it", self.name);
+                eprintln!("    {} did not stop within 60 s: killing it", self.name);
                 self.child.kill()?;
                 break self.child.wait()?;
             }
