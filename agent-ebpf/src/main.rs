@@ -5,15 +5,16 @@
 #![no_main]
 
 use agent_common::{
-    ARGS_LEN, Actor, COMM_LEN, Capture, ExecRecord, ExitRecord, ForkRecord, Header, LOST_SLOTS, Offsets,
-    PATH_LEN, SignalRecord, Task, WakePolicy, flag, kind, notable,
+    ARGS_LEN, Actor, COMM_LEN, Capture, ExecRecord, ExitRecord, ForkRecord, Header, LOST_SLOTS,
+    Offsets, PATH_LEN, SignalRecord, Task, WakePolicy, flag, kind, notable,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_send_signal, generated,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
+        bpf_send_signal, generated,
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},

@@ -97,7 +97,7 @@ impl Monitor {
             counts: Counts::default(),
             last_loss_check: Instant::now(),
             batch: Vec::new(),
-            units: Units::new(),
+            units: Units::default(),
             arg_units: Vec::new(),
         })
     }

@@ -10,11 +10,7 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    clock::Clock,
-    events::Event,
-    kernel::ProbeOptions,
-    monitor::Monitor,
-    process::ProcessTable,
+    clock::Clock, events::Event, kernel::ProbeOptions, monitor::Monitor, process::ProcessTable,
 };
 
 pub struct TraceOptions {

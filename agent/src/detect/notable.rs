@@ -82,12 +82,15 @@ fn comm_of(file: &str) -> String {
 /// The comms of the interpreters `supervisors::is_interpreter` knows,
 /// spelled out: the kernel matches whole names.
 fn interpreters() -> impl Iterator<Item = String> {
-    let pythons = (0..=20).flat_map(|minor| [format!("python3.{minor}"), format!("python2.{minor}")]);
-    ["sh", "bash", "dash", "perl", "ruby", "python", "python2", "python3"]
-        .into_iter()
-        .map(String::from)
-        .chain(pythons)
-        .inspect(|name| debug_assert!(supervisors::is_interpreter(name)))
+    let pythons =
+        (0..=20).flat_map(|minor| [format!("python3.{minor}"), format!("python2.{minor}")]);
+    [
+        "sh", "bash", "dash", "perl", "ruby", "python", "python2", "python3",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain(pythons)
+    .inspect(|name| debug_assert!(supervisors::is_interpreter(name)))
 }
 
 #[cfg(test)]
@@ -103,13 +106,30 @@ mod tests {
     fn the_default_services_wake_and_commands_are_read() {
         let config = Config::load(None).unwrap();
         let names = notable_names(&config.services).expect("no globbed file names");
-        assert_eq!(bits(&names, "postgres"), Some(notable::ARGS | notable::WAKE));
-        assert_eq!(bits(&names, "redis-server"), Some(notable::ARGS | notable::WAKE));
-        for read in ["systemctl", "pg_ctl", "monit", "patronictl", "kill", "sudo", "python3.11"] {
+        assert_eq!(
+            bits(&names, "postgres"),
+            Some(notable::ARGS | notable::WAKE)
+        );
+        assert_eq!(
+            bits(&names, "redis-server"),
+            Some(notable::ARGS | notable::WAKE)
+        );
+        for read in [
+            "systemctl",
+            "pg_ctl",
+            "monit",
+            "patronictl",
+            "kill",
+            "sudo",
+            "python3.11",
+        ] {
             assert_eq!(bits(&names, read), Some(notable::ARGS), "{read}");
         }
         // A 16-byte file name runs under its first 15 bytes.
-        assert_eq!(bits(&names, "clickhouse-serv"), Some(notable::ARGS | notable::WAKE));
+        assert_eq!(
+            bits(&names, "clickhouse-serv"),
+            Some(notable::ARGS | notable::WAKE)
+        );
         assert_eq!(bits(&names, "true"), None);
         assert!(names.len() < 1024, "more than the kernel map holds");
     }

@@ -16,9 +16,7 @@ use super::{
     record_body_hash, record_time, set_interest, set_notable, start_kernel_log,
     start_kernel_log_of, unreported_losses,
 };
-use crate::{
-    events::{Event, Lost, PerKind},
-};
+use crate::events::{Event, Lost, PerKind};
 
 /// The programs as they would be loaded here: the object, the offsets this
 /// kernel's BTF gives, the ring's size. Equal identities run the same code

@@ -57,18 +57,28 @@ mod tests {
     #[test]
     fn keys_that_differ_in_either_field_hash_apart() {
         let hash = |pid, start_ticks| {
-            use std::hash::{BuildHasher, Hash};
-            let mut h = BuildHasherDefault::<IdHasher>::default().build_hasher();
-            ProcessKey { pid, start_ticks }.hash(&mut h);
-            h.finish()
+            use std::hash::BuildHasher;
+            BuildHasherDefault::<IdHasher>::default().hash_one(ProcessKey { pid, start_ticks })
         };
         assert_ne!(hash(1, 2), hash(2, 1));
         assert_ne!(hash(100, 7), hash(100, 8));
         let mut map: IdMap<ProcessKey, u32> = IdMap::default();
         for pid in 0..10_000 {
-            map.insert(ProcessKey { pid, start_ticks: u64::from(pid) * 3 }, pid);
+            map.insert(
+                ProcessKey {
+                    pid,
+                    start_ticks: u64::from(pid) * 3,
+                },
+                pid,
+            );
         }
         assert_eq!(map.len(), 10_000);
-        assert_eq!(map[&ProcessKey { pid: 77, start_ticks: 231 }], 77);
+        assert_eq!(
+            map[&ProcessKey {
+                pid: 77,
+                start_ticks: 231
+            }],
+            77
+        );
     }
 }

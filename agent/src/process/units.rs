@@ -20,14 +20,16 @@ pub struct Units {
     by_id: HashMap<u64, Option<String>>,
 }
 
-impl Units {
-    pub fn new() -> Units {
+impl Default for Units {
+    fn default() -> Units {
         Units {
             unified: unified_mount(),
             by_id: HashMap::new(),
         }
     }
+}
 
+impl Units {
     /// The unit of the process that made `exec`, which is alive (or
     /// stopped) at its record.
     pub fn of(&mut self, exec: &Exec) -> Option<String> {
@@ -84,7 +86,10 @@ mod tests {
     fn the_unified_root_is_found_where_this_host_mounts_it() {
         let Some((point, id)) = unified_mount() else {
             let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-            assert!(!text.contains(" - cgroup2 "), "cgroup2 mounted but not found");
+            assert!(
+                !text.contains(" - cgroup2 "),
+                "cgroup2 mounted but not found"
+            );
             return;
         };
         assert!(point.starts_with("/sys/fs/cgroup"), "{}", point.display());

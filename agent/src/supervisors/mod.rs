@@ -140,7 +140,12 @@ pub fn is_interpreter(name: &str) -> bool {
 /// matches whole names, and none of those is read.
 pub fn notable_names() -> impl Iterator<Item = String> {
     ALL.iter()
-        .flat_map(|s| s.comms.iter().copied().chain(s.control.iter().map(|c| c.comm)))
+        .flat_map(|s| {
+            s.comms
+                .iter()
+                .copied()
+                .chain(s.control.iter().map(|c| c.comm))
+        })
         .filter(|c| !c.ends_with('*'))
         .map(String::from)
 }

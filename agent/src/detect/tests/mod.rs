@@ -142,7 +142,11 @@ impl Host {
             ppid,
             filename: exe.into(),
             filename_truncated: false,
-            args: args.iter().map(|a| a.to_string()).collect::<Vec<_>>().into(),
+            args: args
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .into(),
             args_truncated: false,
             args_unread: false,
             guard_stopped: false,
