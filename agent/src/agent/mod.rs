@@ -147,7 +147,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     let mut monitor = Monitor::start(&ProbeOptions {
         ring_bytes: config.agent.ring_bytes,
         pin_root: Some(PathBuf::from(pins::ROOT)),
-        notable: detect::notable_names(&config.services),
+        notable: detect::notable_names(&config.services).for_probes(),
         ..ProbeOptions::default()
     })?;
     monitor.set_arg_units(detect::arg_units(&config.services));

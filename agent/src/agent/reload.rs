@@ -31,10 +31,14 @@ impl Agent {
         };
         // The windows and operator stops carry over to the services that
         // remain; running main processes are found again in the table.
-        if let Err(err) = monitor
-            .probes()
-            .set_notable(detect::notable_names(&config.services).as_deref())
-        {
+        let notable = detect::notable_names(&config.services);
+        if notable.every_exec && !monitor.probes_ref().reads_every_exec() {
+            tracing::warn!(
+                "SIGHUP: a watched program's file name is a glob: the kernel reads every \
+                 exec's arguments from the next start, until then those of known names"
+            );
+        }
+        if let Err(err) = monitor.probes().set_notable(&notable.names) {
             tracing::error!("SIGHUP: {err:#}; the kernel reads arguments as it did");
         }
         monitor.set_arg_units(detect::arg_units(&config.services));

@@ -35,10 +35,28 @@ const OPERATOR_TOOLS: &[&str] = &[
     "stopguard",
 ];
 
-/// Each notable name with its `notable` bits; None when a watched
-/// program's file name is itself a glob, so that its comm cannot be told
-/// in advance and every exec's arguments must be read.
-pub fn notable_names(services: &[Service]) -> Option<Vec<(String, u32)>> {
+/// What the kernel should read at exec for a configuration.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Notable {
+    /// Each notable name with its `notable` bits.
+    pub names: Vec<(String, u32)>,
+    /// A watched program's file name is itself a glob (`postgres*`): its
+    /// comm cannot be told in advance, and every exec's arguments must be
+    /// read.
+    pub every_exec: bool,
+}
+
+impl Notable {
+    /// The names as the probes take them: None to read every exec's
+    /// arguments.
+    pub fn for_probes(&self) -> Option<Vec<(String, u32)>> {
+        (!self.every_exec).then(|| self.names.clone())
+    }
+}
+
+/// The names whose execs matter to `services`, with their `notable` bits.
+pub fn notable_names(services: &[Service]) -> Notable {
+    let mut every_exec = false;
     let mut names: std::collections::BTreeMap<String, u32> = supervisors::notable_names()
         .chain(interpreters())
         .chain(OPERATOR_TOOLS.iter().map(|t| t.to_string()))
@@ -48,7 +66,8 @@ pub fn notable_names(services: &[Service]) -> Option<Vec<(String, u32)>> {
         for exe in &service.exe {
             let file = exe.as_str().rsplit('/').next().unwrap_or_default();
             if file.is_empty() || file.contains(['*', '?', '[']) {
-                return None;
+                every_exec = true;
+                continue;
             }
             *names.entry(comm_of(file)).or_default() |= notable::ARGS | notable::WAKE;
         }
@@ -57,7 +76,10 @@ pub fn notable_names(services: &[Service]) -> Option<Vec<(String, u32)>> {
             *names.entry(comm_of(file)).or_default() |= notable::ARGS;
         }
     }
-    Some(names.into_iter().collect())
+    Notable {
+        names: names.into_iter().collect(),
+        every_exec,
+    }
 }
 
 /// The units of services that name no program and so may run any: the
@@ -105,7 +127,9 @@ mod tests {
     #[test]
     fn the_default_services_wake_and_commands_are_read() {
         let config = Config::load(None).unwrap();
-        let names = notable_names(&config.services).expect("no globbed file names");
+        let notable = notable_names(&config.services);
+        assert!(!notable.every_exec, "no globbed file names");
+        let names = notable.names;
         assert_eq!(
             bits(&names, "postgres"),
             Some(notable::ARGS | notable::WAKE)
@@ -141,6 +165,10 @@ mod tests {
             "test",
         )
         .unwrap();
-        assert_eq!(notable_names(&config.services), None);
+        let notable = notable_names(&config.services);
+        assert!(notable.every_exec);
+        assert_eq!(notable.for_probes(), None);
+        // What a reload can do without the next start: the known names.
+        assert_eq!(bits(&notable.names, "pg_ctl"), Some(notable::ARGS));
     }
 }

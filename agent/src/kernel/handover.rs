@@ -135,7 +135,10 @@ impl Probes {
         fs::create_dir(&making).with_context(|| format!("creating {}", making.display()))?;
         let mut maps = Maps::take(&mut ebpf, Some(&making))?;
         set_interest(&mut maps.interest, &options.signals)?;
-        set_notable(&mut maps.notable, options.notable.as_deref())?;
+        set_notable(
+            &mut maps.notable,
+            options.notable.as_deref().unwrap_or_default(),
+        )?;
         for (generation, old) in old {
             // The guard map has kept its form across layouts: an older
             // layout's is carried over too.
@@ -180,7 +183,10 @@ impl Probes {
     fn adopt(options: &ProbeOptions, generation: &pins::Generation) -> Result<Probes> {
         let mut maps = Maps::from_pins(generation)?;
         set_interest(&mut maps.interest, &options.signals)?;
-        set_notable(&mut maps.notable, options.notable.as_deref())?;
+        set_notable(
+            &mut maps.notable,
+            options.notable.as_deref().unwrap_or_default(),
+        )?;
         let (program, _) = names::PROGRAMS[0];
         let logger = PinnedLink::from_pin(generation.link(program))
             .ok()

@@ -100,6 +100,8 @@ pub struct Probes {
     lost: PerCpuArray<MapData, u64>,
     guard: HashMap<MapData, [u8; COMM_LEN], u32>,
     notable: HashMap<MapData, [u8; COMM_LEN], u32>,
+    /// The exec program reads every exec's arguments (`notable` None).
+    reads_every_exec: bool,
     pinning: Pinning,
     handover: Handover,
     /// Records of replaced generations (and their losses), read before
@@ -196,10 +198,12 @@ impl Probes {
         let wake = WakePolicy {
             batch_bytes: u64::from(options.ring_bytes.get() / 4),
         };
-        let Some(root) = &options.pin_root else {
-            return Probes::load(options, &offsets, &wake, Pinning::Off);
+        let mut probes = match &options.pin_root {
+            None => Probes::load(options, &offsets, &wake, Pinning::Off)?,
+            Some(root) => Probes::attach_pinned(options, &offsets, &wake, root)?,
         };
-        Probes::attach_pinned(options, &offsets, &wake, root)
+        probes.reads_every_exec = options.notable.is_none();
+        Ok(probes)
     }
 
     /// Loads the object; its programs stay attached while the result lives.
@@ -213,7 +217,10 @@ impl Probes {
         let logger = start_kernel_log(&mut ebpf);
         let mut maps = Maps::take(&mut ebpf, None)?;
         set_interest(&mut maps.interest, &options.signals)?;
-        set_notable(&mut maps.notable, options.notable.as_deref())?;
+        set_notable(
+            &mut maps.notable,
+            options.notable.as_deref().unwrap_or_default(),
+        )?;
         for (program, tracepoint) in names::PROGRAMS {
             program_of(&mut ebpf, program)?
                 .attach(tracepoint)
@@ -241,6 +248,7 @@ impl Probes {
             lost: maps.lost,
             guard: maps.guard,
             notable: maps.notable,
+            reads_every_exec: true,
             pinning,
             handover: Handover::default(),
             backlog: Vec::new(),
@@ -298,8 +306,14 @@ impl Probes {
 
     /// Sets the image names whose execs matter (see `ProbeOptions`), as
     /// after a configuration reload.
-    pub fn set_notable(&mut self, names: Option<&[(String, u32)]>) -> Result<()> {
+    pub fn set_notable(&mut self, names: &[(String, u32)]) -> Result<()> {
         set_notable(&mut self.notable, names)
+    }
+
+    /// Whether every exec's arguments are read, whatever its name: chosen
+    /// at load, for the programs' lifetime.
+    pub fn reads_every_exec(&self) -> bool {
+        self.reads_every_exec
     }
 
     /// The guard map: exec of a process whose name is in it is stopped by
@@ -350,14 +364,12 @@ fn set_interest(interest: &mut Array<MapData, u64>, signals: &[u32]) -> Result<(
         .context("filling the signal interest map")
 }
 
-/// Makes the notable map hold `names` and nothing else; with None (every
-/// exec's arguments read) it stays empty.
+/// Makes the notable map hold `names` and nothing else.
 fn set_notable(
     map: &mut HashMap<MapData, [u8; COMM_LEN], u32>,
-    names: Option<&[(String, u32)]>,
+    names: &[(String, u32)],
 ) -> Result<()> {
     let wanted: std::collections::HashMap<[u8; COMM_LEN], u32> = names
-        .unwrap_or_default()
         .iter()
         .map(|(name, bits)| (comm_key(name), *bits))
         .collect();
