@@ -45,6 +45,10 @@ pub struct Boot {
     pub secs: f64,
     /// Everything the serial line carried, for a failure's reader.
     pub log: PathBuf,
+    /// The kernel panicked before anything of userspace ran (a guest
+    /// kernel's own failure under emulation): nothing was tested, and the
+    /// same boot may be tried again.
+    pub died_booting: bool,
 }
 
 /// What a line of the serial output is.
@@ -128,6 +132,8 @@ impl<'a> Guest<'a> {
         let lines = serial_lines(child.stdout.take().unwrap(), child.stderr.take().unwrap());
         let mut exit = None;
         let mut in_payload = false;
+        let mut userspace = false;
+        let mut died_booting = false;
         let deadline = started + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -147,6 +153,16 @@ impl<'a> Guest<'a> {
                         on_line(Line::Payload(line));
                     } else {
                         on_line(Line::Console(line));
+                        if !line.trim().is_empty() && !is_kernel_line(line) {
+                            userspace = true;
+                        } else if !userspace && line.contains("Kernel panic - not syncing") {
+                            on_line(Line::Console(
+                                "the guest's kernel died before userspace started: stopped",
+                            ));
+                            let _ = child.kill();
+                            died_booting = true;
+                            break;
+                        }
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -167,8 +183,20 @@ impl<'a> Guest<'a> {
             exit,
             secs: started.elapsed().as_secs_f64(),
             log: log_path,
+            died_booting,
         })
     }
+}
+
+/// A kernel message on the console (`[    4.023328] ...`), not a line of
+/// systemd's or the runner's.
+fn is_kernel_line(line: &str) -> bool {
+    line.strip_prefix('[')
+        .and_then(|rest| rest.split_once(']'))
+        .is_some_and(|(stamp, _)| {
+            let stamp = stamp.trim();
+            !stamp.is_empty() && stamp.chars().all(|c| c.is_ascii_digit() || c == '.')
+        })
 }
 
 /// `line` without terminal control sequences: systemd 257 resets the
@@ -323,7 +351,18 @@ fn host_release() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::plain;
+    use super::{is_kernel_line, plain};
+
+    #[test]
+    fn kernel_messages_are_told_from_userspace_lines() {
+        assert!(is_kernel_line(
+            "[    4.028790] Kernel panic - not syncing: Fatal exception in interrupt"
+        ));
+        assert!(is_kernel_line("[12345.5] x"));
+        assert!(!is_kernel_line("[  OK  ] Started stopguard.service"));
+        assert!(!is_kernel_line("stopguard-lab: up 6.12.117"));
+        assert!(!is_kernel_line("[] nothing"));
+    }
 
     #[test]
     fn plain_drops_the_console_reset_of_systemd_257() {

@@ -356,7 +356,7 @@ fn row(image: &image::Image, kernel: Kernel, first: &Path, upgrade: &Path) -> Re
             format!("exec bash /lab/{script}\n"),
         )?;
         let mut failing = Vec::new();
-        let boot = guest.boot(&payload, BOOT_TIMEOUT, &mut |line| match line {
+        let mut on_line = |line: Line| match line {
             Line::Payload(text) => {
                 eprintln!("    {text}");
                 if let Some(result) = text.strip_prefix("LAB-RESULT ") {
@@ -377,7 +377,12 @@ fn row(image: &image::Image, kernel: Kernel, first: &Path, upgrade: &Path) -> Re
                 }
             }
             Line::Console(text) => eprintln!("    | {text}"),
-        })?;
+        };
+        let mut boot = guest.boot(&payload, BOOT_TIMEOUT, &mut on_line)?;
+        if boot.died_booting {
+            eprintln!("    booting the guest again: its kernel died before anything ran");
+            boot = guest.boot(&payload, BOOT_TIMEOUT, &mut on_line)?;
+        }
         row.boot_secs.push(boot.secs);
         for name in failing {
             row.failures.push(format!(
