@@ -19,6 +19,7 @@ mod memory;
 mod policy;
 pub mod preflight;
 mod reload;
+mod report;
 mod requests;
 mod state;
 mod stop;
@@ -32,7 +33,12 @@ use tokio::{
     sync::mpsc,
 };
 
-use self::{alerting::Alerting, custody::Custody, policy::Decision};
+use self::{
+    alerting::Alerting,
+    custody::Custody,
+    policy::Decision,
+    report::{log_finding, log_summary},
+};
 use crate::{
     actions,
     alert::{self, Alert},
@@ -41,7 +47,7 @@ use crate::{
     config::{Config, Settings, SinkConfig},
     control::{self, server::Answer},
     detect::{self, AtRisk, Detector, Finding, Started},
-    events::{Event, ProcessKey, RecordKind},
+    events::{Event, ProcessKey},
     files::WriteFailure,
     kernel::{Pinning, ProbeOptions, pins},
     metrics::Metrics,
@@ -304,15 +310,6 @@ fn collect(batch: &mut Batch, detector: &mut Detector, event: &Event, table: &Pr
         Event::Lost(lost) => batch.lost = Some(lost.count),
         _ => {}
     }
-}
-
-fn log_summary(monitor: &Monitor) {
-    tracing::info!(
-        "{}; {} processes tracked ({} alive)",
-        monitor.counts(),
-        monitor.table().len(),
-        monitor.table().len_live()
-    );
 }
 
 impl Agent {
@@ -586,30 +583,6 @@ impl Agent {
         );
         self.alerting.raise(record);
     }
-
-    /// Brings the counters and gauges up to date with the monitor and state.
-    fn update_metrics(&mut self, monitor: &Monitor) {
-        let now = monitor.counts();
-        let before = std::mem::replace(&mut self.counted, now);
-        // The reader wakes every few milliseconds, mostly to nothing; each
-        // kind's series is there from the start all the same.
-        if now.by_kind != before.by_kind || now.events() == 0 {
-            for kind in RecordKind::ALL {
-                self.metrics
-                    .events
-                    .get_or_create(&vec![("kind", kind.name().to_string())])
-                    .inc_by(now.by_kind[kind] - before.by_kind[kind]);
-            }
-        }
-        self.metrics.lost.inc_by(now.lost - before.lost);
-        self.metrics.processes.set(monitor.table().len() as i64);
-        self.metrics
-            .windows_open
-            .set(self.detector.windows().len() as i64);
-        self.metrics
-            .frozen
-            .set(self.custody.held_pids().len() as i64);
-    }
 }
 
 /// The service a finding is about, for the ones the policy decides.
@@ -622,34 +595,5 @@ fn finding_service(finding: &Finding) -> Option<&str> {
         | Finding::Start { .. }
         | Finding::EventsLost { .. }
         | Finding::Exited { .. } => None,
-    }
-}
-
-/// The agent's log line for a finding a person wants to see there.
-fn log_finding(finding: &Finding) {
-    match finding {
-        Finding::OperatorStop(stop) => tracing::warn!(
-            "{} stopped by {} ({} from {} pid {})",
-            stop.service,
-            stop.loginuid.map_or("?".into(), |u| format!("uid {u}")),
-            stop.signal_name,
-            stop.sender.comm,
-            stop.sender.pid
-        ),
-        Finding::OperatorStart { started, loginuid } => tracing::info!(
-            "{} started by uid {loginuid} (pid {})",
-            started.service,
-            started.pid
-        ),
-        Finding::CrashRestart { started } => tracing::info!(
-            "{} restarted by {} after a crash (pid {})",
-            started.service,
-            started.supervisor.as_ref().map_or("?", |s| s.comm.as_str()),
-            started.pid
-        ),
-        Finding::Respawn { .. }
-        | Finding::EventsLost { .. }
-        | Finding::Start { .. }
-        | Finding::Exited { .. } => {}
     }
 }
