@@ -11,7 +11,10 @@ use anyhow::Result;
 use crate::{
     events::{Event, PerKind, ProcessKey},
     kernel::{ProbeOptions, Probes},
-    process::{ProcessTable, Units, procfs},
+    process::{
+        ProcessTable, Units,
+        procfs::{self, Notables},
+    },
 };
 
 /// How often the kernel's lost-record counters are read: a system call
@@ -78,19 +81,28 @@ pub struct Monitor {
     last_loss_check: Instant,
     batch: Vec<Event>,
     units: Units,
-    /// Units of services known by unit alone, which may run any program:
-    /// arguments the kernel did not read are read from /proc for execs in
-    /// them.
-    arg_units: Vec<glob::Pattern>,
+    /// Whose arguments are read from /proc: by a scan, and for execs in
+    /// units of services known by unit alone, which may run any program,
+    /// when the kernel did not read them.
+    notables: Notables,
 }
 
 impl Monitor {
     /// Attaches the probes, then seeds the table from /proc, in that order so
-    /// that nothing starting in between is missed.
-    pub fn start(options: &ProbeOptions) -> Result<Monitor> {
+    /// that nothing starting in between is missed. Arguments of execs in
+    /// `arg_units` are read whatever their name.
+    pub fn start(options: &ProbeOptions, arg_units: Vec<glob::Pattern>) -> Result<Monitor> {
+        let began = Instant::now();
         let probes = Probes::attach(options)?;
+        let attached = began.elapsed();
+        let notables = Notables::new(options.notable.as_deref(), arg_units);
         let mut table = ProcessTable::default();
-        table.seed(procfs::scan());
+        table.seed(procfs::scan(&notables));
+        tracing::debug!(
+            "probes attached in {} ms; /proc read in {} ms",
+            attached.as_millis(),
+            (began.elapsed() - attached).as_millis()
+        );
         Ok(Monitor {
             probes,
             table,
@@ -98,13 +110,22 @@ impl Monitor {
             last_loss_check: Instant::now(),
             batch: Vec::new(),
             units: Units::default(),
-            arg_units: Vec::new(),
+            notables,
         })
     }
 
-    /// Sets the units of services with no program named (see `arg_units`).
-    pub fn set_arg_units(&mut self, units: Vec<glob::Pattern>) {
-        self.arg_units = units;
+    /// Makes the kernel read the arguments of execs of `names` (as
+    /// [`detect::notable_names`] gives them), unless it reads every exec's,
+    /// and /proc be read for those in `arg_units`.
+    pub fn read_args_of(
+        &mut self,
+        names: &[(String, u32)],
+        arg_units: Vec<glob::Pattern>,
+    ) -> Result<()> {
+        let set = self.probes.set_notable(names);
+        let names = (!self.probes.reads_every_exec()).then_some(names);
+        self.notables = Notables::new(names, arg_units);
+        set
     }
 
     pub fn table(&self) -> &ProcessTable {
@@ -193,8 +214,7 @@ impl Monitor {
                 // Alive at its exec record (a guarded one is stopped), so
                 // its cgroup still says which unit it is in.
                 exec.unit = self.units.of(exec);
-                let in_arg_unit = |unit: &str| self.arg_units.iter().any(|p| p.matches(unit));
-                if exec.args_unread && exec.unit.as_deref().is_some_and(in_arg_unit) {
+                if exec.args_unread && self.notables.in_unit(exec.unit.as_deref()) {
                     exec.args = procfs::cmdline(exec.process.key).unwrap_or_default().into();
                 }
             }
@@ -203,7 +223,7 @@ impl Monitor {
             if let Event::Lost(_) = event {
                 // What changed while records were lost is unknown: start
                 // again from what /proc says now.
-                self.table.seed(procfs::scan());
+                self.table.seed(procfs::scan(&self.notables));
             }
             on_event(&event, &self.table);
         }

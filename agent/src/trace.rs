@@ -80,7 +80,7 @@ pub async fn run(options: TraceOptions) -> Result<()> {
     // at any moment after that must be seen.
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut monitor = Monitor::start(&options.probes)?;
+    let mut monitor = Monitor::start(&options.probes, Vec::new())?;
     eprintln!(
         "stopguard: tracing exec, exit, fork and signals ({} processes known); Ctrl-C to stop",
         monitor.table().len_live()

@@ -150,13 +150,15 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         switched: stop::Switched::default(),
     };
     agent.detector.set_agent_pid(std::process::id());
-    let mut monitor = Monitor::start(&ProbeOptions {
-        ring_bytes: config.agent.ring_bytes,
-        pin_root: Some(PathBuf::from(pins::ROOT)),
-        notable: detect::notable_names(&config.services).for_probes(),
-        ..ProbeOptions::default()
-    })?;
-    monitor.set_arg_units(detect::arg_units(&config.services));
+    let mut monitor = Monitor::start(
+        &ProbeOptions {
+            ring_bytes: config.agent.ring_bytes,
+            pin_root: Some(PathBuf::from(pins::ROOT)),
+            notable: detect::notable_names(&config.services).for_probes(),
+            ..ProbeOptions::default()
+        },
+        detect::arg_units(&config.services),
+    )?;
     let backlog = monitor.take_backlog()?;
     if gap::report_handover(monitor.probes_ref(), &backlog) {
         agent.down_until_ns = Some(backlog.read_ns);

@@ -38,10 +38,10 @@ impl Agent {
                  exec's arguments from the next start, until then those of known names"
             );
         }
-        if let Err(err) = monitor.probes().set_notable(&notable.names) {
+        if let Err(err) = monitor.read_args_of(&notable.names, detect::arg_units(&config.services))
+        {
             tracing::error!("SIGHUP: {err:#}; the kernel reads arguments as it did");
         }
-        monitor.set_arg_units(detect::arg_units(&config.services));
         let mut detector = Detector::new(&config.services);
         detector.set_agent_pid(std::process::id());
         detector.adopt(monitor.table());

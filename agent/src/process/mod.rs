@@ -34,6 +34,8 @@ pub struct Process {
     pub pid: u32,
     #[serde(skip)]
     pub parent: Option<ProcessKey>,
+    /// The real uid. For a process seeded from /proc that the scan did not
+    /// read in full, the effective one (see `procfs::Notables`).
     pub uid: u32,
     pub loginuid: Option<u32>,
     pub comm: String,

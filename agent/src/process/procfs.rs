@@ -1,23 +1,99 @@
 //! Reading processes from /proc, to seed and resynchronise the table.
 //!
-//! Read by hand rather than through the procfs crate: a scan reads six
+//! Read by hand rather than through the procfs crate: a scan reads several
 //! files of every process on the host, and at 10,000 processes parsing all
 //! of `status` into a map (for one uid) and reopening each process's
-//! directory made the scan most of the agent's start.
+//! directory made the scan most of the agent's start. Each file costs the
+//! kernel an open and a formatting, so a scan reads no more than the table
+//! needs: nothing past `stat` for kernel threads, the units of all
+//! processes from the cgroup tree at once, and command lines only where an
+//! exec's arguments would have been read (see [`Notables`]).
 
-use std::{fmt::Write as _, fs::File, io::Read};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+    fs::File,
+    io::Read,
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
 
-use super::Process;
+use super::{Process, units};
 use crate::events::ProcessKey;
+
+/// `PF_KTHREAD` in /proc/PID/stat's flags.
+const KERNEL_THREAD: u64 = 0x0020_0000;
+
+/// The processes a scan reads in full: those whose arguments the kernel
+/// reads at exec (notable names, or everyone), and those in units of
+/// services known by unit alone. A process that was running before the
+/// agent is known no better and no worse than one exec'd since.
+///
+/// Others are read without their command line and without `status`, the
+/// costliest file to format: their uid is the owner of /proc/PID, which is
+/// the effective uid (as `ps` reads it). It differs from the real one only
+/// under a setuid program, and no finding names such a process's uid: the
+/// actors findings name are notable (control commands, the services).
+#[derive(Clone, Debug, Default)]
+pub struct Notables {
+    /// Names (comm, cut as the kernel cuts it) whose arguments are read;
+    /// None: everyone's.
+    names: Option<HashSet<String>>,
+    units: Vec<glob::Pattern>,
+}
+
+impl Notables {
+    /// `names` as the kernel's notable map holds them (None: it reads every
+    /// exec's arguments), and the units read whatever runs there.
+    pub fn new(names: Option<&[(String, u32)]>, units: Vec<glob::Pattern>) -> Notables {
+        let names = names.map(|names| {
+            names
+                .iter()
+                .filter(|(_, bits)| bits & agent_common::notable::ARGS != 0)
+                .map(|(name, _)| name.clone())
+                .collect()
+        });
+        Notables { names, units }
+    }
+
+    /// Every process's.
+    pub fn everyone() -> Notables {
+        Notables::default()
+    }
+
+    pub fn in_unit(&self, unit: Option<&str>) -> bool {
+        unit.is_some_and(|unit| self.units.iter().any(|p| p.matches(unit)))
+    }
+
+    /// Whether a process named `comm` that runs `exe` in `unit` is read in
+    /// full. The kernel matched the name at exec, when comm was
+    /// the file's name: a process may have renamed itself since.
+    fn wanted(&self, comm: &str, exe: Option<&str>, unit: Option<&str>) -> bool {
+        let Some(names) = &self.names else {
+            return true;
+        };
+        let file = exe.and_then(|e| e.rsplit('/').next()).map(|file| {
+            let mut end = file.len().min(agent_common::COMM_LEN - 1);
+            while !file.is_char_boundary(end) {
+                end -= 1;
+            }
+            &file[..end]
+        });
+        names.contains(comm) || file.is_some_and(|f| names.contains(f)) || self.in_unit(unit)
+    }
+}
 
 /// Every process now in /proc. Processes that vanish mid-scan are skipped.
 /// Each /proc entry is read and closed before the next is opened: holding
 /// one descriptor per process would fail under a low descriptor limit and
 /// leave processes unknown.
-pub fn scan() -> Vec<Process> {
+pub fn scan(notables: &Notables) -> Vec<Process> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    // Before the processes: one that starts meanwhile is not in the tree
+    // and has its own cgroup file read.
+    let members = units::unified_mount().and_then(|(mount, _)| cgroup_members(&mount));
     let pids: Vec<u32> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .collect();
@@ -29,10 +105,11 @@ pub fn scan() -> Vec<Process> {
         let readers: Vec<_> = pids
             .chunks(share)
             .map(|pids| {
+                let members = members.as_ref();
                 scope.spawn(move || {
                     let mut proc = ProcReader::default();
                     pids.iter()
-                        .filter_map(|&pid| proc.process(pid))
+                        .filter_map(|&pid| proc.process(pid, members, notables))
                         .collect::<Vec<_>>()
                 })
             })
@@ -57,13 +134,45 @@ pub fn scan() -> Vec<Process> {
         .collect()
 }
 
-/// What /proc/PID/stat says: pid, comm, ppid and start time (clock ticks
-/// since boot).
+/// The unit of every process in the unified hierarchy mounted at `mount`,
+/// from each cgroup's `cgroup.procs`: one read per cgroup rather than one
+/// per process. None when the tree cannot be read.
+fn cgroup_members(mount: &Path) -> Option<HashMap<u32, Option<String>>> {
+    let mut members = HashMap::new();
+    let mut dirs = vec![mount.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // Removed meanwhile: its processes have moved on.
+            Err(_) if dir != mount => continue,
+            Err(_) => return None,
+        };
+        let path = dir.strip_prefix(mount).ok()?.to_str()?;
+        let unit = unit_of_cgroup(path);
+        // A threaded cgroup refuses to list processes: its domain does.
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.parse::<u32>().ok()) {
+                members.insert(pid, unit.clone());
+            }
+        }
+        dirs.extend(
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    Some(members)
+}
+
+/// What /proc/PID/stat says: pid, comm, ppid, start time (clock ticks
+/// since boot) and whether it is a kernel thread.
 struct Stat {
     pid: u32,
     comm: String,
     ppid: u32,
     start_ticks: u64,
+    kernel: bool,
 }
 
 /// Reads /proc files of one process after another into one buffer.
@@ -74,46 +183,68 @@ struct ProcReader {
 }
 
 impl ProcReader {
-    /// A process as /proc shows it, and its parent's pid.
-    fn process(&mut self, pid: u32) -> Option<(Process, u32)> {
+    /// A process as /proc shows it, and its parent's pid. `members` are
+    /// the units of processes found in the cgroup tree.
+    fn process(
+        &mut self,
+        pid: u32,
+        members: Option<&HashMap<u32, Option<String>>>,
+        notables: &Notables,
+    ) -> Option<(Process, u32)> {
         let stat = self.stat(pid)?;
-        let uid = self
-            .read(pid, "status")
-            .and_then(|status| {
-                let line = status
-                    .split(|&b| b == b'\n')
-                    .find(|l| l.starts_with(b"Uid:"))?;
-                first_number(&line[4..])
-            })
-            .unwrap_or(0);
-        let loginuid = self
-            .read(pid, "loginuid")
-            .and_then(first_number)
-            .filter(|&l| l != u32::MAX);
-        let exe = std::fs::read_link(self.path(pid, "exe"))
-            .ok()
-            .map(|e| e.to_string_lossy().into_owned());
-        let cmdline = self.cmdline(pid).unwrap_or_default();
-        let unit = self
-            .read(pid, "cgroup")
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .and_then(unit_of_cgroups);
-        let process = Process {
+        let mut process = Process {
             key: ProcessKey {
                 pid: stat.pid,
                 start_ticks: stat.start_ticks,
             },
             pid: stat.pid,
             parent: None,
-            uid,
-            loginuid,
+            uid: 0,
+            loginuid: None,
             comm: stat.comm,
-            exe,
-            cmdline: cmdline.into(),
-            unit,
+            exe: None,
+            cmdline: Vec::new().into(),
+            unit: None,
             exited: None,
         };
+        // Root, no login, no program, no arguments, no unit.
+        if stat.kernel {
+            return Some((process, stat.ppid));
+        }
+        process.loginuid = self
+            .read(pid, "loginuid")
+            .and_then(first_number)
+            .filter(|&l| l != u32::MAX);
+        process.exe = std::fs::read_link(self.path(pid, "exe"))
+            .ok()
+            .map(|e| e.to_string_lossy().into_owned());
+        process.unit = match members.and_then(|m| m.get(&pid)) {
+            Some(unit) => unit.clone(),
+            None => self
+                .read(pid, "cgroup")
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(unit_of_cgroups),
+        };
+        if notables.wanted(
+            &process.comm,
+            process.exe.as_deref(),
+            process.unit.as_deref(),
+        ) {
+            process.uid = self.real_uid(pid).unwrap_or(0);
+            process.cmdline = self.cmdline(pid).unwrap_or_default().into();
+        } else {
+            process.uid = std::fs::metadata(self.path(pid, "")).map_or(0, |m| m.uid());
+        }
         Some((process, stat.ppid))
+    }
+
+    /// The real uid, from `status`.
+    fn real_uid(&mut self, pid: u32) -> Option<u32> {
+        let status = self.read(pid, "status")?;
+        let line = status
+            .split(|&b| b == b'\n')
+            .find(|l| l.starts_with(b"Uid:"))?;
+        first_number(&line[4..])
     }
 
     fn cmdline(&mut self, pid: u32) -> Option<Vec<String>> {
@@ -131,15 +262,18 @@ impl ProcReader {
         // The comm is in parentheses and may hold any of ") (" itself.
         let (head, tail) = text.rsplit_once(')')?;
         let (pid, comm) = head.split_once('(')?;
-        // After the comm: state, ppid, ... starttime (the 20th).
+        // After the comm: state, ppid, ... flags (the 7th), ... starttime
+        // (the 20th).
         let mut fields = tail.split_ascii_whitespace();
         let ppid = fields.nth(1)?.parse().ok()?;
-        let start_ticks = fields.nth(17)?.parse().ok()?;
+        let flags: u64 = fields.nth(4)?.parse().ok()?;
+        let start_ticks = fields.nth(12)?.parse().ok()?;
         Some(Stat {
             pid: pid.trim().parse().ok()?,
             comm: comm.to_string(),
             ppid,
             start_ticks,
+            kernel: flags & KERNEL_THREAD != 0,
         })
     }
 
@@ -250,6 +384,8 @@ pub fn unit_of_cgroup(path: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use agent_common::notable;
+
     use super::*;
 
     #[test]
@@ -304,9 +440,83 @@ mod tests {
     }
 
     #[test]
+    fn command_lines_are_read_where_the_kernel_reads_arguments() {
+        let names = [
+            ("postgres".to_string(), notable::ARGS | notable::WAKE),
+            ("clickhouse-serv".to_string(), notable::ARGS | notable::WAKE),
+            ("waker".to_string(), notable::WAKE),
+        ];
+        let units = vec![glob::Pattern::new("myapp*.service").unwrap()];
+        let notables = Notables::new(Some(&names), units);
+        assert!(notables.wanted("postgres", None, None));
+        assert!(
+            notables.wanted("renamed", Some("/usr/lib/postgresql/17/bin/postgres"), None),
+            "a process renamed since its exec is known by its program"
+        );
+        assert!(
+            notables.wanted("x", Some("/usr/bin/clickhouse-server"), None),
+            "the program's name cut as comm is"
+        );
+        assert!(!notables.wanted("true", Some("/usr/bin/true"), None));
+        assert!(!notables.wanted("waker", None, None), "woken, not read");
+        assert!(notables.wanted("anything", None, Some("myapp-1.service")));
+        assert!(!notables.wanted("anything", None, Some("cron.service")));
+        assert!(Notables::everyone().wanted("true", None, None));
+        assert!(Notables::new(None, Vec::new()).wanted("true", None, None));
+    }
+
+    #[test]
+    fn the_cgroup_tree_gives_each_process_its_unit() {
+        let Some((mount, _)) = units::unified_mount() else {
+            eprintln!("skipped: no unified cgroup hierarchy on this host");
+            return;
+        };
+        let members = cgroup_members(&mount).expect("the cgroup tree is readable");
+        let me = std::process::id();
+        let mut proc = ProcReader::default();
+        let from_proc = proc
+            .read(me, "cgroup")
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(unit_of_cgroups);
+        assert_eq!(members.get(&me), Some(&from_proc));
+        assert!(members.len() > 1, "more than this process: {members:?}");
+    }
+
+    #[test]
+    fn a_process_not_read_in_full_has_no_command_line_and_its_effective_uid() {
+        let me = std::process::id();
+        let none: &[(String, u32)] = &[];
+        let all = scan(&Notables::new(Some(none), Vec::new()));
+        let this = all.iter().find(|p| p.pid == me).expect("this process");
+        assert!(this.cmdline.is_empty());
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(this.uid, unsafe { libc::geteuid() });
+        assert!(this.exe.is_some(), "its program is read all the same");
+    }
+
+    #[test]
+    fn kernel_threads_are_known_by_their_stat() {
+        let all = scan(&Notables::everyone());
+        let Some(kthreadd) = all.iter().find(|p| p.pid == 2 && p.comm == "kthreadd") else {
+            eprintln!("skipped: no kthreadd in this pid namespace");
+            return;
+        };
+        assert_eq!(
+            (
+                kthreadd.uid,
+                kthreadd.loginuid,
+                &kthreadd.exe,
+                kthreadd.cmdline.len()
+            ),
+            (0, None, &None, 0)
+        );
+        assert_eq!(kthreadd.unit, None);
+    }
+
+    #[test]
     fn scan_finds_this_process_with_its_parent_and_command() {
         let me = std::process::id();
-        let all = scan();
+        let all = scan(&Notables::everyone());
         let this = all
             .iter()
             .find(|p| p.pid == me)

@@ -62,7 +62,7 @@ impl Units {
 
 /// The unified (v2) hierarchy's mount point and root id: /sys/fs/cgroup
 /// on a unified host, /sys/fs/cgroup/unified on a hybrid one.
-fn unified_mount() -> Option<(PathBuf, u64)> {
+pub(super) fn unified_mount() -> Option<(PathBuf, u64)> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     mounts.lines().find_map(|line| {
         // id parent major:minor root mount-point options... - fstype source
