@@ -11,6 +11,7 @@
 mod guards;
 mod programs;
 mod session;
+mod startup;
 mod table;
 
 use std::{
@@ -198,7 +199,25 @@ pub fn run(agent: &Path, execs: u32, rounds: u32) -> Result<()> {
         rounds,
         started.elapsed().as_secs_f64()
     );
+    let startup = if measured.contains(&Tracer::StopguardRun) {
+        step(&format!(
+            "stopguard run's start with {} more live processes, {rounds} times",
+            startup::LIVE
+        ));
+        Some(startup::measure(agent, &dir.0, rounds)?)
+    } else {
+        None
+    };
     print_table(execs, rounds, &results, &tracers);
+    if let Some(startup) = startup {
+        println!(
+            "stopguard run start with {} processes on the host: running in {:.2} s (target <= 0.5 s), \
+             VmRSS then {:.1} MiB (target <= 30), medians of {rounds}",
+            startup.processes,
+            median(&startup.times).as_secs_f64(),
+            median(&startup.rss) as f64 / 1024.0
+        );
+    }
     Ok(())
 }
 
