@@ -172,6 +172,16 @@ pub struct Offsets {
     pub bprm_filename: u32,
     /// `arg_end` must directly follow `arg_start`: both are read in one go.
     pub mm_arg_start: u32,
+    /// `task->cred->uid`: what `bpf_get_current_uid_gid` reads, without
+    /// the helper call.
+    pub task_cred: u32,
+    pub cred_uid: u32,
+    /// `task->cgroups->dfl_cgrp->kn->id`: what `bpf_get_current_cgroup_id`
+    /// reads, without the helper call.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
 }
 
 /// Ring buffer wake-up policy, a global of the kernel programs: records are

@@ -60,6 +60,12 @@ static OFFSETS: Offsets = Offsets {
     signal_live: 0,
     bprm_filename: 0,
     mm_arg_start: 0,
+    task_cred: 0,
+    cred_uid: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
 };
 
 #[unsafe(no_mangle)]
