@@ -157,12 +157,13 @@ pub struct SignalRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offsets {
-    /// `tgid` must directly follow `pid`: both are read in one go.
+    /// `tgid` must directly follow `pid`: its offset is this one's plus 4.
     pub task_pid: u32,
     pub task_real_parent: u32,
     pub task_group_leader: u32,
     pub task_start_boottime: u32,
-    /// `sessionid` must directly follow `loginuid`: both are read in one go.
+    /// `sessionid` must directly follow `loginuid`: its offset is this
+    /// one's plus 4.
     pub task_loginuid: u32,
     pub task_exit_code: u32,
     pub task_comm: u32,
@@ -170,8 +171,19 @@ pub struct Offsets {
     pub task_mm: u32,
     pub signal_live: u32,
     pub bprm_filename: u32,
-    /// `arg_end` must directly follow `arg_start`: both are read in one go.
+    /// `arg_end` must directly follow `arg_start`: its offset is this one's
+    /// plus 8.
     pub mm_arg_start: u32,
+    /// `task->cred->uid`: what `bpf_get_current_uid_gid` reads, without
+    /// the helper call.
+    pub task_cred: u32,
+    pub cred_uid: u32,
+    /// `task->cgroups->dfl_cgrp->kn->id`: what `bpf_get_current_cgroup_id`
+    /// reads, without the helper call.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
 }
 
 /// Ring buffer wake-up policy, a global of the kernel programs: records are
@@ -229,7 +241,7 @@ pub mod names {
     pub const CAPTURE: &str = "CAPTURE";
     pub const OFFSETS: &str = "OFFSETS";
     pub const WAKE: &str = "WAKE";
-    /// (program, raw tracepoint) pairs. Program names stay short: the
+    /// (program, tracepoint) pairs. Program names stay short: the
     /// kernel keeps 15 bytes of them, and tools tell them apart by name.
     pub const PROGRAMS: [(&str, &str); 4] = [
         ("sg_exec", "sched_process_exec"),

@@ -1,5 +1,5 @@
-//! stopguard's kernel programs: four raw tracepoints that copy fixed-size
-//! records into one ring buffer. No policy lives here beyond one guard-map
+//! stopguard's kernel programs: four BTF-typed tracepoints that copy
+//! fixed-size records into one ring buffer. No policy lives here beyond one guard-map
 //! lookup at exec; userspace does the rest.
 #![no_std]
 #![no_main]
@@ -11,14 +11,13 @@ use agent_common::{
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
-        bpf_send_signal, generated,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes, bpf_send_signal, generated,
     },
-    macros::{map, raw_tracepoint},
+    macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::RawTracePointContext,
+    programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
 
@@ -60,6 +59,12 @@ static OFFSETS: Offsets = Offsets {
     signal_live: 0,
     bprm_filename: 0,
     mm_arg_start: 0,
+    task_cred: 0,
+    cred_uid: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -78,20 +83,141 @@ fn offsets() -> Offsets {
     unsafe { core::ptr::read_volatile(&OFFSETS) }
 }
 
-/// A field of a kernel struct at a BTF-given offset.
+/// One offset, loaded from the global where it is used: the global is
+/// frozen read-only, so the verifier knows the value and folds it into the
+/// typed pointer it is added to; a copy kept on the stack would lose that
+/// on kernels before 5.16, which track no 4-byte spills.
+#[inline(always)]
+fn off(field: impl FnOnce(&Offsets) -> &u32) -> usize {
+    // SAFETY: a read of a static.
+    unsafe { core::ptr::read_volatile(field(&OFFSETS)) as usize }
+}
+
+/// A field of a kernel struct at a BTF-given offset, through a helper: for
+/// pointers the verifier knows nothing of (the sender of a signal).
 #[inline(always)]
 unsafe fn field<T>(base: *const u8, offset: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }
 }
 
-/// A task's (pid, tgid): adjacent fields, one read.
+/// A field of a kernel struct that a BTF-typed pointer (a tracepoint's
+/// argument, or a pointer read from one) reaches: a plain load, which the
+/// verifier checks against the type and the kernel guards against faults
+/// (a faulting load reads 0). Each load must stay within one member, so
+/// adjacent members are never read as one.
 #[inline(always)]
-unsafe fn ids_of(task: *const u8, off: &Offsets) -> Result<(u32, u32), i32> {
-    let ids: u64 = unsafe { field(task, off.task_pid)? };
-    Ok((ids as u32, (ids >> 32) as u32))
+unsafe fn load<T: Copy>(base: *const u8, offset: usize) -> T {
+    // SAFETY: the verifier turns this into a fault-handled kernel load.
+    unsafe { core::ptr::read_volatile(base.add(offset).cast::<T>()) }
+}
+
+/// A task's (pid, tgid).
+#[inline(always)]
+unsafe fn ids(task: *const u8) -> (u32, u32) {
+    let pid = off(|o| &o.task_pid);
+    unsafe { (load(task, pid), load(task, pid + 4)) }
 }
 
 /// The task with the start time of its process (its group leader's).
+#[inline(always)]
+unsafe fn task(task: *const u8, pid: u32, tgid: u32) -> Task {
+    unsafe {
+        Task {
+            pid,
+            tgid,
+            start_ns: load(leader(task, pid, tgid), off(|o| &o.task_start_boottime)),
+        }
+    }
+}
+
+/// The thread group's leader.
+#[inline(always)]
+unsafe fn leader(task: *const u8, pid: u32, tgid: u32) -> *const u8 {
+    if pid == tgid {
+        task
+    } else {
+        unsafe { load(task, off(|o| &o.task_group_leader)) }
+    }
+}
+
+#[inline(always)]
+unsafe fn ppid(task: *const u8) -> u32 {
+    unsafe {
+        let parent: *const u8 = load(task, off(|o| &o.task_real_parent));
+        load(parent, off(|o| &o.task_pid) + 4)
+    }
+}
+
+/// A task's comm as the kernel holds it, bytes after the NUL included.
+#[inline(always)]
+unsafe fn comm_raw(task: *const u8) -> [u64; 2] {
+    let comm = off(|o| &o.task_comm);
+    unsafe { [load(task, comm), load(task, comm + 8)] }
+}
+
+/// A task's comm, NUL-padded as `bpf_get_current_comm` gives it: older
+/// kernels leave a longer earlier name's bytes after the NUL, and the
+/// guard and notable maps are keyed by the padded name.
+#[inline(always)]
+unsafe fn comm(task: *const u8) -> [u8; COMM_LEN] {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let [mut low, mut high] = unsafe { comm_raw(task) };
+    // The lowest flagged byte is the first NUL (higher flags may be false).
+    let nul = low.wrapping_sub(ONES) & !low & HIGHS;
+    if nul != 0 {
+        low &= ((nul & nul.wrapping_neg()) >> 7).wrapping_sub(1);
+        high = 0;
+    } else {
+        let nul = high.wrapping_sub(ONES) & !high & HIGHS;
+        if nul != 0 {
+            high &= ((nul & nul.wrapping_neg()) >> 7).wrapping_sub(1);
+        }
+    }
+    let mut out = [0u8; COMM_LEN];
+    out[..8].copy_from_slice(&low.to_le_bytes());
+    out[8..].copy_from_slice(&high.to_le_bytes());
+    out
+}
+
+/// A task's uid, as `bpf_get_current_uid_gid` gives current's.
+#[inline(always)]
+unsafe fn uid(task: *const u8) -> u32 {
+    unsafe {
+        let cred: *const u8 = load(task, off(|o| &o.task_cred));
+        load(cred, off(|o| &o.cred_uid))
+    }
+}
+
+/// A task's cgroup (v2) id, as `bpf_get_current_cgroup_id` gives current's.
+#[inline(always)]
+unsafe fn cgroup_id(task: *const u8) -> u64 {
+    unsafe {
+        let css_set: *const u8 = load(task, off(|o| &o.task_cgroups));
+        let cgroup: *const u8 = load(css_set, off(|o| &o.css_set_dfl_cgrp));
+        let kn: *const u8 = load(cgroup, off(|o| &o.cgroup_kn));
+        load(kn, off(|o| &o.kernfs_node_id))
+    }
+}
+
+/// `current`, given as a tracepoint argument, as an actor.
+#[inline(always)]
+unsafe fn actor(current: *const u8) -> Actor {
+    unsafe {
+        let (pid, tgid) = ids(current);
+        let login = off(|o| &o.task_loginuid);
+        Actor {
+            task: task(current, pid, tgid),
+            uid: uid(current),
+            loginuid: load(current, login),
+            sessionid: load(current, login + 4),
+            _pad: 0,
+            comm: comm(current),
+        }
+    }
+}
+
+/// The task with the start time of its process, through helpers.
 #[inline(always)]
 unsafe fn task_with_ids(task: *const u8, pid: u32, tgid: u32, off: &Offsets) -> Result<Task, i32> {
     unsafe {
@@ -108,41 +234,23 @@ unsafe fn task_with_ids(task: *const u8, pid: u32, tgid: u32, off: &Offsets) -> 
     }
 }
 
+/// The current task as an actor, through helpers: for a tracepoint whose
+/// arguments do not include it.
 #[inline(always)]
-unsafe fn task_of(task: *const u8, off: &Offsets) -> Result<Task, i32> {
-    unsafe {
-        let (pid, tgid) = ids_of(task, off)?;
-        task_with_ids(task, pid, tgid, off)
-    }
-}
-
-#[inline(always)]
-unsafe fn ppid_of(task: *const u8, off: &Offsets) -> u32 {
-    unsafe {
-        field::<*const u8>(task, off.task_real_parent)
-            .and_then(|parent| ids_of(parent, off))
-            .map(|(_, tgid)| tgid)
-            .unwrap_or(0)
-    }
-}
-
-/// The current task as an actor: its process, credentials and comm.
-#[inline(always)]
-unsafe fn current_actor(off: &Offsets) -> Result<(Actor, *const u8), i32> {
+unsafe fn current_actor(off: &Offsets) -> Result<Actor, i32> {
     unsafe {
         let current = bpf_get_current_task() as *const u8;
         let ids = bpf_get_current_pid_tgid();
         // loginuid and sessionid are adjacent: one read.
         let login: u64 = field(current, off.task_loginuid).unwrap_or(u64::MAX);
-        let actor = Actor {
+        Ok(Actor {
             task: task_with_ids(current, ids as u32, (ids >> 32) as u32, off)?,
             uid: bpf_get_current_uid_gid() as u32,
             loginuid: login as u32,
             sessionid: (login >> 32) as u32,
             _pad: 0,
             comm: bpf_get_current_comm()?,
-        };
-        Ok((actor, current))
+        })
     }
 }
 
@@ -173,19 +281,24 @@ fn wake_flags(urgent: bool) -> u64 {
     }
 }
 
-#[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sg_exec(ctx: RawTracePointContext) -> i32 {
-    // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sg_exec(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm);
+    // p is current.
+    let current: *const u8 = ctx.arg(0);
     let bprm: *const u8 = ctx.arg(2);
-    match unsafe { try_exec(&ctx, bprm) } {
+    match unsafe { try_exec(&ctx, current, bprm) } {
         Ok(()) => 0,
         Err(_) => 1,
     }
 }
 
-unsafe fn try_exec(ctx: &RawTracePointContext, bprm: *const u8) -> Result<(), i32> {
-    let off = offsets();
-    let (actor, current) = unsafe { current_actor(&off)? };
+unsafe fn try_exec(
+    ctx: &BtfTracePointContext,
+    current: *const u8,
+    bprm: *const u8,
+) -> Result<(), i32> {
+    let actor = unsafe { actor(current) };
     let mut flags = 0;
     // The one decision taken in the kernel: a guarded name is stopped before
     // its first user-space instruction. Userspace decides what happens next.
@@ -207,18 +320,18 @@ unsafe fn try_exec(ctx: &RawTracePointContext, bprm: *const u8) -> Result<(), i3
     let record = entry.as_mut_ptr();
     unsafe {
         (*record).actor = actor;
-        (*record).ppid = ppid_of(current, &off);
-        let filename: *const u8 = field(bprm, off.bprm_filename).unwrap_or(core::ptr::null());
+        (*record).ppid = ppid(current);
+        let filename: *const u8 = load(bprm, off(|o| &o.bprm_filename));
         match bpf_probe_read_kernel_str_bytes(filename, &mut (*record).filename) {
             Ok(name) if name.len() >= PATH_LEN - 1 => flags |= flag::FILENAME_TRUNCATED,
             Ok(_) => {}
             Err(_) => (*record).filename[0] = 0,
         }
         (*record).args_len = 0;
-        (*record).cgroup = bpf_get_current_cgroup_id();
+        (*record).cgroup = cgroup_id(current);
         let notable = NOTABLE.get(actor.comm).copied().unwrap_or(0);
         if notable & notable::ARGS != 0 || core::ptr::read_volatile(&CAPTURE).all_args != 0 {
-            flags |= read_args(current, &off, &mut *record);
+            flags |= read_args(current, &mut *record);
         } else {
             flags |= flag::ARGS_UNREAD;
         }
@@ -233,14 +346,16 @@ unsafe fn try_exec(ctx: &RawTracePointContext, bprm: *const u8) -> Result<(), i3
 /// just written it (so it is in memory, unlike argv read at execve entry);
 /// the flags it earns.
 #[inline(always)]
-unsafe fn read_args(current: *const u8, off: &Offsets, record: &mut ExecRecord) -> u32 {
+unsafe fn read_args(current: *const u8, record: &mut ExecRecord) -> u32 {
     let mut flags = 0;
     unsafe {
-        let mm: *const u8 = field(current, off.task_mm).unwrap_or(core::ptr::null());
+        let mm: *const u8 = load(current, off(|o| &o.task_mm));
         if mm.is_null() {
             return flags;
         }
-        let [start, end]: [u64; 2] = field(mm, off.mm_arg_start).unwrap_or([0, 0]);
+        let arg_start = off(|o| &o.mm_arg_start);
+        let start: u64 = load(mm, arg_start);
+        let end: u64 = load(mm, arg_start + 8);
         let mut len = end.saturating_sub(start) as usize;
         if len > ARGS_LEN {
             len = ARGS_LEN;
@@ -261,8 +376,8 @@ unsafe fn read_args(current: *const u8, off: &Offsets, record: &mut ExecRecord) 
     flags
 }
 
-#[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sg_exit(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sg_exit(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct task_struct *p, ...)
     let task: *const u8 = ctx.arg(0);
     match unsafe { try_exit(task) } {
@@ -272,12 +387,11 @@ pub fn sg_exit(ctx: RawTracePointContext) -> i32 {
 }
 
 unsafe fn try_exit(task: *const u8) -> Result<(), i32> {
-    let off = offsets();
     unsafe {
         // Only the last thread out is the process's exit: by the time this
         // tracepoint fires, do_exit has already dropped signal->live.
-        let signal: *const u8 = field(task, off.task_signal)?;
-        let live: i32 = field(signal, off.signal_live)?;
+        let signal: *const u8 = load(task, off(|o| &o.task_signal));
+        let live: i32 = load(signal, off(|o| &o.signal_live));
         if live != 0 {
             return Ok(());
         }
@@ -286,64 +400,58 @@ unsafe fn try_exit(task: *const u8) -> Result<(), i32> {
             return Ok(());
         };
         let record = entry.as_mut_ptr();
-        let (pid, tgid) = ids_of(task, &off).unwrap_or_default();
+        let (pid, tgid) = ids(task);
         // The last thread out need not be the main one: name the process
         // by its leader's comm, not by the thread's.
-        let leader: *const u8 = if pid == tgid {
-            task
-        } else {
-            field(task, off.task_group_leader).unwrap_or(task)
-        };
+        let leader = leader(task, pid, tgid);
         (*record).task = Task {
             pid,
             tgid,
-            start_ns: field(leader, off.task_start_boottime).unwrap_or(0),
+            start_ns: load(leader, off(|o| &o.task_start_boottime)),
         };
-        (*record).ppid = ppid_of(task, &off);
-        (*record).status = field(task, off.task_exit_code).unwrap_or(0);
-        (*record).comm = [0; COMM_LEN];
-        let _ = bpf_probe_read_kernel_buf(leader.add(off.task_comm as usize), &mut (*record).comm);
+        (*record).ppid = ppid(task);
+        (*record).status = load(task, off(|o| &o.task_exit_code));
+        (*record).comm = core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>(comm_raw(leader));
         (*record).header = header(kind::EXIT, 0);
         entry.submit(wake_flags(false));
     }
     Ok(())
 }
 
-#[raw_tracepoint(tracepoint = "sched_process_fork")]
-pub fn sg_fork(ctx: RawTracePointContext) -> i32 {
-    // TP_PROTO(struct task_struct *parent, struct task_struct *child)
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sg_fork(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct task_struct *parent, struct task_struct *child);
+    // parent is current.
+    let parent: *const u8 = ctx.arg(0);
     let child: *const u8 = ctx.arg(1);
-    match unsafe { try_fork(child) } {
+    match unsafe { try_fork(parent, child) } {
         Ok(()) => 0,
         Err(_) => 1,
     }
 }
 
-unsafe fn try_fork(child: *const u8) -> Result<(), i32> {
-    let off = offsets();
+unsafe fn try_fork(parent: *const u8, child: *const u8) -> Result<(), i32> {
     unsafe {
-        let (pid, tgid) = ids_of(child, &off)?;
+        let (pid, tgid) = ids(child);
         if pid != tgid {
             return Ok(()); // a new thread, not a new process
         }
-        let child_task = task_with_ids(child, pid, tgid, &off)?;
-        let (parent, _) = current_actor(&off)?;
         let Some(mut entry) = EVENTS.reserve::<ForkRecord>(0) else {
             count_lost(kind::FORK);
             return Ok(());
         };
         entry.write(ForkRecord {
             header: header(kind::FORK, 0),
-            parent,
-            child: child_task,
+            parent: actor(parent),
+            child: task(child, pid, tgid),
         });
         entry.submit(wake_flags(false));
     }
     Ok(())
 }
 
-#[raw_tracepoint(tracepoint = "signal_generate")]
-pub fn sg_signal(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "signal_generate")]
+pub fn sg_signal(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(int sig, struct kernel_siginfo *info, struct task_struct *task,
     //          int group, int result)
     let signal: u64 = ctx.arg(0);
@@ -363,21 +471,18 @@ unsafe fn try_signal(signal: u32, target: *const u8, result: u32) -> Result<(), 
     if interest & (1u64 << signal) == 0 {
         return Ok(());
     }
-    let off = offsets();
     unsafe {
-        let (sender, _) = current_actor(&off)?;
+        // The sender is current, which no argument gives: helpers read it.
+        let sender = current_actor(&offsets())?;
         let Some(mut entry) = EVENTS.reserve::<SignalRecord>(0) else {
             count_lost(kind::SIGNAL);
             return Ok(());
         };
         let record = entry.as_mut_ptr();
         (*record).sender = sender;
-        (*record).target = task_of(target, &off).unwrap_or_default();
-        (*record).target_comm = [0; COMM_LEN];
-        let _ = bpf_probe_read_kernel_buf(
-            target.add(off.task_comm as usize),
-            &mut (*record).target_comm,
-        );
+        let (pid, tgid) = ids(target);
+        (*record).target = task(target, pid, tgid);
+        (*record).target_comm = core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>(comm_raw(target));
         (*record).signal = signal;
         (*record).result = result;
         (*record).header = header(kind::SIGNAL, 0);

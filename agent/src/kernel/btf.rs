@@ -47,6 +47,12 @@ pub fn offsets(path: &Path) -> Result<Offsets> {
         signal_live: byte_offset(&btf, "signal_struct", "live")?,
         bprm_filename: byte_offset(&btf, "linux_binprm", "filename")?,
         mm_arg_start: arg_start,
+        task_cred: task("cred")?,
+        cred_uid: byte_offset(&btf, "cred", "uid")?,
+        task_cgroups: task("cgroups")?,
+        css_set_dfl_cgrp: byte_offset(&btf, "css_set", "dfl_cgrp")?,
+        cgroup_kn: byte_offset(&btf, "cgroup", "kn")?,
+        kernfs_node_id: byte_offset(&btf, "kernfs_node", "id")?,
     })
 }
 
@@ -130,6 +136,8 @@ mod tests {
             o.task_comm,
             o.task_signal,
             o.task_mm,
+            o.task_cred,
+            o.task_cgroups,
         ];
         let mut sorted = task.to_vec();
         sorted.sort();

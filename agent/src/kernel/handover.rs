@@ -12,8 +12,8 @@ use aya::{
 };
 
 use super::{
-    Maps, OBJECT, Overlap, Pinning, ProbeOptions, Probes, capture, load_object, pins, program_of,
-    record_body_hash, record_time, set_interest, set_notable, start_kernel_log,
+    Maps, OBJECT, Overlap, Pinning, ProbeOptions, Probes, attach_program_link, capture,
+    load_object, pins, record_body_hash, record_time, set_interest, set_notable, start_kernel_log,
     start_kernel_log_of, unreported_losses,
 };
 use crate::events::{Event, Lost, PerKind};
@@ -128,7 +128,7 @@ impl Probes {
         dir: &Path,
         old: &[(pins::Generation, Option<Maps>)],
     ) -> Result<Probes> {
-        let mut ebpf = load_object(options, offsets, wake)?;
+        let (mut ebpf, btf) = load_object(options, offsets, wake)?;
         let logger = start_kernel_log(&mut ebpf);
         let making = pins::making(dir);
         let _ = fs::remove_dir_all(&making);
@@ -154,11 +154,7 @@ impl Probes {
         }
         let mut links = Vec::new();
         for (program, tracepoint) in names::PROGRAMS {
-            let prog = program_of(&mut ebpf, program)?;
-            let id = prog
-                .attach(tracepoint)
-                .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
-            let link: FdLink = prog.take_link(id)?.into();
+            let link = attach_program_link(&mut ebpf, &btf, program, tracepoint)?;
             links.push(
                 link.pin(making.join(program))
                     .with_context(|| format!("pinning the link of {program}"))?,
@@ -175,6 +171,7 @@ impl Probes {
         );
         // The links hold the programs now: the object may go.
         drop(ebpf);
+        drop(btf);
         Probes::new(None, links, maps, pinning, logger)
     }
 

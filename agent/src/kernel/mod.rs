@@ -13,9 +13,12 @@ use std::{
 use agent_common::{COMM_LEN, Capture, Header, Offsets, WakePolicy, kind, names};
 use anyhow::{Context, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{RawTracePoint, links::PinnedLink},
+    programs::{
+        BtfTracePoint,
+        links::{FdLink, PinnedLink},
+    },
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -213,7 +216,7 @@ impl Probes {
         wake: &WakePolicy,
         pinning: Pinning,
     ) -> Result<Probes> {
-        let mut ebpf = load_object(options, offsets, wake)?;
+        let (mut ebpf, btf) = load_object(options, offsets, wake)?;
         let logger = start_kernel_log(&mut ebpf);
         let mut maps = Maps::take(&mut ebpf, None)?;
         set_interest(&mut maps.interest, &options.signals)?;
@@ -222,9 +225,7 @@ impl Probes {
             options.notable.as_deref().unwrap_or_default(),
         )?;
         for (program, tracepoint) in names::PROGRAMS {
-            program_of(&mut ebpf, program)?
-                .attach(tracepoint)
-                .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
+            attach_program(&mut ebpf, &btf, program, tracepoint)?;
         }
         Probes::new(Some(ebpf), Vec::new(), maps, pinning, logger)
     }
@@ -331,8 +332,18 @@ fn capture(options: &ProbeOptions) -> Capture {
     }
 }
 
-fn load_object(options: &ProbeOptions, offsets: &Offsets, wake: &WakePolicy) -> Result<Ebpf> {
-    EbpfLoader::new()
+/// The object, loaded with its globals set, and the kernel's BTF its
+/// programs are loaded against. The BTF is parsed once, here: parsing it
+/// costs a fraction of a second and tens of MB, which the caller frees by
+/// dropping it once the programs are loaded.
+fn load_object(
+    options: &ProbeOptions,
+    offsets: &Offsets,
+    wake: &WakePolicy,
+) -> Result<(Ebpf, Btf)> {
+    let btf = Btf::from_sys_fs().context("parsing the kernel's BTF")?;
+    let ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
         .override_global(names::OFFSETS, offsets, true)
         .override_global(names::WAKE, wake, true)
         .override_global(names::CAPTURE, &capture(options), true)
@@ -341,15 +352,45 @@ fn load_object(options: &ProbeOptions, offsets: &Offsets, wake: &WakePolicy) -> 
         .context(
             "loading the eBPF programs (the kernel refused them: is BPF disabled or \
              restricted by a security module?)",
-        )
+        )?;
+    Ok((ebpf, btf))
 }
 
-fn program_of<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut RawTracePoint> {
-    let prog: &mut RawTracePoint = ebpf
+/// Loads `program` and attaches it to the BTF-typed tracepoint
+/// `tracepoint`; the link stays the object's.
+fn attach_program(ebpf: &mut Ebpf, btf: &Btf, program: &str, tracepoint: &str) -> Result<()> {
+    load_program(ebpf, btf, program, tracepoint)?
+        .attach()
+        .with_context(|| format!("attaching {program} to tracepoint {tracepoint}"))?;
+    Ok(())
+}
+
+/// Like `attach_program`, the link taken from the object: it outlives it
+/// once pinned.
+fn attach_program_link(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    program: &str,
+    tracepoint: &str,
+) -> Result<FdLink> {
+    let prog = load_program(ebpf, btf, program, tracepoint)?;
+    let id = prog
+        .attach()
+        .with_context(|| format!("attaching {program} to tracepoint {tracepoint}"))?;
+    Ok(prog.take_link(id)?.into())
+}
+
+fn load_program<'a>(
+    ebpf: &'a mut Ebpf,
+    btf: &Btf,
+    program: &str,
+    tracepoint: &str,
+) -> Result<&'a mut BtfTracePoint> {
+    let prog: &mut BtfTracePoint = ebpf
         .program_mut(program)
         .with_context(|| format!("program {program} missing from the object"))?
         .try_into()?;
-    prog.load()
+    prog.load(tracepoint, btf)
         .with_context(|| format!("loading program {program} (verifier log above)"))?;
     Ok(prog)
 }
