@@ -333,17 +333,17 @@ fn capture(options: &ProbeOptions) -> Capture {
 }
 
 /// The object, loaded with its globals set, and the kernel's BTF its
-/// programs are loaded against. The BTF is parsed once, here: parsing it
-/// costs a fraction of a second and tens of MB, which the caller frees by
-/// dropping it once the programs are loaded.
+/// programs are loaded against. Parsing the BTF costs a fraction of a
+/// second and tens of MB, which the caller frees by dropping it once the
+/// programs are loaded. aya's loader parses its own copy and keeps it to
+/// itself: the two parses run at once, so the start waits for one.
 fn load_object(
     options: &ProbeOptions,
     offsets: &Offsets,
     wake: &WakePolicy,
 ) -> Result<(Ebpf, Btf)> {
-    let btf = Btf::from_sys_fs().context("parsing the kernel's BTF")?;
+    let parsing = std::thread::spawn(Btf::from_sys_fs);
     let ebpf = EbpfLoader::new()
-        .btf(Some(&btf))
         .override_global(names::OFFSETS, offsets, true)
         .override_global(names::WAKE, wake, true)
         .override_global(names::CAPTURE, &capture(options), true)
@@ -353,6 +353,10 @@ fn load_object(
             "loading the eBPF programs (the kernel refused them: is BPF disabled or \
              restricted by a security module?)",
         )?;
+    let btf = parsing
+        .join()
+        .map_err(|_| anyhow::anyhow!("parsing the kernel's BTF panicked"))?
+        .context("parsing the kernel's BTF")?;
     Ok((ebpf, btf))
 }
 
