@@ -4,7 +4,7 @@
 
 use agent_common::notable;
 
-use crate::{config::Service, supervisors};
+use crate::{config::Service, process::comm_of, supervisors};
 
 /// Programs through which a person stops, starts or runs something as
 /// someone else: what a stop's command line and a control command's
@@ -69,11 +69,11 @@ pub fn notable_names(services: &[Service]) -> Notable {
                 every_exec = true;
                 continue;
             }
-            *names.entry(comm_of(file)).or_default() |= notable::ARGS | notable::WAKE;
+            *names.entry(comm_of(file).to_string()).or_default() |= notable::ARGS | notable::WAKE;
         }
         let command = service.stop_command.iter().flatten().next();
         if let Some(file) = command.and_then(|c| c.rsplit('/').next()) {
-            *names.entry(comm_of(file)).or_default() |= notable::ARGS;
+            *names.entry(comm_of(file).to_string()).or_default() |= notable::ARGS;
         }
     }
     Notable {
@@ -90,15 +90,6 @@ pub fn arg_units(services: &[Service]) -> Vec<glob::Pattern> {
         .filter(|s| s.exe.is_empty())
         .flat_map(|s| s.unit.iter().cloned())
         .collect()
-}
-
-/// The comm a program of this file name runs under: its first 15 bytes.
-fn comm_of(file: &str) -> String {
-    let mut end = file.len().min(agent_common::COMM_LEN - 1);
-    while !file.is_char_boundary(end) {
-        end -= 1;
-    }
-    file[..end].to_string()
 }
 
 /// The comms of the interpreters `supervisors::is_interpreter` knows,

@@ -27,6 +27,16 @@ use crate::{
     supervisors::{is_supervisor, name_of},
 };
 
+/// The comm a program of this file name runs under: its first 15 bytes,
+/// cut where a character starts.
+pub fn comm_of(file: &str) -> &str {
+    let mut end = file.len().min(agent_common::COMM_LEN - 1);
+    while !file.is_char_boundary(end) {
+        end -= 1;
+    }
+    &file[..end]
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Process {
     #[serde(skip)]

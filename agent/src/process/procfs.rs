@@ -72,13 +72,7 @@ impl Notables {
         let Some(names) = &self.names else {
             return true;
         };
-        let file = exe.and_then(|e| e.rsplit('/').next()).map(|file| {
-            let mut end = file.len().min(agent_common::COMM_LEN - 1);
-            while !file.is_char_boundary(end) {
-                end -= 1;
-            }
-            &file[..end]
-        });
+        let file = exe.and_then(|e| e.rsplit('/').next()).map(super::comm_of);
         names.contains(comm) || file.is_some_and(|f| names.contains(f)) || self.in_unit(unit)
     }
 }
