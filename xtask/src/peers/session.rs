@@ -144,22 +144,9 @@ impl Session {
     }
 
     pub(super) fn start_stopguard_run(&mut self, agent: &Path) -> Result<()> {
-        let config = self.dir.join("stopguard.toml");
-        let socket = self.dir.join("sock");
-        fs::write(&config, run_config(&self.dir)?)
-            .with_context(|| format!("writing {}", config.display()))?;
         let before = program_ids()?;
-        let child = Command::new(agent)
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(file(&self.dir, "agent.log")?)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {} run", agent.display()))?;
-        self.processes
-            .push(Tracee::new("stopguard run", child, libc::SIGTERM));
-        self.socket = Some(socket);
+        self.processes.push(spawn_run(agent, &self.dir)?);
+        self.socket = Some(self.dir.join("sock"));
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.stopguard_counts().is_err() {
             check_interrupted()?;
@@ -344,18 +331,7 @@ impl Session {
         if !self.tracer.is_stopguard() {
             return Ok(None);
         }
-        let path = format!("/proc/{}/status", self.processes[0].child.id());
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(&format!("{field}:")))
-            .with_context(|| format!("no {field} in {path}"))?;
-        let kib = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("unexpected {path}: {line}"))?;
-        Ok(Some(kib))
+        status_kib(self.processes[0].child.id(), field).map(Some)
     }
 
     /// Stops the tracer (the audit rule first) and reads what it captured.
@@ -457,6 +433,37 @@ impl Session {
             }
         })
     }
+}
+
+/// `stopguard run` on the default config with its paths moved into `dir`,
+/// its log in `dir/agent.log`, in a process group of its own.
+pub(super) fn spawn_run(agent: &Path, dir: &Path) -> Result<Tracee> {
+    let config = dir.join("stopguard.toml");
+    fs::write(&config, run_config(dir)?)
+        .with_context(|| format!("writing {}", config.display()))?;
+    let child = Command::new(agent)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(file(dir, "agent.log")?)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {} run", agent.display()))?;
+    Ok(Tracee::new("stopguard run", child, libc::SIGTERM))
+}
+
+/// A field of /proc/`pid`/status, in kB (`VmRSS`, `VmHWM`).
+pub(super) fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .with_context(|| format!("no {field} in {path}"))?;
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("unexpected {path}: {line}"))
 }
 
 /// "exec 1234 true": a bpftrace line for one of the storm's processes.

@@ -23,9 +23,6 @@ pub(super) struct Startup {
 pub(super) fn measure(agent: &Path, root: &Path, rounds: u32) -> Result<Startup> {
     let dir = root.join("startup");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let config = dir.join("stopguard.toml");
-    fs::write(&config, run_config(&dir)?)
-        .with_context(|| format!("writing {}", config.display()))?;
     let _sleepers = Sleepers::spawn(LIVE)?;
     let mut startup = Startup {
         processes: processes()?,
@@ -36,15 +33,7 @@ pub(super) fn measure(agent: &Path, root: &Path, rounds: u32) -> Result<Startup>
         let _unpin = Unpin(agent.to_path_buf());
         let log = dir.join("agent.log");
         let began = Instant::now();
-        let child = Command::new(agent)
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(file(&dir, "agent.log")?)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {} run", agent.display()))?;
-        let mut run = Tracee::new("stopguard run", child, libc::SIGTERM);
+        let mut run = spawn_run(agent, &dir)?;
         let took = loop {
             check_interrupted()?;
             if fs::read_to_string(&log).is_ok_and(|l| l.contains("stopguard running")) {
@@ -58,7 +47,7 @@ pub(super) fn measure(agent: &Path, root: &Path, rounds: u32) -> Result<Startup>
             }
             std::thread::sleep(Duration::from_millis(2));
         };
-        let rss = vm_rss(run.child.id())?;
+        let rss = status_kib(run.child.id(), "VmRSS")?;
         let status = run.stop()?;
         if !status.success() {
             bail!("stopguard run failed ({status}): {}", tail(&log));
@@ -86,16 +75,6 @@ fn processes() -> Result<usize> {
                 .is_some_and(|n| n.parse::<u32>().is_ok())
         })
         .count())
-}
-
-/// VmRSS of process `pid`, KiB.
-fn vm_rss(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no VmRSS in {path}"))
 }
 
 /// Sleeping processes, killed and reaped when dropped.
