@@ -55,6 +55,35 @@ pub mod notable {
     pub const WAKE: u32 = 1 << 1;
 }
 
+/// The filter in front of the exec program's two lookups: one bit per
+/// hash of a name in `NOTABLE` or `GUARD`, so that the exec of any other
+/// name (nearly all of them) costs one array load, not two hash lookups.
+/// A set bit may be another name's: the lookups decide.
+pub mod filter {
+    use crate::COMM_LEN;
+
+    /// Words of the `NAME_FILTER` map's one value: 4096 bits.
+    pub const WORDS: usize = 64;
+
+    /// The word and the bit of a NUL-padded comm, from its two
+    /// little-endian halves.
+    #[inline(always)]
+    pub fn slot(low: u64, high: u64) -> (usize, u64) {
+        let hash = (low ^ high.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let bit = (hash >> 52) as usize; // 12 bits
+        (bit >> 6, 1 << (bit & 63))
+    }
+
+    /// [`slot`] of a comm as bytes.
+    pub fn slot_of(comm: &[u8; COMM_LEN]) -> (usize, u64) {
+        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = *comm;
+        slot(
+            u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+            u64::from_le_bytes([i, j, k, l, m, n, o, p]),
+        )
+    }
+}
+
 /// `loginuid` of a task that never logged in ((uid_t)-1).
 pub const NO_LOGINUID: u32 = u32::MAX;
 
@@ -238,6 +267,7 @@ pub mod names {
     pub const SIGNAL_INTEREST: &str = "SIGNAL_INTEREST";
     pub const GUARD: &str = "GUARD";
     pub const NOTABLE: &str = "NOTABLE";
+    pub const NAME_FILTER: &str = "NAME_FILTER";
     pub const CAPTURE: &str = "CAPTURE";
     pub const OFFSETS: &str = "OFFSETS";
     pub const WAKE: &str = "WAKE";

@@ -1,12 +1,13 @@
 //! stopguard's kernel programs: four BTF-typed tracepoints that copy
 //! fixed-size records into one ring buffer. No policy lives here beyond one guard-map
-//! lookup at exec; userspace does the rest.
+//! lookup at exec, made only for names the name filter lets through;
+//! userspace does the rest.
 #![no_std]
 #![no_main]
 
 use agent_common::{
     ARGS_LEN, Actor, COMM_LEN, Capture, ExecRecord, ExitRecord, ForkRecord, Header, LOST_SLOTS,
-    Offsets, PATH_LEN, SignalRecord, Task, WakePolicy, flag, kind, notable,
+    Offsets, PATH_LEN, SignalRecord, Task, WakePolicy, filter, flag, kind, notable,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -44,6 +45,11 @@ static GUARD: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(1024, 0);
 /// userspace.
 #[map]
 static NOTABLE: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(1024, 0);
+
+/// A bit for each name in GUARD or NOTABLE (see `filter`): a clear bit
+/// spares an exec both lookups. Filled by userspace.
+#[map]
+static NAME_FILTER: Array<[u64; filter::WORDS]> = Array::with_max_entries(1, 0);
 
 #[unsafe(no_mangle)]
 static OFFSETS: Offsets = Offsets {
@@ -299,10 +305,11 @@ unsafe fn try_exec(
     bprm: *const u8,
 ) -> Result<(), i32> {
     let actor = unsafe { actor(current) };
+    let named = filtered(&actor.comm);
     let mut flags = 0;
     // The one decision taken in the kernel: a guarded name is stopped before
     // its first user-space instruction. Userspace decides what happens next.
-    if unsafe { GUARD.get(actor.comm) }.is_some() {
+    if named && unsafe { GUARD.get(actor.comm) }.is_some() {
         let err = unsafe { bpf_send_signal(SIGSTOP) };
         if err == 0 {
             flags |= flag::GUARD_STOPPED;
@@ -329,7 +336,11 @@ unsafe fn try_exec(
         }
         (*record).args_len = 0;
         (*record).cgroup = cgroup_id(current);
-        let notable = NOTABLE.get(actor.comm).copied().unwrap_or(0);
+        let notable = if named {
+            NOTABLE.get(actor.comm).copied().unwrap_or(0)
+        } else {
+            0
+        };
         if notable & notable::ARGS != 0 || core::ptr::read_volatile(&CAPTURE).all_args != 0 {
             flags |= read_args(current, &mut *record);
         } else {
@@ -340,6 +351,17 @@ unsafe fn try_exec(
         entry.submit(wake_flags(urgent));
     }
     Ok(())
+}
+
+/// Whether `comm` may be in GUARD or NOTABLE: its bit in the name filter
+/// is set (or the filter cannot be read).
+#[inline(always)]
+fn filtered(comm: &[u8; COMM_LEN]) -> bool {
+    let (word, bit) = filter::slot_of(comm);
+    match NAME_FILTER.get(0) {
+        Some(words) => words[word & (filter::WORDS - 1)] & bit != 0,
+        None => true,
+    }
 }
 
 /// The new image's argv into `record`, from its stack where the kernel has

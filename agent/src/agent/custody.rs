@@ -171,13 +171,13 @@ impl Custody {
                 return;
             }
         }
-        let map = probes.guard();
+        let names = probes.names();
         if on {
-            if let Err(err) = map.insert(comm_key(name), 1, 0) {
+            if let Err(err) = names.guard(comm_key(name), 1) {
                 tracing::error!("guard map ({name}): {err:#}");
             }
         } else {
-            let _ = map.remove(&comm_key(name));
+            let _ = names.unguard(&comm_key(name));
         }
     }
 
@@ -188,15 +188,16 @@ impl Custody {
     pub fn reconcile_guard(&self, probes: &mut Probes) -> Vec<String> {
         let wanted: BTreeSet<[u8; COMM_LEN]> =
             self.guard_names.values().map(|n| comm_key(n)).collect();
-        let map = probes.guard();
-        let stale: Vec<[u8; COMM_LEN]> = map
-            .keys()
-            .filter_map(Result::ok)
+        let names = probes.names();
+        let stale: Vec<[u8; COMM_LEN]> = names
+            .guarded()
+            .into_iter()
+            .map(|(key, _)| key)
             .filter(|key| !wanted.contains(key))
             .collect();
         let mut removed = Vec::new();
         for key in stale {
-            if map.remove(&key).is_ok() {
+            if names.unguard(&key).is_ok() {
                 let end = key.iter().position(|&b| b == 0).unwrap_or(key.len());
                 removed.push(String::from_utf8_lossy(&key[..end]).into_owned());
             }

@@ -5,7 +5,7 @@
 use std::{fs, path::Path, time::Duration};
 
 use agent_common::{COMM_LEN, Capture, LAYOUT, Offsets, WakePolicy, boot_ns, names};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use aya::{
     maps::{Map, MapData, RingBuf},
     programs::links::{FdLink, PinnedLink},
@@ -13,7 +13,7 @@ use aya::{
 
 use super::{
     Maps, OBJECT, Overlap, Pinning, ProbeOptions, Probes, attach_program_link, capture,
-    load_object, pins, record_body_hash, record_time, set_interest, set_notable, start_kernel_log,
+    load_object, pins, record_body_hash, record_time, set_interest, start_kernel_log,
     start_kernel_log_of, unreported_losses,
 };
 use crate::events::{Event, Lost, PerKind};
@@ -135,20 +135,18 @@ impl Probes {
         fs::create_dir(&making).with_context(|| format!("creating {}", making.display()))?;
         let mut maps = Maps::take(&mut ebpf, Some(&making))?;
         set_interest(&mut maps.interest, &options.signals)?;
-        set_notable(
-            &mut maps.notable,
-            options.notable.as_deref().unwrap_or_default(),
-        )?;
+        maps.names
+            .set_notable(options.notable.as_deref().unwrap_or_default())?;
         for (generation, old) in old {
             // The guard map has kept its form across layouts: an older
             // layout's is carried over too.
             let guarded: Vec<([u8; COMM_LEN], u32)> = match old {
-                Some(old) => old.guard.iter().filter_map(Result::ok).collect(),
+                Some(old) => old.names.guarded(),
                 None => guard_of(generation),
             };
             for (name, value) in guarded {
-                maps.guard
-                    .insert(name, value, 0)
+                maps.names
+                    .guard(name, value)
                     .context("carrying the guard map over")?;
             }
         }
@@ -180,10 +178,11 @@ impl Probes {
     fn adopt(options: &ProbeOptions, generation: &pins::Generation) -> Result<Probes> {
         let mut maps = Maps::from_pins(generation)?;
         set_interest(&mut maps.interest, &options.signals)?;
-        set_notable(
-            &mut maps.notable,
-            options.notable.as_deref().unwrap_or_default(),
-        )?;
+        if maps.names.filter.is_none() {
+            bail!("the pinned generation has no name filter map");
+        }
+        maps.names
+            .set_notable(options.notable.as_deref().unwrap_or_default())?;
         let (program, _) = names::PROGRAMS[0];
         let logger = PinnedLink::from_pin(generation.link(program))
             .ok()

@@ -3,14 +3,17 @@
 
 pub mod btf;
 mod handover;
+mod lookups;
 pub mod pins;
+
+pub use lookups::{Names, comm_key};
 
 use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use agent_common::{COMM_LEN, Capture, Header, Offsets, WakePolicy, kind, names};
+use agent_common::{Capture, Header, Offsets, WakePolicy, kind, names};
 use anyhow::{Context, Result, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -101,8 +104,7 @@ pub struct Probes {
     _links: Vec<PinnedLink>,
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
-    guard: HashMap<MapData, [u8; COMM_LEN], u32>,
-    notable: HashMap<MapData, [u8; COMM_LEN], u32>,
+    names: Names,
     /// The exec program reads every exec's arguments (`notable` None).
     reads_every_exec: bool,
     pinning: Pinning,
@@ -130,9 +132,8 @@ struct Overlap {
 struct Maps {
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
-    guard: HashMap<MapData, [u8; COMM_LEN], u32>,
     interest: Array<MapData, u64>,
-    notable: HashMap<MapData, [u8; COMM_LEN], u32>,
+    names: Names,
 }
 
 impl Maps {
@@ -146,9 +147,16 @@ impl Maps {
         Ok(Maps {
             ring: RingBuf::try_from(open(names::EVENTS)?)?,
             lost: PerCpuArray::try_from(open(names::LOST)?)?,
-            guard: HashMap::try_from(open(names::GUARD)?)?,
             interest: Array::try_from(open(names::SIGNAL_INTEREST)?)?,
-            notable: HashMap::try_from(open(names::NOTABLE)?)?,
+            names: Names {
+                notable: HashMap::try_from(open(names::NOTABLE)?)?,
+                guard: HashMap::try_from(open(names::GUARD)?)?,
+                // Older generations have none.
+                filter: open(names::NAME_FILTER)
+                    .ok()
+                    .map(Array::try_from)
+                    .transpose()?,
+            },
         })
     }
 
@@ -167,9 +175,12 @@ impl Maps {
         Ok(Maps {
             ring: RingBuf::try_from(take(names::EVENTS)?)?,
             lost: PerCpuArray::try_from(take(names::LOST)?)?,
-            guard: HashMap::try_from(take(names::GUARD)?)?,
             interest: Array::try_from(take(names::SIGNAL_INTEREST)?)?,
-            notable: HashMap::try_from(take(names::NOTABLE)?)?,
+            names: Names {
+                notable: HashMap::try_from(take(names::NOTABLE)?)?,
+                guard: HashMap::try_from(take(names::GUARD)?)?,
+                filter: Some(Array::try_from(take(names::NAME_FILTER)?)?),
+            },
         })
     }
 }
@@ -220,10 +231,8 @@ impl Probes {
         let logger = start_kernel_log(&mut ebpf);
         let mut maps = Maps::take(&mut ebpf, None)?;
         set_interest(&mut maps.interest, &options.signals)?;
-        set_notable(
-            &mut maps.notable,
-            options.notable.as_deref().unwrap_or_default(),
-        )?;
+        maps.names
+            .set_notable(options.notable.as_deref().unwrap_or_default())?;
         for (program, tracepoint) in names::PROGRAMS {
             attach_program(&mut ebpf, &btf, program, tracepoint)?;
         }
@@ -247,8 +256,7 @@ impl Probes {
             _links: links,
             ring,
             lost: maps.lost,
-            guard: maps.guard,
-            notable: maps.notable,
+            names: maps.names,
             reads_every_exec: true,
             pinning,
             handover: Handover::default(),
@@ -308,7 +316,7 @@ impl Probes {
     /// Sets the image names whose execs matter (see `ProbeOptions`), as
     /// after a configuration reload.
     pub fn set_notable(&mut self, names: &[(String, u32)]) -> Result<()> {
-        set_notable(&mut self.notable, names)
+        self.names.set_notable(names)
     }
 
     /// Whether every exec's arguments are read, whatever its name: chosen
@@ -317,10 +325,10 @@ impl Probes {
         self.reads_every_exec
     }
 
-    /// The guard map: exec of a process whose name is in it is stopped by
-    /// the kernel before its first instruction.
-    pub fn guard(&mut self) -> &mut HashMap<MapData, [u8; COMM_LEN], u32> {
-        &mut self.guard
+    /// The guard and notable maps: exec of a process whose name is in the
+    /// guard map is stopped by the kernel before its first instruction.
+    pub fn names(&mut self) -> &mut Names {
+        &mut self.names
     }
 }
 
@@ -407,30 +415,6 @@ fn set_interest(interest: &mut Array<MapData, u64>, signals: &[u32]) -> Result<(
     interest
         .set(0, mask, 0)
         .context("filling the signal interest map")
-}
-
-/// Makes the notable map hold `names` and nothing else.
-fn set_notable(
-    map: &mut HashMap<MapData, [u8; COMM_LEN], u32>,
-    names: &[(String, u32)],
-) -> Result<()> {
-    let wanted: std::collections::HashMap<[u8; COMM_LEN], u32> = names
-        .iter()
-        .map(|(name, bits)| (comm_key(name), *bits))
-        .collect();
-    let stale: Vec<[u8; COMM_LEN]> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|key| !wanted.contains_key(key))
-        .collect();
-    for key in stale {
-        map.remove(&key).context("emptying the notable-names map")?;
-    }
-    for (key, bits) in wanted {
-        map.insert(key, bits, 0)
-            .context("filling the notable-names map")?;
-    }
-    Ok(())
 }
 
 /// What the counters say was lost and no agent has reported yet; marks it
@@ -525,13 +509,4 @@ fn start_kernel_log_of(program_id: u32) -> Option<tokio::task::JoinHandle<()>> {
         }
     };
     forward_kernel_log(logger)
-}
-
-/// A comm as the kernel stores it: at most 15 bytes, NUL-padded.
-pub fn comm_key(name: &str) -> [u8; COMM_LEN] {
-    let mut key = [0u8; COMM_LEN];
-    let bytes = name.as_bytes();
-    let n = bytes.len().min(COMM_LEN - 1);
-    key[..n].copy_from_slice(&bytes[..n]);
-    key
 }
