@@ -462,10 +462,17 @@ unsafe fn try_fork(parent: *const u8, child: *const u8) -> Result<(), i32> {
             count_lost(kind::FORK);
             return Ok(());
         };
+        let child = task(child, pid, tgid);
         entry.write(ForkRecord {
-            header: header(kind::FORK, 0),
+            // The child's start time is the fork's, read by the kernel a
+            // moment ago on the records' clock: no clock read of our own.
+            header: Header {
+                kind: kind::FORK,
+                flags: 0,
+                time_ns: child.start_ns,
+            },
             parent: actor(parent),
-            child: task(child, pid, tgid),
+            child,
         });
         entry.submit(wake_flags(false));
     }
