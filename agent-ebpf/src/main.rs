@@ -23,6 +23,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 
 const SIGSTOP: u32 = 19;
+const SIGCHLD: u32 = 17;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
@@ -493,7 +494,8 @@ pub fn sg_signal(ctx: BtfTracePointContext) -> i32 {
 }
 
 unsafe fn try_signal(signal: u32, target: *const u8, result: u32) -> Result<(), i32> {
-    if signal == 0 || signal >= 64 {
+    // SIGCHLD, one per exit, is never worth a record: out before any load.
+    if signal == SIGCHLD || signal == 0 || signal >= 64 {
         return Ok(());
     }
     let interest = SIGNAL_INTEREST.get(0).copied().unwrap_or(0);
