@@ -6,8 +6,6 @@
 //! bit is set before the name goes into a map, and cleared only after it
 //! has left both.
 
-use std::collections::BTreeSet;
-
 use agent_common::{COMM_LEN, filter};
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, MapData};
@@ -72,11 +70,10 @@ impl Names {
         let Some(map) = &mut self.filter else {
             return Ok(());
         };
-        let mut words = map.get(&0, 0).context("reading the name filter")?;
-        let before = words;
-        for key in keys {
-            let (word, bit) = filter::slot_of(key);
-            words[word] |= bit;
+        let before = map.get(&0, 0).context("reading the name filter")?;
+        let mut words = bits_of(keys);
+        for (word, old) in words.iter_mut().zip(before) {
+            *word |= old;
         }
         if words != before {
             map.set(0, words, 0).context("writing the name filter")?;
@@ -89,7 +86,7 @@ impl Names {
         let Some(map) = &mut self.filter else {
             return Ok(());
         };
-        let keys: BTreeSet<[u8; COMM_LEN]> = self
+        let keys: Vec<[u8; COMM_LEN]> = self
             .notable
             .keys()
             .chain(self.guard.keys())
