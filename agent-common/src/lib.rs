@@ -180,6 +180,22 @@ pub struct SignalRecord {
     pub result: u32,
 }
 
+/// A process as the task iterator shows it, read once at the agent's
+/// start in place of /proc/PID/stat, loginuid and status: `actor` as an
+/// exec record holds it (its uid the real one), with its parent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub actor: Actor,
+    /// The parent's (`real_parent`) process id.
+    pub ppid: u32,
+    /// [`TASK_KERNEL`] for a kernel thread.
+    pub flags: u32,
+}
+
+/// `PF_KTHREAD`, as a [`TaskRecord`]'s flags keep it.
+pub const TASK_KERNEL: u32 = 0x0020_0000;
+
 /// Kernel struct field offsets, read from BTF by the agent at start and set as
 /// a global of the kernel programs before they load. Rust eBPF has no CO-RE,
 /// so this is how the programs stay correct across kernel builds.
@@ -195,6 +211,8 @@ pub struct Offsets {
     /// one's plus 4.
     pub task_loginuid: u32,
     pub task_exit_code: u32,
+    /// `task->flags`, whose `PF_KTHREAD` marks a kernel thread.
+    pub task_flags: u32,
     pub task_comm: u32,
     pub task_signal: u32,
     pub task_mm: u32,
@@ -279,4 +297,6 @@ pub mod names {
         ("sg_fork", "sched_process_fork"),
         ("sg_signal", "signal_generate"),
     ];
+    /// The task iterator: loaded, run and unloaded once, at the start.
+    pub const TASKS: &str = "sg_tasks";
 }

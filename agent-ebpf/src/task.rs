@@ -15,6 +15,7 @@ static OFFSETS: Offsets = Offsets {
     task_start_boottime: 0,
     task_loginuid: 0,
     task_exit_code: 0,
+    task_flags: 0,
     task_comm: 0,
     task_signal: 0,
     task_mm: 0,

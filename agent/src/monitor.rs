@@ -88,18 +88,23 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Attaches the probes, then seeds the table from /proc, in that order so
-    /// that nothing starting in between is missed. Arguments of execs in
+    /// Attaches the probes, then seeds the table with every process (from
+    /// the kernel's task iterator, else /proc), in that order so that
+    /// nothing starting in between is missed. Arguments of execs in
     /// `arg_units` are read whatever their name.
     pub fn start(options: &ProbeOptions, arg_units: Vec<glob::Pattern>) -> Result<Monitor> {
         let began = Instant::now();
-        let probes = Probes::attach(options)?;
+        let mut probes = Probes::attach(options)?;
         let attached = began.elapsed();
         let notables = Notables::new(options.notable.as_deref(), arg_units);
         let mut table = ProcessTable::default();
-        table.seed(procfs::scan(&notables));
+        let (processes, source) = match probes.take_tasks() {
+            Some(tasks) => (procfs::complete(&tasks, &notables), "the task iterator"),
+            None => (procfs::scan(&notables), "/proc"),
+        };
+        table.seed(processes);
         tracing::debug!(
-            "probes attached in {} ms; /proc read in {} ms",
+            "probes attached in {} ms; processes read from {source} in {} ms",
             attached.as_millis(),
             (began.elapsed() - attached).as_millis()
         );

@@ -14,7 +14,7 @@ use aya::{
 use super::{
     Maps, OBJECT, Overlap, Pinning, ProbeOptions, Probes, attach_program_link, capture,
     load_object, pins, record_body_hash, record_time, set_interest, start_kernel_log,
-    start_kernel_log_of, unreported_losses,
+    start_kernel_log_of, tasks, unreported_losses,
 };
 use crate::events::{Event, Lost, PerKind};
 
@@ -160,6 +160,7 @@ impl Probes {
         }
         fs::rename(&making, dir)
             .with_context(|| format!("renaming {} to {}", making.display(), dir.display()))?;
+        let tasks = tasks::snapshot(&mut ebpf, &btf);
         let pinning = pinned(
             &pins::Generation {
                 dir: dir.to_path_buf(),
@@ -170,7 +171,9 @@ impl Probes {
         // The links hold the programs now: the object may go.
         drop(ebpf);
         drop(btf);
-        Probes::new(None, links, maps, pinning, logger)
+        let mut probes = Probes::new(None, links, maps, pinning, logger)?;
+        probes.tasks = tasks;
+        Ok(probes)
     }
 
     /// Takes over a generation an earlier agent pinned: its programs stay

@@ -5,6 +5,7 @@ pub mod btf;
 mod handover;
 mod lookups;
 pub mod pins;
+mod tasks;
 
 pub use lookups::{Names, comm_key};
 
@@ -13,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{Capture, Header, Offsets, WakePolicy, kind, names};
+use agent_common::{Capture, Header, Offsets, TaskRecord, WakePolicy, kind, names};
 use anyhow::{Context, Result, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -115,6 +116,9 @@ pub struct Probes {
     /// Records both generations wrote while both were attached: the own
     /// ring's copies are dropped.
     overlap: Option<Overlap>,
+    /// Every process as the task iterator showed it once the programs were
+    /// attached; None when they were adopted or it failed.
+    tasks: Option<Vec<TaskRecord>>,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -236,7 +240,10 @@ impl Probes {
         for (program, tracepoint) in names::PROGRAMS {
             attach_program(&mut ebpf, &btf, program, tracepoint)?;
         }
-        Probes::new(Some(ebpf), Vec::new(), maps, pinning, logger)
+        let tasks = tasks::snapshot(&mut ebpf, &btf);
+        let mut probes = Probes::new(Some(ebpf), Vec::new(), maps, pinning, logger)?;
+        probes.tasks = tasks;
+        Ok(probes)
     }
 
     fn new(
@@ -262,8 +269,15 @@ impl Probes {
             handover: Handover::default(),
             backlog: Vec::new(),
             overlap: None,
+            tasks: None,
             _logger: logger,
         })
+    }
+
+    /// Every process as the kernel showed it right after the programs were
+    /// attached, once; None when it could not be read that way.
+    pub fn take_tasks(&mut self) -> Option<Vec<TaskRecord>> {
+        self.tasks.take()
     }
 
     /// Whether the probes outlive this process.
@@ -343,8 +357,10 @@ fn capture(options: &ProbeOptions) -> Capture {
 /// The object, loaded with its globals set, and the kernel's BTF its
 /// programs are loaded against. Parsing the BTF costs a fraction of a
 /// second and tens of MB, which the caller frees by dropping it once the
-/// programs are loaded. aya's loader parses its own copy and keeps it to
-/// itself: the two parses run at once, so the start waits for one.
+/// programs are loaded. The programs need no CO-RE relocation (the
+/// offsets they read are a global set here), so aya's loader is given no
+/// BTF of its own to parse: the one parse runs while the loader creates
+/// the maps.
 fn load_object(
     options: &ProbeOptions,
     offsets: &Offsets,
@@ -352,6 +368,7 @@ fn load_object(
 ) -> Result<(Ebpf, Btf)> {
     let parsing = std::thread::spawn(Btf::from_sys_fs);
     let ebpf = EbpfLoader::new()
+        .btf(None)
         .override_global(names::OFFSETS, offsets, true)
         .override_global(names::WAKE, wake, true)
         .override_global(names::CAPTURE, &capture(options), true)

@@ -18,11 +18,10 @@ use std::{
     path::Path,
 };
 
+use agent_common::{NO_LOGINUID, TASK_KERNEL, TaskRecord};
+
 use super::{Process, units};
 use crate::events::ProcessKey;
-
-/// `PF_KTHREAD` in /proc/PID/stat's flags.
-const KERNEL_THREAD: u64 = 0x0020_0000;
 
 /// The processes a scan reads in full: those whose arguments the kernel
 /// reads at exec (notable names, or everyone), and those in units of
@@ -82,28 +81,95 @@ impl Notables {
 /// one descriptor per process would fail under a low descriptor limit and
 /// leave processes unknown.
 pub fn scan(notables: &Notables) -> Vec<Process> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     // Before the processes: one that starts meanwhile is not in the tree
     // and has its own cgroup file read.
     let members = units::unified_mount().and_then(|(mount, _)| cgroup_members(&mount));
-    let pids: Vec<u32> = entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    let pids: Vec<Source> = pids().into_iter().map(Source::Proc).collect();
+    read_all(&pids, members.as_ref(), notables)
+}
+
+/// Every process in `tasks`, the kernel's task iterator's records, and any
+/// other /proc lists: /proc is read only for what the records lack, each
+/// process's program and, where [`Notables`] say, its command line.
+pub fn complete(tasks: &[TaskRecord], notables: &Notables) -> Vec<Process> {
+    let members = units::unified_mount().and_then(|(mount, _)| cgroup_members(&mount));
+    let known: HashSet<u32> = tasks.iter().map(|t| t.actor.task.tgid).collect();
+    // A process the iterator did not show (it has been seen to leave out
+    // PID 1) is read from /proc in full.
+    let sources: Vec<Source> = tasks
+        .iter()
+        .map(Source::Kernel)
+        .chain(
+            pids()
+                .into_iter()
+                .filter(|pid| !known.contains(pid))
+                .map(Source::Proc),
+        )
         .collect();
+    read_all(&sources, members.as_ref(), notables)
+}
+
+/// Where a process is read from: its record, or its pid's /proc files.
+enum Source<'a> {
+    Kernel(&'a TaskRecord),
+    Proc(u32),
+}
+
+/// The pids /proc lists now.
+fn pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .collect()
+}
+
+impl Source<'_> {
+    /// What /proc/PID/stat would say; None when the process has gone.
+    fn stat(&self, proc: &mut ProcReader) -> Option<Stat> {
+        let task = match self {
+            Source::Proc(pid) => return proc.stat(*pid),
+            Source::Kernel(task) => task,
+        };
+        let loginuid = task.actor.loginuid;
+        Some(Stat {
+            pid: task.actor.task.tgid,
+            comm: crate::events::c_string(&task.actor.comm),
+            ppid: task.ppid,
+            start_ticks: ProcessKey::from_task(&task.actor.task).start_ticks,
+            kernel: task.flags & TASK_KERNEL != 0,
+            ids: Some(Ids {
+                uid: task.actor.uid,
+                loginuid: (loginuid != NO_LOGINUID).then_some(loginuid),
+            }),
+        })
+    }
+}
+
+/// Each of `sources` read into a process, with parents linked. `members`
+/// are the units of processes found in the cgroup tree.
+fn read_all(
+    sources: &[Source],
+    members: Option<&HashMap<u32, Option<String>>>,
+    notables: &Notables,
+) -> Vec<Process> {
     // Reading /proc is the kernel formatting text, one process at a time:
     // each core takes a share of the processes.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    let share = pids.len().div_ceil(cores).max(1);
+    let share = sources.len().div_ceil(cores).max(1);
     let read: Vec<(Process, u32)> = std::thread::scope(|scope| {
-        let readers: Vec<_> = pids
+        let readers: Vec<_> = sources
             .chunks(share)
-            .map(|pids| {
-                let members = members.as_ref();
+            .map(|sources| {
                 scope.spawn(move || {
                     let mut proc = ProcReader::default();
-                    pids.iter()
-                        .filter_map(|&pid| proc.process(pid, members, notables))
+                    sources
+                        .iter()
+                        .filter_map(|source| {
+                            let stat = source.stat(&mut proc)?;
+                            proc.process(stat, members, notables)
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -113,7 +179,7 @@ pub fn scan(notables: &Notables) -> Vec<Process> {
             .flat_map(|reader| reader.join().unwrap_or_default())
             .collect()
     });
-    let starts: std::collections::HashMap<u32, u64> = read
+    let starts: HashMap<u32, u64> = read
         .iter()
         .map(|(p, _)| (p.pid, p.key.start_ticks))
         .collect();
@@ -160,13 +226,21 @@ fn cgroup_members(mount: &Path) -> Option<HashMap<u32, Option<String>>> {
 }
 
 /// What /proc/PID/stat says: pid, comm, ppid, start time (clock ticks
-/// since boot) and whether it is a kernel thread.
+/// since boot) and whether it is a kernel thread; with the task iterator's
+/// records, also its ids.
 struct Stat {
     pid: u32,
     comm: String,
     ppid: u32,
     start_ticks: u64,
     kernel: bool,
+    ids: Option<Ids>,
+}
+
+/// A process's real uid and login uid, as the kernel holds them.
+struct Ids {
+    uid: u32,
+    loginuid: Option<u32>,
 }
 
 /// Reads /proc files of one process after another into one buffer.
@@ -177,15 +251,16 @@ struct ProcReader {
 }
 
 impl ProcReader {
-    /// A process as /proc shows it, and its parent's pid. `members` are
-    /// the units of processes found in the cgroup tree.
+    /// A process as /proc shows it, from what its `stat` says, and its
+    /// parent's pid. `members` are the units of processes found in the
+    /// cgroup tree.
     fn process(
         &mut self,
-        pid: u32,
+        stat: Stat,
         members: Option<&HashMap<u32, Option<String>>>,
         notables: &Notables,
     ) -> Option<(Process, u32)> {
-        let stat = self.stat(pid)?;
+        let pid = stat.pid;
         let mut process = Process {
             key: ProcessKey {
                 pid: stat.pid,
@@ -205,10 +280,13 @@ impl ProcReader {
         if stat.kernel {
             return Some((process, stat.ppid));
         }
-        process.loginuid = self
-            .read(pid, "loginuid")
-            .and_then(first_number)
-            .filter(|&l| l != u32::MAX);
+        process.loginuid = match &stat.ids {
+            Some(ids) => ids.loginuid,
+            None => self
+                .read(pid, "loginuid")
+                .and_then(first_number)
+                .filter(|&l| l != NO_LOGINUID),
+        };
         process.exe = std::fs::read_link(self.path(pid, "exe"))
             .ok()
             .map(|e| e.to_string_lossy().into_owned());
@@ -219,16 +297,19 @@ impl ProcReader {
                 .and_then(|b| std::str::from_utf8(b).ok())
                 .and_then(unit_of_cgroups),
         };
-        if notables.wanted(
+        let wanted = notables.wanted(
             &process.comm,
             process.exe.as_deref(),
             process.unit.as_deref(),
-        ) {
-            process.uid = self.real_uid(pid).unwrap_or(0);
+        );
+        if wanted {
             process.cmdline = self.cmdline(pid).unwrap_or_default().into();
-        } else {
-            process.uid = std::fs::metadata(self.path(pid, "")).map_or(0, |m| m.uid());
         }
+        process.uid = match &stat.ids {
+            Some(ids) => ids.uid,
+            None if wanted => self.real_uid(pid).unwrap_or(0),
+            None => std::fs::metadata(self.path(pid, "")).map_or(0, |m| m.uid()),
+        };
         Some((process, stat.ppid))
     }
 
@@ -267,7 +348,8 @@ impl ProcReader {
             comm: comm.to_string(),
             ppid,
             start_ticks,
-            kernel: flags & KERNEL_THREAD != 0,
+            kernel: flags & u64::from(TASK_KERNEL) != 0,
+            ids: None,
         })
     }
 
