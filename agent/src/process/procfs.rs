@@ -1,4 +1,5 @@
-//! Reading processes from /proc, to seed and resynchronise the table.
+//! Reading processes from /proc, to seed and resynchronise the table, and
+//! to complete the kernel task iterator's records at start.
 //!
 //! Read by hand rather than through the procfs crate: a scan reads several
 //! files of every process on the host, and at 10,000 processes parsing all
@@ -7,7 +8,9 @@
 //! kernel an open and a formatting, so a scan reads no more than the table
 //! needs: nothing past `stat` for kernel threads, the units of all
 //! processes from the cgroup tree at once, and command lines only where an
-//! exec's arguments would have been read (see [`Notables`]).
+//! exec's arguments would have been read (see [`Notables`]). With the
+//! iterator's records, not even `stat`: what is left is each process's
+//! program, and those command lines.
 
 use std::{
     collections::{HashMap, HashSet},
