@@ -174,29 +174,52 @@ pub fn installed(name: &str) -> bool {
 
 /// Installs those of `packages` that are missing (root only), waiting for
 /// another apt or dpkg run to finish rather than failing on its lock.
+/// Installing one may remove another that conflicts with it (the host's
+/// backported qemu-utils goes when Debian's qemu-system-x86 comes): those
+/// are installed again, in the version that fits, and a package still
+/// missing after that is an error.
 pub fn ensure_packages(packages: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
-    if missing.is_empty() {
-        return Ok(());
+    let missing = |packages: &[&str]| -> Vec<String> {
+        packages
+            .iter()
+            .filter(|p| !installed(p))
+            .map(|p| p.to_string())
+            .collect()
+    };
+    let mut updated = false;
+    for _ in 0..2 {
+        let wanted = missing(packages);
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        step(&format!("installing Debian packages: {}", wanted.join(" ")));
+        let _no_starts = NoServiceStarts::new()?;
+        let wait = ["-o", "DPkg::Lock::Timeout=600"];
+        if !updated {
+            run(
+                Command::new("apt-get").args(wait).args(["update", "-q"]),
+                "apt-get update",
+            )?;
+            updated = true;
+        }
+        run(
+            Command::new("apt-get")
+                .args(wait)
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&wanted)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            &format!("apt-get install {}", wanted.join(" ")),
+        )?;
     }
-    step(&format!(
-        "installing Debian packages: {}",
-        missing.join(" ")
-    ));
-    let _no_starts = NoServiceStarts::new()?;
-    let wait = ["-o", "DPkg::Lock::Timeout=600"];
-    run(
-        Command::new("apt-get").args(wait).args(["update", "-q"]),
-        "apt-get update",
-    )?;
-    run(
-        Command::new("apt-get")
-            .args(wait)
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        &format!("apt-get install {}", missing.join(" ")),
-    )
+    let left = missing(packages);
+    if !left.is_empty() {
+        bail!(
+            "Debian packages still missing after installing them: {} (apt removed them \
+             to install another; see the apt output above)",
+            left.join(" ")
+        );
+    }
+    Ok(())
 }
 
 /// Debian's policy-rc.d hook (invoke-rc.d, deb-systemd-invoke), written
