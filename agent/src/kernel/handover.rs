@@ -12,9 +12,10 @@ use aya::{
 };
 
 use super::{
-    Maps, OBJECT, Overlap, Pinning, ProbeOptions, Probes, attach_program_link, capture,
-    load_object, pins, record_body_hash, record_time, set_interest, start_kernel_log,
-    start_kernel_log_of, tasks, unreported_losses,
+    Maps, OBJECT, Overlap, Pinning, ProbeOptions, Probes,
+    load::{attach_program_link, capture, load_object},
+    pins, record_body_hash, record_time, set_interest, start_kernel_log, start_kernel_log_of,
+    tasks, unreported_losses,
 };
 use crate::events::{Event, Lost, PerKind};
 
@@ -171,9 +172,7 @@ impl Probes {
         // The links hold the programs now: the object may go.
         drop(ebpf);
         drop(btf);
-        let mut probes = Probes::new(None, links, maps, pinning, logger)?;
-        probes.tasks = tasks;
-        Ok(probes)
+        Probes::new(None, links, maps, pinning, logger, tasks)
     }
 
     /// Takes over a generation an earlier agent pinned: its programs stay
@@ -191,7 +190,14 @@ impl Probes {
             .ok()
             .and_then(|link| FdLink::from(link).info().ok())
             .and_then(|info| start_kernel_log_of(info.program_id()));
-        Probes::new(None, Vec::new(), maps, pinned(generation, true), logger)
+        Probes::new(
+            None,
+            Vec::new(),
+            maps,
+            pinned(generation, true),
+            logger,
+            None,
+        )
     }
 
     /// Takes older generations apart now that this agent's programs are

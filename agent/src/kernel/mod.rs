@@ -3,10 +3,12 @@
 
 pub mod btf;
 mod handover;
+mod load;
 mod lookups;
 pub mod pins;
 mod tasks;
 
+use load::{attach_program, load_object};
 pub use lookups::{Names, comm_key};
 
 use std::{
@@ -14,15 +16,12 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{Capture, Header, Offsets, TaskRecord, WakePolicy, kind, names};
+use agent_common::{Header, Offsets, TaskRecord, WakePolicy, kind, names};
 use anyhow::{Context, Result, bail};
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{
-        BtfTracePoint,
-        links::{FdLink, PinnedLink},
-    },
+    programs::links::PinnedLink,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -241,9 +240,7 @@ impl Probes {
             attach_program(&mut ebpf, &btf, program, tracepoint)?;
         }
         let tasks = tasks::snapshot(&mut ebpf, &btf);
-        let mut probes = Probes::new(Some(ebpf), Vec::new(), maps, pinning, logger)?;
-        probes.tasks = tasks;
-        Ok(probes)
+        Probes::new(Some(ebpf), Vec::new(), maps, pinning, logger, tasks)
     }
 
     fn new(
@@ -252,6 +249,7 @@ impl Probes {
         maps: Maps,
         pinning: Pinning,
         logger: Option<tokio::task::JoinHandle<()>>,
+        tasks: Option<Vec<TaskRecord>>,
     ) -> Result<Probes> {
         // SAFETY: the ring's fd is owned by `ring`, which the AsyncFd owns
         // until it is dropped.
@@ -269,7 +267,7 @@ impl Probes {
             handover: Handover::default(),
             backlog: Vec::new(),
             overlap: None,
-            tasks: None,
+            tasks,
             _logger: logger,
         })
     }
@@ -344,84 +342,6 @@ impl Probes {
     pub fn names(&mut self) -> &mut Names {
         &mut self.names
     }
-}
-
-/// What the exec program reads, for these options.
-fn capture(options: &ProbeOptions) -> Capture {
-    Capture {
-        all_args: u32::from(options.notable.is_none()),
-        _pad: 0,
-    }
-}
-
-/// The object, loaded with its globals set, and the kernel's BTF its
-/// programs are loaded against. Parsing the BTF costs a fraction of a
-/// second and tens of MB, which the caller frees by dropping it once the
-/// programs are loaded. The programs need no CO-RE relocation (the
-/// offsets they read are a global set here), so aya's loader is given no
-/// BTF of its own to parse: the one parse runs while the loader creates
-/// the maps.
-fn load_object(
-    options: &ProbeOptions,
-    offsets: &Offsets,
-    wake: &WakePolicy,
-) -> Result<(Ebpf, Btf)> {
-    let parsing = std::thread::spawn(Btf::from_sys_fs);
-    let ebpf = EbpfLoader::new()
-        .btf(None)
-        .override_global(names::OFFSETS, offsets, true)
-        .override_global(names::WAKE, wake, true)
-        .override_global(names::CAPTURE, &capture(options), true)
-        .map_max_entries(names::EVENTS, options.ring_bytes.get())
-        .load(OBJECT)
-        .context(
-            "loading the eBPF programs (the kernel refused them: is BPF disabled or \
-             restricted by a security module?)",
-        )?;
-    let btf = parsing
-        .join()
-        .map_err(|_| anyhow::anyhow!("parsing the kernel's BTF panicked"))?
-        .context("parsing the kernel's BTF")?;
-    Ok((ebpf, btf))
-}
-
-/// Loads `program` and attaches it to the BTF-typed tracepoint
-/// `tracepoint`; the link stays the object's.
-fn attach_program(ebpf: &mut Ebpf, btf: &Btf, program: &str, tracepoint: &str) -> Result<()> {
-    load_program(ebpf, btf, program, tracepoint)?
-        .attach()
-        .with_context(|| format!("attaching {program} to tracepoint {tracepoint}"))?;
-    Ok(())
-}
-
-/// Like `attach_program`, the link taken from the object: it outlives it
-/// once pinned.
-fn attach_program_link(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
-    program: &str,
-    tracepoint: &str,
-) -> Result<FdLink> {
-    let prog = load_program(ebpf, btf, program, tracepoint)?;
-    let id = prog
-        .attach()
-        .with_context(|| format!("attaching {program} to tracepoint {tracepoint}"))?;
-    Ok(prog.take_link(id)?.into())
-}
-
-fn load_program<'a>(
-    ebpf: &'a mut Ebpf,
-    btf: &Btf,
-    program: &str,
-    tracepoint: &str,
-) -> Result<&'a mut BtfTracePoint> {
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(program)
-        .with_context(|| format!("program {program} missing from the object"))?
-        .try_into()?;
-    prog.load(tracepoint, btf)
-        .with_context(|| format!("loading program {program} (verifier log above)"))?;
-    Ok(prog)
 }
 
 fn set_interest(interest: &mut Array<MapData, u64>, signals: &[u32]) -> Result<()> {
