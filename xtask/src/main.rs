@@ -85,8 +85,11 @@ enum Task {
     /// Example: cargo xtask deb && apt install ./target/stopguard_0.1.0-1_amd64.deb
     Deb(deb::Args),
     /// Prove the package in Debian guests with systemd as PID 1 (qemu):
-    /// bookworm on kernels 5.10, 6.1 and 6.12, trixie on 6.12. Prints a
-    /// matrix of userland/kernel x scenario; fails when any cell fails.
+    /// bookworm on kernels 5.10, 6.1 and 6.12, trixie on 6.12. Scenarios
+    /// that depend on the kernel (probes, verifier, freezer, pins) run on
+    /// every row; those that depend on the userland (databases, systemd)
+    /// on bookworm/6.1 and trixie/6.12. Prints a matrix of userland/kernel
+    /// x scenario; fails when any cell fails.
     ///
     /// Needs root. Guest images are built once (a few minutes each) and kept
     /// in ~/.cache/stopguard/lab.

@@ -116,21 +116,41 @@ impl Userland {
     }
 }
 
-/// The matrix's columns, in the order the guest runs them.
-const SCENARIOS: &[&str] = &[
-    "install",
-    "trace",
-    "freeze",
-    "restart",
-    "postgres",
-    "systemd-monit",
-    "systemd-stop-frozen",
-    "systemd-redis",
-    "systemd-clusters",
-    "systemd-explain",
-    "upgrade",
-    "reboot",
+/// The matrix's columns, in the order the guest runs them, and the rows
+/// each runs on.
+const SCENARIOS: &[(&str, Reach)] = &[
+    ("install", Reach::EveryKernel),
+    ("trace", Reach::EveryKernel),
+    ("freeze", Reach::EveryKernel),
+    ("restart", Reach::EveryKernel),
+    ("postgres", Reach::OwnKernel),
+    ("systemd-monit", Reach::OwnKernel),
+    ("systemd-stop-frozen", Reach::OwnKernel),
+    ("systemd-redis", Reach::OwnKernel),
+    ("systemd-clusters", Reach::OwnKernel),
+    ("systemd-explain", Reach::OwnKernel),
+    ("upgrade", Reach::EveryKernel),
+    ("reboot", Reach::EveryKernel),
 ];
+
+/// Which rows a scenario runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// Kernel-sensitive (probes, verifier, freezer, pins): every kernel.
+    EveryKernel,
+    /// Userland (databases, systemd, supervisors): only on the kernel the
+    /// userland's own release ships, once per userland.
+    OwnKernel,
+}
+
+/// The scenarios of a row, in order.
+fn scenarios(userland: Userland, kernel: Kernel) -> Vec<&'static str> {
+    SCENARIOS
+        .iter()
+        .filter(|(_, reach)| *reach == Reach::EveryKernel || kernel.suite() == userland.suite())
+        .map(|(name, _)| *name)
+        .collect()
+}
 
 /// A boot has this long to come up, run its payload and power off; a
 /// matrix boot runs every scenario under software emulation.
@@ -304,7 +324,7 @@ fn matrix(args: &Args) -> Result<()> {
         // A failure reported by a scenario not in the matrix fails too.
         .filter(|r| {
             !r.failures.is_empty()
-                || SCENARIOS
+                || scenarios(r.userland, r.kernel)
                     .iter()
                     .any(|s| !r.cells.get(*s).is_some_and(|c| c.0))
         })
@@ -355,6 +375,10 @@ fn row(image: &image::Image, kernel: Kernel, first: &Path, upgrade: &Path) -> Re
             payload.join("boot.sh"),
             format!("exec bash /lab/{script}\n"),
         )?;
+        fs::write(
+            payload.join("scenarios"),
+            scenarios(userland, kernel).join("\n") + "\n",
+        )?;
         let mut failing = Vec::new();
         let mut on_line = |line: Line| match line {
             Line::Payload(text) => {
@@ -404,7 +428,7 @@ fn row(image: &image::Image, kernel: Kernel, first: &Path, upgrade: &Path) -> Re
 fn print_matrix(rows: &[Row]) {
     println!();
     print!("{:<22}", "userland / kernel");
-    for scenario in SCENARIOS {
+    for (scenario, _) in SCENARIOS {
         print!(" {scenario:>19}");
     }
     println!("  {:>9}  {:>12}", "exposure", "boots (s)");
@@ -413,11 +437,13 @@ fn print_matrix(rows: &[Row]) {
             "{:<22}",
             format!("{} / {}", row.userland.as_str(), row.kernel.as_str())
         );
-        for scenario in SCENARIOS {
+        let expected = scenarios(row.userland, row.kernel);
+        for (scenario, _) in SCENARIOS {
             let cell = match row.cells.get(*scenario) {
                 Some((true, ms)) => format!("pass {:.1}s", *ms as f64 / 1000.0),
                 Some((false, ms)) => format!("FAIL {:.1}s", *ms as f64 / 1000.0),
-                None => "not run".to_string(),
+                None if expected.contains(scenario) => "not run".to_string(),
+                None => "-".to_string(),
             };
             print!(" {cell:>19}");
         }
