@@ -13,8 +13,9 @@
 //! - `actions`: freeze, thaw, kill.
 //! - `alert`: the alert record; `sinks`: delivering it (one file per kind).
 //! - `audit`: the audit log and its reader.
-//! - `request`, `control`: what `stopguard <command>` asks the agent, over
-//!   its socket, and the answers.
+//! - `control`: what `stopguard <command>` asks the agent over its socket
+//!   (`control::protocol`: each request and its typed reply), the server
+//!   and the client.
 //! - `config`: the TOML configuration and its embedded default.
 //! - `trace`: the `trace` command; `metrics`: Prometheus metrics.
 //! - `notify`, `logging`: telling systemd the agent is ready, and log lines
@@ -38,7 +39,6 @@ pub mod metrics;
 pub mod monitor;
 pub mod notify;
 pub mod process;
-pub mod request;
 pub mod sinks;
 pub mod supervisors;
 pub mod trace;

@@ -10,8 +10,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use stopguard::{
     config::{Config, RingBytes},
     control::{
-        AlertTested, AuditRead, Explanation, Request, Status, Stopped, Thawed, WindowClosed,
-        WindowList, WindowOpened, client,
+        Ask, AuditRead, CloseWindow, Explain, GetStatus, ListWindows, OpenWindow, ReadAudit, Stop,
+        TestAlert, Thaw, client,
     },
     kernel::ProbeOptions,
     trace::TraceOptions,
@@ -238,14 +238,14 @@ enum WindowCommand {
 /// `--for`: a duration of at most 30 days.
 fn window_length(text: &str) -> Result<std::time::Duration, String> {
     let length = humantime::parse_duration(text).map_err(|e| e.to_string())?;
-    stopguard::request::check_window(length.as_secs())?;
+    stopguard::control::check_window(length.as_secs())?;
     Ok(length)
 }
 
 /// `--wait`: a duration of at most a day.
 fn wait_length(text: &str) -> Result<std::time::Duration, String> {
     let length = humantime::parse_duration(text).map_err(|e| e.to_string())?;
-    if length.as_secs() > stopguard::request::MAX_WAIT_SECS {
+    if length.as_secs() > stopguard::control::MAX_WAIT_SECS {
         return Err("at most 24 hours".into());
     }
     Ok(length)
@@ -326,25 +326,21 @@ fn run(cli: Cli) -> Result<()> {
                 service,
                 reason,
                 duration,
-            } => show::<WindowOpened>(
+            } => show(
                 cli.socket,
-                &Request::WindowOpen {
+                OpenWindow {
                     service,
                     reason,
                     for_secs: duration.map(|d| d.as_secs().max(1)),
                 },
                 false,
             ),
-            WindowCommand::Close { target, thaw, kill } => show::<WindowClosed>(
-                cli.socket,
-                &Request::WindowClose { target, thaw, kill },
-                false,
-            ),
-            WindowCommand::List { json } => {
-                show::<WindowList>(cli.socket, &Request::WindowList {}, json)
+            WindowCommand::Close { target, thaw, kill } => {
+                show(cli.socket, CloseWindow { target, thaw, kill }, false)
             }
+            WindowCommand::List { json } => show(cli.socket, ListWindows {}, json),
         },
-        Command::Status { json } => show::<Status>(cli.socket, &Request::Status {}, json),
+        Command::Status { json } => show(cli.socket, GetStatus {}, json),
         Command::Unpin => unpin(),
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file))?;
@@ -407,7 +403,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Thaw { target } => show::<Thawed>(cli.socket, &Request::Thaw { target }, false),
+        Command::Thaw { target } => show(cli.socket, Thaw { target }, false),
         Command::Stop {
             service,
             reason,
@@ -416,18 +412,18 @@ fn run(cli: Cli) -> Result<()> {
             and_pause,
         } => {
             // What would start it again, before it is stopped.
-            if let Ok(answer) = call(
+            if let Ok((explanation, _)) = ask(
                 cli.socket.clone(),
-                &Request::Explain {
+                Explain {
                     service: service.clone(),
                 },
             ) {
-                print_lines(&client::read::<Explanation>(answer)?);
+                print_lines(&explanation);
                 println!();
             }
-            show::<Stopped>(
+            show(
                 cli.socket,
-                &Request::Stop {
+                Stop {
                     service,
                     reason,
                     for_secs: duration.map(|d| d.as_secs().max(1)),
@@ -438,8 +434,7 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Explain { service, json } => {
-            let answer = call(cli.socket, &Request::Explain { service })?;
-            let explanation: Explanation = client::read(answer.clone())?;
+            let (explanation, answer) = ask(cli.socket, Explain { service })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&answer)?);
             } else {
@@ -452,12 +447,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Alert(AlertCommand::Test { sink, json }) => {
-            let answer = call(cli.socket, &Request::AlertTest { sink })?;
+            let (tested, answer) = ask(cli.socket, TestAlert { sink })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&answer)?);
-            }
-            let tested: AlertTested = client::read(answer)?;
-            if !json {
+            } else {
                 print_lines(&tested);
             }
             let failed = tested.results.iter().filter(|r| !r.ok).count();
@@ -471,11 +464,11 @@ fn run(cli: Cli) -> Result<()> {
             service,
             json,
         } => {
-            let request = Request::Audit {
+            let read = ReadAudit {
                 since_secs: since.map(|d| d.as_secs()),
                 service,
             };
-            let AuditRead { timeline } = client::read(call(cli.socket, &request)?)?;
+            let (AuditRead { timeline }, _) = ask(cli.socket, read)?;
             if timeline.left_out > 0 {
                 eprintln!(
                     "stopguard: {} older entries left out (the newest {} shown); narrow with --since",
@@ -495,26 +488,27 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Sends one request to the agent; an answer that is not ok is the error.
-fn call(socket: Option<PathBuf>, request: &Request) -> Result<serde_json::Value> {
+/// Sends one request to the agent and reads its reply (and the answer as
+/// sent); an answer that is not ok is the error.
+fn ask<A: Ask>(socket: Option<PathBuf>, ask: A) -> Result<(A::Reply, serde_json::Value)> {
     let socket = match socket {
         Some(path) => path,
         None => Config::load(None)?.agent.socket,
     };
-    client::call(&socket, request)
+    client::ask(&socket, ask)
 }
 
 /// Sends one request to the agent and prints its answer: JSON with
 /// `--json`, otherwise in words for a person.
-fn show<T>(socket: Option<PathBuf>, request: &Request, json: bool) -> Result<()>
+fn show<A: Ask>(socket: Option<PathBuf>, request: A, json: bool) -> Result<()>
 where
-    T: serde::de::DeserializeOwned + std::fmt::Display,
+    A::Reply: std::fmt::Display,
 {
-    let answer = call(socket, request)?;
+    let (reply, answer) = ask(socket, request)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        print_lines(&client::read::<T>(answer)?);
+        print_lines(&reply);
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stopguard::request::{MAX_REQUEST, Request};
+use stopguard::control::{MAX_REQUEST, Request};
 
 fuzz_target!(|data: &[u8]| {
     // The server reads one line of at most MAX_REQUEST bytes, as UTF-8.

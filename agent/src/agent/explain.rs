@@ -15,8 +15,8 @@ use std::{
 use super::Agent;
 use crate::{
     control::{
-        Explanation, MainProcess, ServiceState,
-        server::{Answer, error, ok},
+        Explain, Explanation, MainProcess, ServiceState,
+        server::{Answer, Reply},
     },
     detect::Finding,
     identity::person,
@@ -97,27 +97,27 @@ impl Watchers {
 
 impl Agent {
     /// `explain SERVICE`: answered once the supervisors have been asked.
-    pub(super) fn explain(&self, monitor: &Monitor, service: &str) -> Answer {
+    pub(super) fn explain(&self, monitor: &Monitor, service: &str) -> Reply<Explain> {
         let (explanation, subject, main) = match self.explanation(monitor, service) {
             Ok(found) => found,
-            Err(err) => return Answer::Now(error(err)),
+            Err(err) => return Answer::refuse(err),
         };
         let watchers = self.watchers.clone();
-        Answer::Later(Box::pin(async move {
+        Answer::later(async move {
             let looked = tokio::task::spawn_blocking(move || {
                 let mut subject = subject;
                 watchers.look(&mut subject, main)
             })
             .await;
             match looked {
-                Ok(supervisors) => ok(Explanation {
+                Ok(supervisors) => Ok(Explanation {
                     would_restart: supervisors.iter().any(|w| w.would_restart),
                     supervisors,
                     ..explanation
                 }),
-                Err(err) => error(format!("looking at the supervisors: {err}")),
+                Err(err) => Err(format!("looking at the supervisors: {err}")),
             }
-        }))
+        })
     }
 
     /// What the agent knows of `service` (a watched service, or the one

@@ -45,7 +45,7 @@ use crate::{
     audit::{AgentEvent, AuditLog},
     clock::{Clock, boot_ns},
     config::{Config, Settings, SinkConfig},
-    control::{self, server::Answer},
+    control::{self, server::Wire},
     detect::{self, AtRisk, Detector, Finding, Started},
     events::{Event, ProcessKey},
     files::WriteFailure,
@@ -249,10 +249,10 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
                     agent.save();
                 }
                 match answer {
-                    Answer::Now(answer) => {
+                    Wire::Now(answer) => {
                         let _ = call.reply.send(answer);
                     }
-                    Answer::Later(answer) => {
+                    Wire::Later(answer) => {
                         tokio::spawn(async move {
                             let _ = call.reply.send(answer.await);
                         });

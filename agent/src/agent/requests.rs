@@ -4,17 +4,16 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
 use super::Agent;
 use crate::{
     alert::{self, WindowInfo},
     audit::{self, AgentEvent},
     clock::boot_ns,
     control::{
-        AlertTested, AuditRead, Peer, Request, ServiceState, ServiceStatus, Status, Thawed,
-        WindowClosed, WindowList, WindowOpened,
-        server::{Answer, error, ok},
+        AlertTested, AuditRead, CloseWindow, GetStatus, ListWindows, OpenWindow, Peer, ReadAudit,
+        Request, ServiceState, ServiceStatus, Status, TestAlert, Thaw, Thawed, WindowClosed,
+        WindowList, WindowOpened,
+        server::{Answer, Reply, Wire},
     },
     detect::Window,
     monitor::Monitor,
@@ -29,7 +28,7 @@ impl Agent {
         request: Request,
         peer: Peer,
         permitted: bool,
-    ) -> Answer {
+    ) -> Wire {
         if !permitted {
             tracing::warn!(
                 uid = peer.uid,
@@ -38,9 +37,9 @@ impl Agent {
             );
             self.audit
                 .write(AgentEvent::PermissionDenied { request, peer });
-            return Answer::Now(error(
+            return Wire::refuse(
                 "permission denied: changing state needs root or the control group",
-            ));
+            );
         }
         if request.changes_state() {
             self.audit.write(AgentEvent::Control {
@@ -49,42 +48,33 @@ impl Agent {
             });
         }
         match request {
-            Request::Stop {
-                service,
-                reason,
-                for_secs,
-                wait_secs,
-                and_pause,
-            } => self.stop(
-                monitor, service, reason, for_secs, wait_secs, and_pause, peer,
-            ),
-            Request::Explain { service } => self.explain(monitor, &service),
-            Request::AlertTest { sink } => self.alert_test(sink),
-            Request::Audit {
-                since_secs,
-                service,
-            } => self.audit_read(since_secs, service),
-            Request::WindowOpen {
-                service,
-                reason,
-                for_secs,
-            } => Answer::Now(
-                match self.open_window(monitor, &service, &reason, for_secs, peer) {
-                    Ok(window) => ok(WindowOpened {
-                        window: WindowInfo::new(&window, &self.clock),
-                    }),
-                    Err(err) => error(err),
-                },
-            ),
-            Request::WindowClose { target, thaw, kill } => {
-                self.close_window(monitor, &target, thaw, kill)
-            }
-            Request::WindowList {} => Answer::Now(ok(WindowList {
+            Request::Stop(stop) => self.stop(monitor, stop, peer).into_wire(),
+            Request::Explain(explain) => self.explain(monitor, &explain.service).into_wire(),
+            Request::AlertTest(test) => self.alert_test(test).into_wire(),
+            Request::Audit(read) => self.audit_read(read).into_wire(),
+            Request::WindowOpen(open) => self.open_window_for(monitor, open, peer).into_wire(),
+            Request::WindowClose(close) => self.close_window(monitor, close).into_wire(),
+            Request::WindowList(ListWindows {}) => Answer::Now(Ok(WindowList {
                 windows: self.window_infos(),
-            })),
-            Request::Thaw { target } => Answer::Now(self.thaw(monitor, &target)),
-            Request::Status {} => Answer::Now(ok(self.status(monitor))),
+            }))
+            .into_wire(),
+            Request::Thaw(thaw) => self.thaw(monitor, &thaw.target).into_wire(),
+            Request::Status(GetStatus {}) => Answer::Now(Ok(self.status(monitor))).into_wire(),
         }
+    }
+
+    fn open_window_for(
+        &mut self,
+        monitor: &mut Monitor,
+        open: OpenWindow,
+        peer: Peer,
+    ) -> Reply<OpenWindow> {
+        Answer::Now(
+            self.open_window(monitor, &open.service, &open.reason, open.for_secs, peer)
+                .map(|window| WindowOpened {
+                    window: WindowInfo::new(&window, &self.clock),
+                }),
+        )
     }
 
     fn window_infos(&self) -> Vec<WindowInfo> {
@@ -123,16 +113,11 @@ impl Agent {
         Ok(window)
     }
 
-    fn close_window(
-        &mut self,
-        monitor: &mut Monitor,
-        target: &str,
-        thaw: bool,
-        kill: bool,
-    ) -> Answer {
+    fn close_window(&mut self, monitor: &mut Monitor, close: CloseWindow) -> Reply<CloseWindow> {
+        let CloseWindow { target, thaw, kill } = close;
         self.record_switches();
-        let Some(window) = self.detector.close_window(target) else {
-            return Answer::Now(error(format!("no open window on or named `{target}`")));
+        let Some(window) = self.detector.close_window(&target) else {
+            return Answer::refuse(format!("no open window on or named `{target}`"));
         };
         let covered = self.covering(&window.service);
         for service in &covered {
@@ -156,13 +141,13 @@ impl Agent {
             resumed: Vec::new(),
         };
         if window.switched_off.is_empty() {
-            return Answer::Now(ok(closed));
+            return Answer::Now(Ok(closed));
         }
         let resume = self.resume_switches(&window);
-        Answer::Later(Box::pin(async move {
+        Answer::later(async move {
             closed.resumed = resume.await;
-            ok(closed)
-        }))
+            Ok(closed)
+        })
     }
 
     /// Thaws (or kills) what custody holds for `target`, and resolves the
@@ -179,7 +164,7 @@ impl Agent {
         pids
     }
 
-    fn thaw(&mut self, monitor: &mut Monitor, target: &str) -> Value {
+    fn thaw(&mut self, monitor: &mut Monitor, target: &str) -> Reply<Thaw> {
         let services: Vec<String> = self
             .covering(target)
             .iter()
@@ -187,7 +172,7 @@ impl Agent {
             .collect();
         let thawed = self.let_go(target, false);
         if thawed.is_empty() {
-            return error(format!("nothing frozen for `{target}`"));
+            return Answer::refuse(format!("nothing frozen for `{target}`"));
         }
         // The operator let it run: their stop is over, and what starts it
         // next (a reboot's start, a crash restart) is no respawn of it.
@@ -195,7 +180,7 @@ impl Agent {
             self.detector.release(&service);
             self.guard(monitor, &service, false);
         }
-        ok(Thawed { thawed })
+        Answer::Now(Ok(Thawed { thawed }))
     }
 
     /// `target` and, for a per-instance service's own name, each of its
@@ -248,7 +233,7 @@ impl Agent {
 
     /// `stopguard alert test`: a test alert straight to each sink (or the
     /// one named), outside the spool; the answer lists each result.
-    fn alert_test(&self, sink: Option<String>) -> Answer {
+    fn alert_test(&self, TestAlert { sink }: TestAlert) -> Reply<TestAlert> {
         let delivery = self.alerting.delivery();
         let chosen: Vec<sinks::Sink> = delivery
             .sinks()
@@ -257,34 +242,38 @@ impl Agent {
             .collect();
         if chosen.is_empty() {
             let names: Vec<String> = delivery.sinks().map(|s| s.name.clone()).collect();
-            return Answer::Now(error(match sink {
+            return Answer::refuse(match sink {
                 Some(name) => format!("no sink `{name}` (sinks: {})", names.join(", ")),
                 None => "no [[sink]] is configured".to_string(),
-            }));
+            });
         }
         let alert = alert::test(&self.host, &self.clock, boot_ns());
-        Answer::Later(Box::pin(async move {
+        Answer::later(async move {
             let mut results = Vec::new();
             for sink in chosen {
                 results.push(sinks::test(sink, alert.clone()).await);
             }
-            ok(AlertTested { results })
-        }))
+            Ok(AlertTested { results })
+        })
     }
 
     /// `stopguard audit`: the log read off the loop.
-    fn audit_read(&self, since_secs: Option<u64>, service: Option<String>) -> Answer {
+    fn audit_read(&self, read: ReadAudit) -> Reply<ReadAudit> {
+        let ReadAudit {
+            since_secs,
+            service,
+        } = read;
         let path = self.audit_path.clone();
-        Answer::Later(Box::pin(async move {
+        Answer::later(async move {
             let since = since_secs.map(Duration::from_secs);
             let read =
                 tokio::task::spawn_blocking(move || audit::read(&path, since, service.as_deref()))
                     .await;
             match read {
-                Ok(Ok(timeline)) => ok(AuditRead { timeline }),
-                Ok(Err(err)) => error(format!("{err:#}")),
-                Err(err) => error(format!("reading the audit log: {err}")),
+                Ok(Ok(timeline)) => Ok(AuditRead { timeline }),
+                Ok(Err(err)) => Err(format!("{err:#}")),
+                Err(err) => Err(format!("reading the audit log: {err}")),
             }
-        }))
+        })
     }
 }

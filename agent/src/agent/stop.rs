@@ -5,8 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::Agent;
 use std::sync::{Arc, Mutex};
 
@@ -16,10 +14,9 @@ use crate::{
     alert::WindowInfo,
     audit::AgentEvent,
     clock::boot_ns,
-    control::SwitchRun,
     control::{
-        Peer, Stopped,
-        server::{Answer, error, ok},
+        Peer, Stop, Stopped, SwitchRun,
+        server::{Answer, Reply},
     },
     detect::{ControlCommand, Intent},
     detect::{SwitchedOff, Window},
@@ -28,29 +25,26 @@ use crate::{
 };
 
 impl Agent {
-    #[allow(clippy::too_many_arguments)] // each is one of the request's
-    pub(super) fn stop(
-        &mut self,
-        monitor: &mut Monitor,
-        service: String,
-        reason: String,
-        for_secs: Option<u64>,
-        wait_secs: u64,
-        and_pause: bool,
-        peer: Peer,
-    ) -> Answer {
+    pub(super) fn stop(&mut self, monitor: &mut Monitor, stop: Stop, peer: Peer) -> Reply<Stop> {
+        let Stop {
+            service,
+            reason,
+            for_secs,
+            wait_secs,
+            and_pause,
+        } = stop;
         let instances = self.detector.instances_of(&service);
         if !instances.is_empty() && self.main_pid(&service).is_none() {
-            return Answer::Now(error(format!(
+            return Answer::refuse(format!(
                 "`{service}` runs as {} units ({}): stop one of them, such as `stopguard stop {}`",
                 instances.len(),
                 instances.join(", "),
                 instances[0]
-            )));
+            ));
         }
         let command = match self.stop_command(&service) {
             Ok(command) => command,
-            Err(err) => return Answer::Now(error(err)),
+            Err(err) => return Answer::refuse(err),
         };
         let open = self
             .detector
@@ -62,7 +56,7 @@ impl Agent {
             Some(window) => window,
             None => match self.open_window(monitor, &service, &reason, for_secs, peer) {
                 Ok(window) => window,
-                Err(err) => return Answer::Now(error(err)),
+                Err(err) => return Answer::refuse(err),
             },
         };
         self.save();
@@ -92,7 +86,7 @@ impl Agent {
         };
         if let Some((pid, _)) = main.filter(|(pid, _)| self.custody.is_held(*pid)) {
             answer.held_frozen = Some(pid);
-            return Answer::Now(ok(answer));
+            return Answer::Now(Ok(answer));
         }
         let pause = match and_pause {
             false => None,
@@ -103,16 +97,16 @@ impl Agent {
                     watchers: self.watchers.clone(),
                     switched: self.switched.clone(),
                 }),
-                Err(err) => return Answer::Now(error(err)),
+                Err(err) => return Answer::refuse(err),
             },
         };
         let wait = Duration::from_secs(wait_secs);
-        Answer::Later(Box::pin(async move {
+        Answer::later(async move {
             if let Some(pause) = pause {
                 answer.paused = pause.run(&answer.window.id, peer.loginuid, wait).await;
             }
             stop_service(answer, command, main, peer.loginuid, wait).await
-        }))
+        })
     }
 
     /// Records the off switches run for windows since last asked, in their
@@ -291,7 +285,7 @@ async fn stop_service(
     main: Option<(u32, u64)>,
     loginuid: Option<u32>,
     wait: Duration,
-) -> Value {
+) -> Result<Stopped, String> {
     let started = Instant::now();
     let service = answer.service.clone();
     let stays = format!("window {} stays open", answer.window.id);
@@ -306,21 +300,21 @@ async fn stop_service(
                 answer.command = Some(shown);
                 answer.output = Some(tail);
             }
-            Err(err) => return error(format!("{err}; {stays}")),
+            Err(err) => return Err(format!("{err}; {stays}")),
         }
     } else if let Some((pid, _)) = main {
         if let Err(err) = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGTERM,
         ) {
-            return error(format!("sending SIGTERM to pid {pid}: {err}; {stays}"));
+            return Err(format!("sending SIGTERM to pid {pid}: {err}; {stays}"));
         }
         answer.signal = Some("SIGTERM".into());
     }
     if let Some((pid, ticks)) = main {
         while actions::still_runs(pid, ticks) {
             if started.elapsed() > wait {
-                return error(format!(
+                return Err(format!(
                     "{service} (pid {pid}) still runs {} s later; {stays}",
                     wait.as_secs()
                 ));
@@ -329,7 +323,7 @@ async fn stop_service(
         }
     }
     answer.seconds = Some((started.elapsed().as_secs_f64() * 100.0).round() / 100.0);
-    ok(answer)
+    Ok(answer)
 }
 
 /// Runs `argv` with `loginuid` as its login identity; returns the last

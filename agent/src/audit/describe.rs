@@ -7,7 +7,6 @@ use crate::{
     detect::{Finding, Started},
     events::signal_name,
     identity::person,
-    request::Request,
 };
 
 /// One audit entry (a line of the log, as written) in words.
@@ -112,29 +111,11 @@ fn finding_words(finding: &Finding) -> (String, String) {
     }
 }
 
-/// A request's command in words ("window open") and the service or target
-/// it names.
-fn request_words(request: &Request) -> (String, Option<&str>) {
-    let command = serde_json::to_value(request).expect("requests serialize")["command"]
-        .as_str()
-        .unwrap_or("?")
-        .replace('_', " ");
-    let subject = match request {
-        Request::WindowOpen { service, .. } | Request::Stop { service, .. } => Some(service),
-        Request::WindowClose { target, .. } | Request::Thaw { target } => Some(target),
-        Request::Audit { service, .. } => service.as_ref(),
-        Request::AlertTest { sink } => sink.as_ref(),
-        Request::Explain { service } => Some(service),
-        Request::WindowList {} | Request::Status {} => None,
-    };
-    (command, subject.map(String::as_str))
-}
-
 fn agent_words(event: &AgentEvent) -> (String, String) {
     let none = || "-".to_string();
     match event {
         AgentEvent::Control { request, peer } => {
-            let (command, subject) = request_words(request);
+            let (command, subject) = (request.command(), request.subject());
             (
                 subject.map_or_else(none, str::to_string),
                 format!(
@@ -144,7 +125,7 @@ fn agent_words(event: &AgentEvent) -> (String, String) {
             )
         }
         AgentEvent::PermissionDenied { request, peer } => {
-            let (command, subject) = request_words(request);
+            let (command, subject) = (request.command(), request.subject());
             (
                 subject.map_or_else(none, str::to_string),
                 format!("refused {command} from uid {}: permission denied", peer.uid),

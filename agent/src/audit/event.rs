@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     alert::Alert,
+    control::{Peer, Request},
     detect::{Finding, Window},
-    request::{Peer, Request},
 };
 
 /// One audit log entry (the log adds the time, `at`).

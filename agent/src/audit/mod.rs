@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::files;
+use crate::{control::Timeline, files};
 
 mod describe;
 mod event;
@@ -69,17 +69,6 @@ impl AuditLog {
             tracing::error!("writing the audit log: {err}");
         }
     }
-}
-
-/// What `read` found: the entries asked for (newest `MAX_ENTRIES`), and
-/// how many older ones matched but were left out. Entries are the log's
-/// lines as written, not re-encoded.
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub struct Timeline {
-    pub entries: Vec<Box<RawValue>>,
-    pub left_out: usize,
-    /// Lines that were not JSON (a torn last line after a crash).
-    pub unreadable: usize,
 }
 
 /// Reads the audit log at `path`: entries at most `since` old, about

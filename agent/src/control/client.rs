@@ -3,11 +3,8 @@
 
 use std::{fmt, path::Path, time::Duration};
 
-use anyhow::{Context, Result, bail};
-use serde::de::DeserializeOwned;
-
 use super::{
-    AlertTested, Explanation, Request, ServiceState, Status, Stopped, SwitchRun, Thawed,
+    AlertTested, Ask, Explanation, Request, ServiceState, Status, Stopped, SwitchRun, Thawed,
     WindowClosed, WindowList, WindowOpened,
 };
 use crate::{
@@ -15,6 +12,7 @@ use crate::{
     process::Link,
     supervisors::watch::{Watcher, shell_words},
 };
+use anyhow::{Context, Result, bail};
 
 /// Sends `request` to the agent at `socket` and returns its answer as sent:
 /// `{"ok": true, ...}`, or the agent's refusal as the error.
@@ -27,7 +25,7 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
         )
     })?;
     let wait = match request {
-        Request::Stop { wait_secs, .. } => *wait_secs + 30,
+        Request::Stop(stop) => stop.wait_secs + 30,
         _ => 30,
     };
     stream.set_read_timeout(Some(Duration::from_secs(wait)))?;
@@ -47,9 +45,13 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
     Ok(answer)
 }
 
-/// The answer read as the type the request is answered with.
-pub fn read<T: DeserializeOwned>(answer: serde_json::Value) -> Result<T> {
-    serde_json::from_value(answer).context("the agent's answer is not what this version expects")
+/// Asks the agent at `socket` and reads the answer as the reply `ask` is
+/// answered with; also returns the answer as sent (for `--json`).
+pub fn ask<A: Ask>(socket: &Path, ask: A) -> Result<(A::Reply, serde_json::Value)> {
+    let answer = call(socket, &ask.into())?;
+    let reply = serde_json::from_value(answer.clone())
+        .context("the agent's answer is not what this version expects")?;
+    Ok((reply, answer))
 }
 
 /// A value as the JSON answer spells it (`[1,2]`, `0.5`, `1.0`, `null`).

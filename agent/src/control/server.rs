@@ -2,9 +2,9 @@
 //! connection, decides from the peer's credentials whether it may change
 //! state, hands it to the agent's loop and writes the answer back.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{future::Future, path::Path, pin::Pin, sync::Arc, time::Duration};
 
-use super::{MAX_REQUEST, Peer, Request};
+use super::{Ask, MAX_REQUEST, Peer, Request};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio::{
@@ -13,11 +13,57 @@ use tokio::{
     sync::{Semaphore, mpsc, oneshot},
 };
 
-/// An answer now, or one that needs waiting for (a stop) without holding
-/// up the agent's loop.
-pub enum Answer {
+/// The answer to a request whose reply is `T`: now, or one that needs
+/// waiting for (a stop) without holding up the agent's loop. A refusal is
+/// its reason.
+pub enum Answer<T> {
+    Now(Result<T, String>),
+    Later(Pin<Box<dyn Future<Output = Result<T, String>> + Send>>),
+}
+
+/// The answer to request `A`: its own reply type, nothing else.
+pub type Reply<A> = Answer<<A as Ask>::Reply>;
+
+impl<T: Serialize + Send + 'static> Answer<T> {
+    /// A refusal, now.
+    pub fn refuse(why: impl Into<String>) -> Answer<T> {
+        Answer::Now(Err(why.into()))
+    }
+
+    /// The answer later, once `future` is done.
+    pub fn later(future: impl Future<Output = Result<T, String>> + Send + 'static) -> Answer<T> {
+        Answer::Later(Box::pin(future))
+    }
+
+    /// The answer as the socket carries it.
+    pub fn into_wire(self) -> Wire {
+        match self {
+            Answer::Now(result) => Wire::Now(wire(result)),
+            Answer::Later(future) => Wire::Later(Box::pin(async move { wire(future.await) })),
+        }
+    }
+}
+
+/// An answer of any request, as the JSON line to send back.
+pub enum Wire {
     Now(serde_json::Value),
-    Later(std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send>>),
+    Later(Pin<Box<dyn Future<Output = serde_json::Value> + Send>>),
+}
+
+impl Wire {
+    /// A refusal of any request, now.
+    pub fn refuse(why: impl Into<String>) -> Wire {
+        Wire::Now(error(why))
+    }
+}
+
+/// A reply or a refusal, as JSON: the reply's fields with `"ok": true`, or
+/// `{"ok": false, "error": ...}`.
+fn wire<T: Serialize>(result: Result<T, String>) -> serde_json::Value {
+    match result {
+        Ok(reply) => ok(reply),
+        Err(why) => error(why),
+    }
 }
 
 /// A request the agent's loop answers (or refuses, and audits).
@@ -30,12 +76,12 @@ pub struct Call {
 }
 
 /// A refusal: `{"ok": false, "error": ...}`.
-pub fn error(message: impl Into<String>) -> serde_json::Value {
+fn error(message: impl Into<String>) -> serde_json::Value {
     serde_json::json!({"ok": false, "error": message.into()})
 }
 
 /// A success: the answer's fields with `"ok": true`.
-pub fn ok(answer: impl Serialize) -> serde_json::Value {
+fn ok(answer: impl Serialize) -> serde_json::Value {
     let mut value = serde_json::to_value(answer).expect("answers serialize");
     if let Some(map) = value.as_object_mut() {
         map.insert("ok".into(), true.into());

@@ -9,7 +9,6 @@ use std::{
 };
 
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{
@@ -19,46 +18,15 @@ use super::{
 use crate::{
     alert::Alert,
     audit::{AgentEvent, AuditLog},
-    config::{Severity, SinkKind},
+    control::{Health, SinkStatus, TestResult},
     files::WriteFailure,
     metrics::Metrics,
 };
-
-/// A sink in `stopguard status`: the URL without its path.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SinkStatus {
-    pub name: String,
-    pub kind: SinkKind,
-    pub url: String,
-    pub min_severity: Severity,
-    pub health: Health,
-}
-
-/// How a sink has been doing, for `stopguard status`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Health {
-    pub delivered: u64,
-    pub failed_attempts: u64,
-    pub undeliverable: u64,
-    pub last_success: Option<String>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<String>,
-}
 
 type Healths = Arc<Mutex<BTreeMap<String, Health>>>;
 
 fn now_text() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-/// The result of a test alert to one sink.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TestResult {
-    pub sink: String,
-    pub ok: bool,
-    pub status: Option<u16>,
-    pub latency_ms: f64,
-    pub error: Option<String>,
 }
 
 /// Sends `alert` to `sink` now, once, outside the spool: `stopguard alert test`.

@@ -25,7 +25,7 @@ use std::{fs, time::Duration};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-pub use self::delivery::{Delivery, Health, SinkStatus, TestResult, test};
+pub use self::delivery::{Delivery, test};
 use crate::{
     alert::Alert,
     config::{SecretSource, Severity, SinkConfig, SinkKind},
