@@ -520,3 +520,45 @@ fn print_lines(answer: &impl std::fmt::Display) {
         println!("{text}");
     }
 }
+
+#[cfg(test)]
+#[path = "../../xtask/src/docs/examples.rs"]
+mod examples;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `stopguard …` line of a shell block in the README and the book
+    /// parses with this command line.
+    #[test]
+    fn docs_examples_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let (mut checked, mut problems) = (0, Vec::new());
+        for file in examples::documents(&root) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for example in examples::commands(&text, &["stopguard"]) {
+                checked += 1;
+                let argv = std::iter::once("stopguard".to_string()).chain(example.args);
+                if let Err(err) = Cli::try_parse_from(argv)
+                    && !matches!(
+                        err.kind(),
+                        clap::error::ErrorKind::DisplayHelp
+                            | clap::error::ErrorKind::DisplayVersion
+                    )
+                {
+                    let why = err.to_string();
+                    problems.push(format!(
+                        "{}:{}: `{}`: {}",
+                        file.display(),
+                        example.line,
+                        example.text,
+                        why.lines().next().unwrap_or("")
+                    ));
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+        assert!(checked >= 20, "only {checked} `stopguard` examples found");
+    }
+}

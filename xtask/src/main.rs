@@ -3,6 +3,7 @@
 mod bench;
 mod deb;
 mod demo;
+mod docs;
 mod fuzz;
 mod lab;
 mod peers;
@@ -99,6 +100,15 @@ enum Task {
     ///   cargo xtask lab --kernel 5.10        # only the rows on 5.10
     ///   cargo xtask lab run --kernel 6.12 --userland trixie --script try.sh
     Lab(lab::Args),
+    /// Check the docs and build the book (docs/, mdBook) into docs/book:
+    /// every relative link of the README and the book resolves, the
+    /// summary lists every page, and every `stopguard` and `cargo xtask`
+    /// example parses with the real command line parser.
+    ///
+    /// Installs mdBook when missing, cached in ~/.cache/stopguard.
+    ///
+    /// Example: cargo xtask docs && xdg-open docs/book/index.html
+    Docs,
 }
 
 fn main() -> ExitCode {
@@ -134,11 +144,30 @@ fn run(cli: Cli) -> Result<()> {
         Task::Soak(args) => soak::run(&args),
         Task::Deb(args) => deb::run(&args),
         Task::Lab(args) => lab::run(&args),
+        Task::Docs => docs::run(parse_args),
         Task::Bench(args) => {
             build_ebpf()?;
             let agent = build_agent()?;
             bench::run(&agent, &args)
         }
+    }
+}
+
+/// Parses `cargo xtask ARGS` as this program would, without running it:
+/// how the docs' examples are checked.
+pub fn parse_args(args: &[String]) -> Result<(), String> {
+    let argv = std::iter::once("xtask".to_string()).chain(args.iter().cloned());
+    match Cli::try_parse_from(argv) {
+        Ok(_) => Ok(()),
+        Err(err)
+            if matches!(
+                err.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            Ok(())
+        }
+        Err(err) => Err(err.to_string()),
     }
 }
 

@@ -125,6 +125,37 @@ pub fn ensure_bpf_toolchain() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The mdBook that builds docs/.
+const MDBOOK_VERSION: &str = "0.4.52";
+
+/// Makes sure mdBook is built (without its server and watcher, which the
+/// build does not use), cached outside the checkout; returns its path.
+pub fn ensure_mdbook() -> Result<PathBuf> {
+    let dir = cache_root().join(format!("mdbook-{MDBOOK_VERSION}"));
+    let bin = dir.join("bin/mdbook");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    step(&format!(
+        "building mdBook {MDBOOK_VERSION} into {} (about 2 minutes, once)",
+        dir.display()
+    ));
+    let mut install = Command::new("cargo");
+    install
+        .args([
+            "install",
+            &format!("mdbook@{MDBOOK_VERSION}"),
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "search",
+            "--root",
+        ])
+        .arg(&dir);
+    run(&mut install, "building mdBook")?;
+    Ok(bin)
+}
+
 fn find_libllvm(sysroot: &Path) -> Result<PathBuf> {
     let lib = sysroot.join("lib");
     for entry in fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
