@@ -13,7 +13,11 @@ use std::{
 use agent_common::boot_ns;
 use anyhow::{Context, Result, bail};
 
-use crate::{is_root, step};
+use crate::{
+    is_root,
+    measure::{cpu_time, number_after, unpin},
+    step,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -245,19 +249,6 @@ fn spool_throughput(agent: &Path, count: u32) -> Result<(f64, u32)> {
     result
 }
 
-/// Detaches what a stopped agent left pinned, so that its programs do not
-/// run on through the measurements that follow.
-pub(crate) fn unpin(agent: &Path) -> Result<()> {
-    let status = Command::new(agent)
-        .arg("unpin")
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("stopguard unpin failed ({status})");
-    }
-    Ok(())
-}
-
 /// runsv supervises a fixture daemon; an operator (loginuid 1000) stops it
 /// `count` times; each respawn's alert says how long after the exec it
 /// came, and a loopback receiver when its webhook request arrived.
@@ -447,21 +438,6 @@ fn with_agent(agent: &Path, execs: u32) -> Result<AgentRun> {
     })
 }
 
-/// The number right after `marker` in `line`.
-pub(crate) fn number_after(line: &str, marker: &str) -> Result<u64> {
-    let start = line
-        .find(marker)
-        .with_context(|| format!("`{marker}` not in `{line}`"))?
-        + marker.len();
-    let digits: String = line[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits
-        .parse()
-        .with_context(|| format!("no number after `{marker}` in `{line}`"))
-}
-
 /// stopguard's programs (named sg_*): run count and run time so far.
 fn program_stats() -> Result<BTreeMap<String, (u64, Duration)>> {
     let mut stats = BTreeMap::new();
@@ -474,21 +450,4 @@ fn program_stats() -> Result<BTreeMap<String, (u64, Duration)>> {
         }
     }
     Ok(stats)
-}
-
-/// CPU time used so far by all threads of process `pid` (schedstat, in ns).
-pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
-    let mut total = 0u64;
-    let dir = format!("/proc/{pid}/task");
-    for task in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
-        let path = task?.path().join("schedstat");
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        total += text
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-            .with_context(|| format!("unexpected {}: {text}", path.display()))?;
-    }
-    Ok(Duration::from_nanos(total))
 }

@@ -6,6 +6,7 @@ mod demo;
 mod docs;
 mod fuzz;
 mod lab;
+mod measure;
 mod peers;
 mod soak;
 mod toolchain;

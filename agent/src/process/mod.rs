@@ -9,6 +9,7 @@
 //! are kept, so that a host running short-lived commands by the thousand
 //! does not fill the table with them.
 
+mod cgroup;
 mod ids;
 pub mod procfs;
 mod units;

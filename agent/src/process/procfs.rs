@@ -23,7 +23,10 @@ use std::{
 
 use agent_common::{NO_LOGINUID, TASK_KERNEL, TaskRecord};
 
-use super::{Process, units};
+use super::{
+    Process,
+    cgroup::{self, unit_of_cgroup, unit_of_cgroups},
+};
 use crate::events::ProcessKey;
 
 /// The processes a scan reads in full: those whose arguments the kernel
@@ -86,7 +89,7 @@ impl Notables {
 pub fn scan(notables: &Notables) -> Vec<Process> {
     // Before the processes: one that starts meanwhile is not in the tree
     // and has its own cgroup file read.
-    let members = units::unified_mount().and_then(|(mount, _)| cgroup_members(&mount));
+    let members = cgroup::unified_mount().and_then(|(mount, _)| cgroup_members(&mount));
     let pids: Vec<Source> = pids().into_iter().map(Source::Proc).collect();
     read_all(&pids, members.as_ref(), notables)
 }
@@ -95,7 +98,7 @@ pub fn scan(notables: &Notables) -> Vec<Process> {
 /// other /proc lists: /proc is read only for what the records lack, each
 /// process's program and, where [`Notables`] say, its command line.
 pub fn complete(tasks: &[TaskRecord], notables: &Notables) -> Vec<Process> {
-    let members = units::unified_mount().and_then(|(mount, _)| cgroup_members(&mount));
+    let members = cgroup::unified_mount().and_then(|(mount, _)| cgroup_members(&mount));
     let known: HashSet<u32> = tasks.iter().map(|t| t.actor.task.tgid).collect();
     // A process the iterator did not show (it has been seen to leave out
     // PID 1) is read from /proc in full.
@@ -428,95 +431,11 @@ pub fn unified_cgroup(key: ProcessKey) -> Option<String> {
     (proc.stat(key.pid)?.start_ticks == key.start_ticks).then_some(path)
 }
 
-/// The service unit in a /proc/PID/cgroup text: from the cgroup v2 line
-/// (`0::/system.slice/redis-server.service`), else systemd's own v1
-/// hierarchy (`1:name=systemd:/...`) on a legacy host.
-fn unit_of_cgroups(text: &str) -> Option<String> {
-    let path = |wanted: &str| {
-        text.lines().find_map(|line| {
-            let (_, rest) = line.split_once(':')?;
-            let (controllers, path) = rest.split_once(':')?;
-            (controllers == wanted).then_some(path)
-        })
-    };
-    path("")
-        .or_else(|| path("name=systemd"))
-        .and_then(unit_of_cgroup)
-}
-
-/// The system service unit a cgroup path is in: the first name below the
-/// slices (`/system.slice/system-postgresql.slice/postgresql@15-main.service`
-/// is `postgresql@15-main.service`, as is a sub-cgroup of it). None for a
-/// user's session or user manager, a scope, init.scope, or a cgroup
-/// systemd does not manage.
-pub fn unit_of_cgroup(path: &str) -> Option<String> {
-    let mut names = path.split('/').filter(|n| !n.is_empty());
-    let mut name = names.next()?;
-    if name == "user.slice" {
-        return None;
-    }
-    while name.ends_with(".slice") {
-        name = names.next()?;
-    }
-    name.ends_with(".service").then(|| name.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use agent_common::notable;
 
     use super::*;
-
-    #[test]
-    fn units_from_cgroup_paths() {
-        let unit = |path| unit_of_cgroup(path);
-        assert_eq!(
-            unit("/system.slice/system-postgresql.slice/postgresql@15-main.service").as_deref(),
-            Some("postgresql@15-main.service")
-        );
-        assert_eq!(
-            unit("/system.slice/redis-server.service").as_deref(),
-            Some("redis-server.service")
-        );
-        assert_eq!(
-            unit("/system.slice/docker.service/payload").as_deref(),
-            Some("docker.service"),
-            "a sub-cgroup of a unit is in the unit"
-        );
-        for none in [
-            "/",
-            "/init.scope",
-            "/user.slice/user-1000.slice/session-3.scope",
-            "/user.slice/user-1000.slice/user@1000.service/app.slice/x.service",
-            "/system.slice/run-r1.scope",
-            "/stopguard/frozen-42",
-            "/machine.slice",
-            "",
-        ] {
-            assert_eq!(unit(none), None, "{none}");
-        }
-    }
-
-    #[test]
-    fn units_from_proc_cgroup_texts() {
-        assert_eq!(
-            unit_of_cgroups("0::/system.slice/redis-server.service\n").as_deref(),
-            Some("redis-server.service")
-        );
-        let hybrid = "\
-12:freezer:/
-1:name=systemd:/system.slice/postgresql@15-main.service
-0::/system.slice/postgresql@15-main.service
-";
-        assert_eq!(
-            unit_of_cgroups(hybrid).as_deref(),
-            Some("postgresql@15-main.service")
-        );
-        let legacy = "2:freezer:/\n1:name=systemd:/system.slice/cron.service\n";
-        assert_eq!(unit_of_cgroups(legacy).as_deref(), Some("cron.service"));
-        // No systemd: the v2 path is whatever the host made of it.
-        assert_eq!(unit_of_cgroups("0::/\n"), None);
-    }
 
     #[test]
     fn command_lines_are_read_where_the_kernel_reads_arguments() {
@@ -546,7 +465,7 @@ mod tests {
 
     #[test]
     fn the_cgroup_tree_gives_each_process_its_unit() {
-        let Some((mount, _)) = units::unified_mount() else {
+        let Some((mount, _)) = cgroup::unified_mount() else {
             eprintln!("skipped: no unified cgroup hierarchy on this host");
             return;
         };

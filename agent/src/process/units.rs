@@ -4,7 +4,10 @@
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt, path::PathBuf};
 
-use super::procfs;
+use super::{
+    cgroup::{unified_mount, unit_of_cgroup},
+    procfs,
+};
 use crate::events::Exec;
 
 /// Ids remembered at most; past it the cache starts again. Units and
@@ -46,7 +49,7 @@ impl Units {
             return unit.clone();
         }
         let path = procfs::unified_cgroup(exec.process.key)?;
-        let unit = procfs::unit_of_cgroup(&path);
+        let unit = unit_of_cgroup(&path);
         // Remembered only when the path is that id's own: the process may
         // have moved since its exec.
         let id = std::fs::metadata(mount.join(path.trim_start_matches('/'))).map(|m| m.ino());
@@ -57,43 +60,5 @@ impl Units {
             self.by_id.insert(exec.cgroup, unit.clone());
         }
         unit
-    }
-}
-
-/// The unified (v2) hierarchy's mount point and root id: /sys/fs/cgroup
-/// on a unified host, /sys/fs/cgroup/unified on a hybrid one.
-pub(super) fn unified_mount() -> Option<(PathBuf, u64)> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mounts.lines().find_map(|line| {
-        // id parent major:minor root mount-point options... - fstype source
-        let (fields, rest) = line.split_once(" - ")?;
-        let mut fields = fields.split(' ');
-        let root = fields.nth(3)?;
-        let point = fields.next()?;
-        (rest.split(' ').next() == Some("cgroup2") && root == "/").then(|| {
-            let point = PathBuf::from(point);
-            let id = std::fs::metadata(&point).ok()?.ino();
-            Some((point, id))
-        })?
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_unified_root_is_found_where_this_host_mounts_it() {
-        let Some((point, id)) = unified_mount() else {
-            let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-            assert!(
-                !text.contains(" - cgroup2 "),
-                "cgroup2 mounted but not found"
-            );
-            return;
-        };
-        assert!(point.starts_with("/sys/fs/cgroup"), "{}", point.display());
-        assert!(point.join("cgroup.procs").exists());
-        assert_ne!(id, 0);
     }
 }

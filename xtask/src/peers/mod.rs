@@ -28,7 +28,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    bench::{cpu_time, number_after, unpin},
+    measure::{cpu_time, number_after, unpin},
     step, toolchain,
 };
 
