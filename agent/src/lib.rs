@@ -10,7 +10,8 @@
 //! - `detect`: operator stops and respawns, a pure state machine.
 //! - `agent`: `stopguard run`: the policy, custody of frozen respawns,
 //!   alerting, control requests, saved state.
-//! - `actions`: freeze, thaw, kill.
+//! - `custody`: the kernel guard, the respawns held frozen, retry trains;
+//!   freeze, thaw, kill.
 //! - `alert`: the alert record; `sinks`: delivering it (one file per kind).
 //! - `audit`: the audit log and its reader.
 //! - `control`: what `stopguard <command>` asks the agent over its socket
@@ -22,13 +23,13 @@
 //!   the journal reads with their priority.
 //! - `files`, `identity`, `clock`: safe writes, user names, the boot clock.
 
-pub mod actions;
 pub mod agent;
 pub mod alert;
 pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod custody;
 pub mod detect;
 pub mod events;
 pub mod files;

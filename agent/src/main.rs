@@ -392,7 +392,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::PrepareFreezer => {
-            for dir in stopguard::actions::prepare_freezer()? {
+            for dir in stopguard::custody::actions::prepare_freezer()? {
                 println!("created {}", dir.display());
             }
             Ok(())

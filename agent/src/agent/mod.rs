@@ -3,7 +3,6 @@
 //! what each finding asks for; custody freezes, alerting tells people.
 //!
 //! - `policy`: finding + the service's config → decision (pure).
-//! - `custody`: the kernel guard, frozen respawns, retry trains.
 //! - `alerting`: raise, group, resolve alerts.
 //! - `requests`: what the control socket asks of the agent.
 //! - `state`: what survives a restart; `gap`: what the probes recorded
@@ -11,7 +10,6 @@
 //! - `units`: what systemd says about a service's unit.
 
 mod alerting;
-mod custody;
 mod explain;
 mod gap;
 pub mod host_lock;
@@ -35,17 +33,17 @@ use tokio::{
 
 use self::{
     alerting::Alerting,
-    custody::Custody,
     policy::Decision,
     report::{log_finding, log_summary},
 };
 use crate::{
-    actions,
     alert::{self, Alert},
     audit::{AgentEvent, AuditLog},
     clock::{Clock, boot_ns},
     config::{Config, Settings, SinkConfig},
     control::{self, server::Wire},
+    custody::Custody,
+    custody::actions,
     detect::{self, AtRisk, Detector, Finding, Started},
     events::{Event, ProcessKey},
     files::WriteFailure,

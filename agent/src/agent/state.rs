@@ -9,12 +9,12 @@ use std::{fs, path::Path};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{Agent, custody};
+use super::Agent;
 use crate::{
-    actions,
     alert::{self, Alert},
     audit::AgentEvent,
     clock::boot_ns,
+    custody::{self, actions},
     detect,
     files::{self, WriteFailure},
     monitor::Monitor,

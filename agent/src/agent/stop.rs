@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 
 use super::explain::{MainArgs, Watchers};
 use crate::{
-    actions,
     alert::WindowInfo,
     audit::AgentEvent,
     clock::boot_ns,
@@ -18,6 +17,7 @@ use crate::{
         Peer, Stop, Stopped, SwitchRun,
         server::{Answer, Reply},
     },
+    custody::actions,
     detect::{ControlCommand, Intent},
     detect::{SwitchedOff, Window},
     monitor::Monitor,

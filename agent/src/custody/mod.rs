@@ -3,6 +3,8 @@
 //! the respawns it keeps frozen, ends the retries of a supervisor that tries
 //! again, lets go of what the guard stopped but detection did not keep, and
 //! thaws or kills what it holds when told to.
+//!
+//! - `actions`: the mechanics: freeze, thaw, kill, the cgroups they use.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -11,8 +13,10 @@ use std::{
 
 use agent_common::COMM_LEN;
 
+pub mod actions;
+
+pub use self::actions::Frozen;
 use crate::{
-    actions::{self, Frozen},
     audit::{AgentEvent, AuditLog},
     config::Freezer,
     detect::Started,
