@@ -8,8 +8,11 @@
 //! - `supervisors`: the supervisors known, one file each, and their control
 //!   commands.
 //! - `detect`: operator stops and respawns, a pure state machine.
-//! - `agent`: `stopguard run`: the policy, custody of frozen respawns,
-//!   alerting, control requests, saved state.
+//! - `decide`: what the agent does about a finding: the effects to carry
+//!   out and the alert to raise (pure).
+//! - `agent`: `stopguard run`, the shell: the event loop, the facts
+//!   `decide` needs, its effects carried out, control requests, saved
+//!   state.
 //! - `custody`: the kernel guard, the respawns held frozen, retry trains;
 //!   freeze, thaw, kill.
 //! - `alert`: the alert record; `sinks`: delivering it (one file per kind).
@@ -30,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod custody;
+pub mod decide;
 pub mod detect;
 pub mod events;
 pub mod files;

@@ -1,8 +1,7 @@
 //! `stopguard run`: the long-running agent. Kernel events keep the process
-//! table current; detection turns them into findings; the policy decides
-//! what each finding asks for; custody freezes, alerting tells people.
+//! table current; detection turns them into findings; `decide` says what
+//! each finding asks for; custody freezes, alerting tells people.
 //!
-//! - `policy`: finding + the service's config → decision (pure).
 //! - `alerting`: raise, group, resolve alerts.
 //! - `requests`: what the control socket asks of the agent.
 //! - `state`: what survives a restart; `gap`: what the probes recorded
@@ -14,7 +13,6 @@ mod explain;
 mod gap;
 pub mod host_lock;
 mod memory;
-mod policy;
 pub mod preflight;
 mod reload;
 mod report;
@@ -33,18 +31,18 @@ use tokio::{
 
 use self::{
     alerting::Alerting,
-    policy::Decision,
     report::{log_finding, log_summary},
 };
 use crate::{
-    alert::{self, Alert},
+    alert::ProcessInfo,
     audit::{AgentEvent, AuditLog},
     clock::{Clock, boot_ns},
     config::{Config, Settings, SinkConfig},
     control::{self, server::Wire},
     custody::Custody,
     custody::actions,
-    detect::{self, AtRisk, Detector, Finding, Started},
+    decide::{self, Effect, Facts, LostFacts, Response},
+    detect::{self, Detector, Finding},
     events::{Event, ProcessKey},
     files::WriteFailure,
     kernel::{Pinning, ProbeOptions, pins},
@@ -371,22 +369,6 @@ impl Agent {
         self.custody.guard(monitor.probes(), service, &name, on);
     }
 
-    /// The unit whose cgroup holds `started` frozen: the one systemd
-    /// started it as (see `Started::systemd_unit`) when that unit is the
-    /// service's own, named in its config or run by PID 1 as this very
-    /// process. Not the unit of a long-running job that a script started
-    /// it from (cron's, a deployment tool's): freezing that would freeze
-    /// the job too.
-    fn unit_to_freeze<'a>(&self, started: &'a Started) -> Option<&'a str> {
-        let unit = started.systemd_unit()?;
-        let own = self
-            .detector
-            .config_of(&started.service)
-            .is_some_and(|s| s.in_unit(unit));
-        let by_pid_1 = started.chain.first().is_some_and(|parent| parent.pid == 1);
-        (own || by_pid_1).then_some(unit)
-    }
-
     fn window_open(&self, service: &str) -> bool {
         self.detector.window_of(service).is_some()
     }
@@ -449,151 +431,91 @@ impl Agent {
         }
     }
 
-    /// Carries out what the policy decides for one finding.
+    /// Responds to one finding: the facts gathered, the response decided
+    /// (`decide`), its effects carried out, its alert raised.
     fn respond(&mut self, monitor: &mut Monitor, finding: &Finding) {
         log_finding(finding);
-        // A start in a unit: what systemd would do should it stop.
-        if let Finding::Start { started }
-        | Finding::OperatorStart { started, .. }
-        | Finding::CrashRestart { started } = finding
-            && let Some(unit) = &started.unit
-        {
-            self.restart_policies.refresh(unit);
-        }
-        // A frozen respawn ended by other hands: its unit stopped.
-        if let Finding::Exited { pid, .. } = finding
-            && self.custody.ended(*pid)
-        {
-            self.alerting.resolve_process(*pid);
-        }
         if let Finding::EventsLost { count, at_risk } = finding {
             for risk in at_risk {
-                self.respond_lost(monitor, *count, risk);
+                let facts = LostFacts {
+                    service: self.detector.config_of(&risk.service),
+                    guarded: self.custody.guarded().contains(&risk.service),
+                    unseen: risk.started_unseen.and_then(|pid| {
+                        let p = monitor.table().live(pid)?;
+                        Some(ProcessInfo {
+                            pid,
+                            exe: p.exe.clone().unwrap_or_default(),
+                            cmdline: p.cmdline.to_vec(),
+                        })
+                    }),
+                };
+                let response = decide::respond_lost(*count, risk, facts);
+                self.carry_out(monitor, response);
             }
             return;
         }
-        let Some(name) = finding_service(finding) else {
-            return;
+        let service = decide::service_of(finding);
+        let config = service.and_then(|name| self.detector.config_of(name));
+        let facts = Facts {
+            service: config,
+            window_open: service.is_some_and(|name| self.window_open(name)),
+            held: matches!(finding, Finding::Exited { pid, .. } if self.custody.is_held(*pid)),
+            train: service.and_then(|name| self.custody.train_of(name)),
+            restart: match finding {
+                Finding::Respawn { started, .. } => started
+                    .unit
+                    .as_deref()
+                    .and_then(|unit| self.restart_policies.of(unit)),
+                _ => None,
+            },
+            down_until_ns: self.down_until_ns,
+            paused: match finding {
+                Finding::Respawn { started, .. } => started
+                    .supervisor
+                    .as_ref()
+                    .and_then(|s| self.watchers.paused(&started.service, s.pid))
+                    .map(|w| (w.supervisor, w.state)),
+                _ => None,
+            },
         };
-        let Some(service) = self.detector.config_of(name) else {
-            return;
-        };
-        let decision = policy::decide(finding, service, self.window_open(name));
-        let name = name.to_string();
-        let action = match decision {
-            Decision::Guard => return self.guard(monitor, &name, true),
-            Decision::Unguard => return self.guard(monitor, &name, false),
-            Decision::Nothing => return,
-            Decision::Alert => "alerted".to_string(),
-            Decision::Freeze | Decision::Kill => {
-                let Finding::Respawn { started, .. } = finding else {
-                    return;
-                };
-                if decision == Decision::Kill {
-                    match actions::kill(started.pid) {
+        let response = decide::respond(finding, &facts);
+        self.carry_out(monitor, response);
+    }
+
+    /// Carries out a response's effects in order, then raises its alert
+    /// with what they did.
+    fn carry_out(&mut self, monitor: &mut Monitor, response: Response) {
+        let mut done = None;
+        for effect in response.effects {
+            match effect {
+                Effect::AskRestartPolicy { unit } => self.restart_policies.refresh(&unit),
+                Effect::ForgetEnded { pid } => {
+                    if self.custody.ended(pid) {
+                        self.alerting.resolve_process(pid);
+                    }
+                }
+                Effect::Guard { service, on } => self.guard(monitor, &service, on),
+                Effect::Freeze { service, pid, unit } => {
+                    done = Some(self.custody.freeze(&service, pid, unit.as_deref()));
+                }
+                Effect::Kill { pid } => {
+                    done = Some(match actions::kill(pid) {
                         Ok(()) => "killed".to_string(),
                         Err(err) => format!("kill failed: {err:#}"),
-                    }
-                } else if self.custody.end_retry(started) {
-                    return;
-                } else {
-                    let unit = self.unit_to_freeze(started);
-                    let action = self.custody.freeze(&started.service, started.pid, unit);
-                    // On disk before anyone hears of it: an agent killed
-                    // right after the alert must still know what it holds.
-                    self.save();
-                    action
+                    });
                 }
+                Effect::EndRetry {
+                    service,
+                    pid,
+                    supervisor,
+                } => self.custody.end_retry(&service, pid, &supervisor),
+                Effect::Resume { pid } => self.custody.resume_unheld(&[pid]),
+                Effect::Save => self.save(),
             }
-        };
-        if let Finding::Respawn {
-            started,
-            stopped_by,
-            window,
-        } = finding
-        {
-            let restart = started
-                .unit
-                .as_deref()
-                .and_then(|unit| self.restart_policies.of(unit));
-            let mut record: Alert = alert::respawn(
-                &self.host,
-                started,
-                stopped_by,
-                window.as_ref(),
-                &action,
-                restart.as_deref(),
-                &self.clock,
-                boot_ns(),
-            );
-            if self
-                .down_until_ns
-                .is_some_and(|until| started.time_ns < until)
-            {
-                alert::while_agent_down(&mut record);
-            }
-            if let Some(paused) = started
-                .supervisor
-                .as_ref()
-                .and_then(|s| self.watchers.paused(&started.service, s.pid))
-            {
-                alert::while_paused(&mut record, &paused.supervisor, &paused.state);
-            }
+        }
+        if let Some(plan) = response.alert {
+            let record = plan.build(&self.host, &self.clock, boot_ns(), done.as_deref());
             self.alerting.raise(record);
         }
-    }
-
-    /// Alerts a loss that put `risk.service` at risk. A start nobody saw is
-    /// held where the policy freezes a respawn; otherwise what the guard
-    /// stopped at exec is let go, as its lost exec record would have had it.
-    fn respond_lost(&mut self, monitor: &Monitor, count: u64, risk: &AtRisk) {
-        let decision = self
-            .detector
-            .config_of(&risk.service)
-            .map_or(Decision::Alert, |s| policy::decide_unseen_start(risk, s));
-        let held = match (risk.started_unseen, decision) {
-            (Some(pid), Decision::Freeze) => {
-                let action = self.custody.freeze(&risk.service, pid, None);
-                // On disk before anyone hears of it, as for a respawn.
-                self.save();
-                Some(action)
-            }
-            (Some(pid), _) if self.custody.guarded().contains(&risk.service) => {
-                self.custody.resume_unheld(&[pid]);
-                None
-            }
-            _ => None,
-        };
-        let process = risk.started_unseen.and_then(|pid| {
-            let p = monitor.table().live(pid)?;
-            Some(alert::ProcessInfo {
-                pid,
-                exe: p.exe.clone().unwrap_or_default(),
-                cmdline: p.cmdline.to_vec(),
-            })
-        });
-        let record = alert::events_lost(
-            &self.host,
-            count,
-            risk,
-            process,
-            held.as_deref(),
-            &self.clock,
-            boot_ns(),
-        );
-        self.alerting.raise(record);
-    }
-}
-
-/// The service a finding is about, for the ones the policy decides.
-fn finding_service(finding: &Finding) -> Option<&str> {
-    match finding {
-        Finding::OperatorStop(stop) => Some(&stop.service),
-        Finding::Respawn { started, .. } => Some(&started.service),
-        Finding::OperatorStart { started, .. } => Some(&started.service),
-        Finding::CrashRestart { .. }
-        | Finding::Start { .. }
-        | Finding::EventsLost { .. }
-        | Finding::Exited { .. } => None,
     }
 }

@@ -105,7 +105,7 @@ impl Agent {
         if self
             .detector
             .config_of(service)
-            .is_some_and(super::policy::guards_in_window)
+            .is_some_and(crate::decide::guards_in_window)
         {
             self.guard(monitor, service, true);
         }

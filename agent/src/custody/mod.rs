@@ -19,7 +19,6 @@ pub use self::actions::Frozen;
 use crate::{
     audit::{AgentEvent, AuditLog},
     config::Freezer,
-    detect::Started,
     kernel::{Probes, comm_key},
 };
 
@@ -240,35 +239,36 @@ impl Custody {
         services
     }
 
-    /// A supervisor that sees no pidfile tries again each cycle: keep the
-    /// first respawn frozen and end the retries. True when this was one.
-    pub fn end_retry(&mut self, started: &Started) -> bool {
-        let Some(train) = self.trains.get_mut(&started.service) else {
-            return false;
+    /// The pid held frozen for the first respawn of `service`, while it
+    /// lives: a supervisor that sees no pidfile tries again each cycle, and
+    /// its retries are ended (`end_retry`) while this one stays frozen.
+    pub fn train_of(&self, service: &str) -> Option<u32> {
+        let train = self.trains.get(service)?;
+        (self.held.contains_key(&train.frozen_pid)
+            && Path::new(&format!("/proc/{}", train.frozen_pid)).exists())
+        .then_some(train.frozen_pid)
+    }
+
+    /// Ends `pid`, `supervisor`'s retry of `service` while its first
+    /// respawn stays frozen, and counts it.
+    pub fn end_retry(&mut self, service: &str, pid: u32, supervisor: &str) {
+        let Some(train) = self.trains.get_mut(service) else {
+            return;
         };
-        if !self.held.contains_key(&train.frozen_pid)
-            || !Path::new(&format!("/proc/{}", train.frozen_pid)).exists()
-        {
-            return false;
-        }
         train.retries += 1;
-        let killed = actions::kill(started.pid);
+        let killed = actions::kill(pid);
         tracing::warn!(
-            "{} respawned again by {} (tried {} more times); pid {} killed, pid {} stays frozen",
-            started.service,
-            started.supervisor.as_ref().map_or("?", |s| s.comm.as_str()),
+            "{service} respawned again by {supervisor} (tried {} more times); pid {pid} killed, pid {} stays frozen",
             train.retries,
-            started.pid,
             train.frozen_pid
         );
         self.audit.write(AgentEvent::RespawnRetryKilled {
-            service: started.service.clone(),
-            pid: started.pid,
+            service: service.to_string(),
+            pid,
             retries: train.retries,
             frozen_pid: train.frozen_pid,
             error: killed.err().map(|e| format!("{e:#}")),
         });
-        true
     }
 
     /// Holds `pid`, a respawn of `service` the guard stopped at exec, kept

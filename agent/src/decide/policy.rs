@@ -84,53 +84,9 @@ pub fn guards_in_window(service: &Service) -> bool {
 mod tests {
     use super::*;
     use crate::{
-        config::Config,
-        detect::{AtRisk, OperatorStop, Started, Window},
+        decide::tests::{service, started, stop, window},
+        detect::AtRisk,
     };
-
-    fn service(on_respawn: InWindow, on_unexpected_respawn: UnexpectedRespawn) -> Service {
-        let mut service = Config::parse(
-            "[[service]]\nname = \"db\"\nexe = [\"/usr/bin/db\"]\n",
-            "test",
-        )
-        .unwrap()
-        .services
-        .remove(0);
-        service.on_respawn = on_respawn;
-        service.on_unexpected_respawn = on_unexpected_respawn;
-        service
-    }
-
-    fn started() -> Started {
-        Started {
-            service: "db".into(),
-            pid: 42,
-            exe: "/usr/bin/db".into(),
-            args: vec!["db".into()],
-            chain: Vec::new(),
-            supervisor: None,
-            unit: None,
-            requested: None,
-            time_ns: 2,
-        }
-    }
-
-    fn stop() -> OperatorStop {
-        OperatorStop::example("db")
-    }
-
-    fn window() -> Window {
-        Window {
-            id: "w1".into(),
-            service: "db".into(),
-            reason: "test".into(),
-            opened_by_uid: 0,
-            opened_by_loginuid: Some(1000),
-            opened_at_ns: 0,
-            expires_at_ns: None,
-            switched_off: Vec::new(),
-        }
-    }
 
     fn respawn(in_window: bool) -> Finding {
         Finding::Respawn {
