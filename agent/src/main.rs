@@ -346,39 +346,8 @@ fn run(cli: Cli) -> Result<()> {
             let config = Config::load(Some(&file))?;
             stopguard::agent::preflight::check(&config)?;
             println!("{}: valid; host {}", file.display(), config.agent.host);
-            for s in &config.services {
-                let globs = |globs: &[glob::Pattern]| {
-                    globs
-                        .iter()
-                        .map(|g| g.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                let mut matches = Vec::new();
-                if !s.exe.is_empty() {
-                    matches.push(format!("exe {}", globs(&s.exe)));
-                }
-                if !s.unit.is_empty() {
-                    let each = if s.per_instance() {
-                        " (each its own service)"
-                    } else {
-                        ""
-                    };
-                    matches.push(format!("unit {}{each}", globs(&s.unit)));
-                }
-                println!(
-                    "  {:<12} {}  in a window: {:?}, otherwise: {:?}",
-                    s.name,
-                    matches.join("; "),
-                    s.on_respawn,
-                    s.on_unexpected_respawn
-                );
-            }
-            for sink in &config.sinks {
-                println!(
-                    "  sink {:<12} {:?}, min_severity {:?}",
-                    sink.name, sink.kind, sink.min_severity
-                );
+            for line in config.describe() {
+                println!("  {line}");
             }
             Ok(())
         }

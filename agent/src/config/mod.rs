@@ -181,6 +181,46 @@ impl Config {
         })
     }
 
+    /// What it watches and where alerts go, a line each: `check-config`.
+    pub fn describe(&self) -> Vec<String> {
+        let globs = |globs: &[glob::Pattern]| {
+            globs
+                .iter()
+                .map(|g| g.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut lines = Vec::new();
+        for s in &self.services {
+            let mut matches = Vec::new();
+            if !s.exe.is_empty() {
+                matches.push(format!("exe {}", globs(&s.exe)));
+            }
+            if !s.unit.is_empty() {
+                let each = if s.per_instance() {
+                    " (each its own service)"
+                } else {
+                    ""
+                };
+                matches.push(format!("unit {}{each}", globs(&s.unit)));
+            }
+            lines.push(format!(
+                "{:<12} {}  in a window: {:?}, otherwise: {:?}",
+                s.name,
+                matches.join("; "),
+                s.on_respawn,
+                s.on_unexpected_respawn
+            ));
+        }
+        for sink in &self.sinks {
+            lines.push(format!(
+                "sink {:<12} {:?}, min_severity {:?}",
+                sink.name, sink.kind, sink.min_severity
+            ));
+        }
+        lines
+    }
+
     pub fn embedded() -> Config {
         Config::parse(EMBEDDED, EMBEDDED_SOURCE).expect("the embedded config parses")
     }
