@@ -1,4 +1,4 @@
-//! `cargo xtask soak`: the randomized end-to-end soak (tests/tests/soak.rs)
+//! `cargo xtask soak`: the randomized end-to-end soak (tests/tests/soak/)
 //! on the release agent, as root.
 
 use std::process::Command;
