@@ -262,7 +262,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         }
     }
     notifier.send(Notice::Stopping);
-    if units::system_stopping() {
+    if crate::supervisors::systemd::system_stopping() {
         agent.custody.leave_for_shutdown();
     } else {
         agent.custody.leave_units();

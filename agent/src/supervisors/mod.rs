@@ -20,7 +20,7 @@ mod postgresql;
 mod runit;
 mod s6;
 mod supervisord;
-mod systemd;
+pub mod systemd;
 pub mod watch;
 
 use serde::{Deserialize, Serialize};

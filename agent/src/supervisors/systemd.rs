@@ -167,30 +167,22 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
     let Some(unit) = subject.unit.as_deref().filter(|u| u.ends_with(".service")) else {
         return Vec::new();
     };
-    if !std::path::Path::new("/run/systemd/system").exists() {
+    if !is_running() {
         return Vec::new();
     }
-    let shown = watch::run(&[
-        "systemctl",
-        "show",
-        "--property=Restart,LoadState",
-        "--",
-        unit,
-    ]);
-    let property = |name: &str| {
-        shown.as_ref().ok().and_then(|out| {
-            out.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
-                .map(str::to_string)
-        })
-    };
-    let restart = property("Restart");
-    let masked = property("LoadState").is_some_and(|s| s == "masked");
-    let (state, would_restart) = match (&shown, &restart) {
-        (Err(err), _) => (format!("unknown: {err}"), true),
-        (Ok(_), Some(policy)) if masked => (format!("masked (Restart={policy})"), false),
-        (Ok(_), Some(policy)) => (format!("Restart={policy}"), policy != "no"),
-        (Ok(_), None) => ("Restart= unknown".into(), true),
+    let shown = show(unit);
+    let restart = shown.as_ref().ok().and_then(|s| s.restart.clone());
+    let (state, would_restart) = match &shown {
+        Err(err) => (format!("unknown: {err}"), true),
+        Ok(UnitShown {
+            restart: Some(policy),
+            masked: true,
+        }) => (format!("masked (Restart={policy})"), false),
+        Ok(UnitShown {
+            restart: Some(policy),
+            ..
+        }) => (format!("Restart={policy}"), policy != "no"),
+        Ok(UnitShown { restart: None, .. }) => ("Restart= unknown".into(), true),
     };
     vec![Watcher {
         supervisor: SYSTEMD.name.into(),
@@ -203,6 +195,75 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
         on: Some(watch::words(&["systemctl", "unmask", "--runtime", unit])),
         off_stops: false,
     }]
+}
+
+/// Whether systemd runs this host (is PID 1).
+pub fn is_running() -> bool {
+    std::path::Path::new("/run/systemd/system").exists()
+}
+
+/// What systemd says of a unit: its `Restart=` policy and whether it is
+/// masked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitShown {
+    pub restart: Option<String>,
+    pub masked: bool,
+}
+
+/// Asks systemd (`systemctl show`, with a deadline) about `unit`.
+pub fn show(unit: &str) -> Result<UnitShown, String> {
+    let shown = watch::run(&[
+        "systemctl",
+        "show",
+        "--property=Restart,LoadState",
+        "--",
+        unit,
+    ])?;
+    let property = |name: &str| {
+        shown
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+            .filter(|value| !value.is_empty())
+            .map(str::to_string)
+    };
+    Ok(UnitShown {
+        restart: property("Restart"),
+        masked: property("LoadState").is_some_and(|s| s == "masked"),
+    })
+}
+
+/// Whether systemd is taking the host down (`systemctl is-system-running`
+/// says `stopping`); false without systemd, or when it does not answer
+/// within 2 s.
+pub fn system_stopping() -> bool {
+    if !is_running() {
+        return false;
+    }
+    let Ok(mut child) = std::process::Command::new("systemctl")
+        .arg("is-system-running")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(_)) => {
+                let mut out = String::new();
+                if let Some(mut stdout) = child.stdout.take() {
+                    let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+                }
+                return out.trim() == "stopping";
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }
 
 /// When systemd starts a unit again under `Restart=policy`.
