@@ -6,11 +6,11 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    clock::Clock,
     config::Severity,
     detect::{AtRisk, OperatorStop, Started, Window},
-    identity::{person, user_name},
     process::Link,
+    sys::clock::Clock,
+    sys::identity::{person, user_name},
 };
 
 pub const SCHEMA_VERSION: u32 = 1;

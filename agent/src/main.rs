@@ -283,11 +283,11 @@ fn main() -> ExitCode {
         // thread is started.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    stopguard::logging::init();
+    stopguard::sys::logging::init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("{}", stopguard::logging::fatal(&err));
+            eprintln!("{}", stopguard::sys::logging::fatal(&err));
             ExitCode::FAILURE
         }
     }

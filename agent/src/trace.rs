@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    clock::Clock, events::Event, kernel::ProbeOptions, monitor::Monitor, process::ProcessTable,
+    events::Event, kernel::ProbeOptions, monitor::Monitor, process::ProcessTable, sys::clock::Clock,
 };
 
 pub struct TraceOptions {

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use agent_common::{ExecRecord, ExitRecord, ForkRecord, Header, SignalRecord, kind};
 use libfuzzer_sys::fuzz_target;
 use stopguard::{
-    clock::Clock,
+    sys::clock::Clock,
     events::{DecodeError, Event},
     process::ProcessTable,
     trace,

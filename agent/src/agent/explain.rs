@@ -19,12 +19,12 @@ use crate::{
         server::{Answer, Reply},
     },
     detect::Finding,
-    identity::person,
     monitor::Monitor,
     supervisors::{
         self,
         watch::{self, Main, Subject, Watcher},
     },
+    sys::identity::person,
 };
 
 /// A main process to look at: its pid and command line.

@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use crate::{
-    clock::boot_ns,
     kernel::{Pinning, Probes},
     monitor::Backlog,
+    sys::clock::boot_ns,
 };
 
 /// When no agent ran from, as far as the records tell (boot ns): the

@@ -2,13 +2,11 @@
 //! table current; detection turns them into findings; `decide` says what
 //! each finding asks for; custody freezes, alerting tells people.
 //!
-//! - `alerting`: raise, group, resolve alerts.
 //! - `requests`: what the control socket asks of the agent.
 //! - `state`: what survives a restart; `gap`: what the probes recorded
 //!   while no agent ran, and when that began.
 //! - `units`: what systemd says about a service's unit.
 
-mod alerting;
 mod explain;
 mod gap;
 pub mod host_lock;
@@ -30,22 +28,23 @@ use tokio::{
     sync::mpsc,
 };
 
-use self::{alerting::Alerting, report::log_summary};
+use self::report::log_summary;
 use crate::{
+    alerting::Alerting,
+    alerting::sinks::Delivery,
     audit::AuditLog,
-    clock::Clock,
     config::{Config, Settings, SinkConfig},
     control::{self, server::Wire},
     custody::Custody,
     detect::{self, Detector, Finding},
     events::{Event, ProcessKey},
-    files::WriteFailure,
     kernel::{Pinning, ProbeOptions, pins},
-    metrics::Metrics,
     monitor::{Counts, Monitor},
-    notify::{Notice, Notifier},
     process::ProcessTable,
-    sinks::Delivery,
+    sys::clock::Clock,
+    sys::files::WriteFailure,
+    sys::metrics::Metrics,
+    sys::notify::{Notice, Notifier},
 };
 
 /// How often the agent logs what it has seen.
@@ -103,7 +102,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    crate::files::private_dir(&config.agent.state_dir).context("state_dir")?;
+    crate::sys::files::private_dir(&config.agent.state_dir).context("state_dir")?;
     let audit = AuditLog::open(&config.agent.audit_log)?;
     let metrics = Metrics::new();
     let delivery = Delivery::start(

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 
-use crate::{config::Config, files, sinks};
+use crate::{alerting::sinks, config::Config, sys::files};
 
 /// Longest socket path a Unix socket address holds (sun_path, NUL excluded).
 const MAX_SOCKET_PATH: usize = 107;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::Agent;
 use crate::{
     alert::{self, WindowInfo},
+    alerting::sinks,
     audit::{self, AgentEvent},
-    clock::boot_ns,
     control::{
         AlertTested, AuditRead, CloseWindow, GetStatus, ListWindows, OpenWindow, Peer, ReadAudit,
         Request, ServiceState, ServiceStatus, Status, TestAlert, Thaw, Thawed, WindowClosed,
@@ -17,7 +17,7 @@ use crate::{
     },
     detect::Window,
     monitor::Monitor,
-    sinks,
+    sys::clock::boot_ns,
 };
 
 impl Agent {

@@ -8,13 +8,13 @@ use super::{Agent, Batch};
 use crate::{
     alert::ProcessInfo,
     audit::AgentEvent,
-    clock::boot_ns,
     custody::actions,
     decide::{self, Effect, Facts, LostFacts, Response},
     detect::Finding,
     events::ProcessKey,
     monitor::Monitor,
     process::{ProcessTable, procfs},
+    sys::clock::boot_ns,
 };
 
 use super::{explain, report::log_finding};

@@ -13,11 +13,11 @@ use super::Agent;
 use crate::{
     alert::{self, Alert},
     audit::AgentEvent,
-    clock::boot_ns,
     custody::{self, actions},
     detect,
-    files::{self, WriteFailure},
     monitor::Monitor,
+    sys::clock::boot_ns,
+    sys::files::{self, WriteFailure},
 };
 
 #[derive(Default, Serialize, Deserialize)]

@@ -12,7 +12,6 @@ use super::explain::{MainArgs, Watchers};
 use crate::{
     alert::WindowInfo,
     audit::AgentEvent,
-    clock::boot_ns,
     control::{
         Peer, Stop, Stopped, SwitchRun,
         server::{Answer, Reply},
@@ -22,6 +21,7 @@ use crate::{
     detect::{SwitchedOff, Window},
     monitor::Monitor,
     supervisors::watch::{Subject, shell_words},
+    sys::clock::boot_ns,
 };
 
 impl Agent {
@@ -338,7 +338,7 @@ async fn run_as_operator(
     cmd.args(&argv[1..])
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    for name in crate::notify::ENV_VARS {
+    for name in crate::sys::notify::ENV_VARS {
         cmd.env_remove(name);
     }
     if let Some(uid) = loginuid {

@@ -6,7 +6,7 @@ use super::{AgentEvent, AuditEvent};
 use crate::{
     detect::{Finding, Started},
     events::signal_name,
-    identity::person,
+    sys::identity::person,
 };
 
 /// One audit entry (a line of the log, as written) in words.

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{control::Timeline, files};
+use crate::{control::Timeline, sys::files};
 
 mod describe;
 mod event;
@@ -171,7 +171,7 @@ mod tests {
             format!("{value}\n")
         };
         let stop = Finding::OperatorStop(OperatorStop::example("pg"));
-        let mut alert = crate::alert::test("h", &crate::clock::Clock::now(), 5);
+        let mut alert = crate::alert::test("h", &crate::sys::clock::Clock::now(), 5);
         alert.kind = crate::alert::AlertKind::RespawnAfterOperatorStop;
         alert.service = "pg".into();
         alert.summary = "pg respawned by monit".into();

@@ -155,7 +155,7 @@ impl fmt::Display for Explanation {
                 f,
                 "{}{unit}: stopped by {} ({} of pid {} by {})",
                 self.service,
-                crate::identity::person(stop.loginuid),
+                crate::sys::identity::person(stop.loginuid),
                 stop.signal_name,
                 stop.pid,
                 stop.sender.comm

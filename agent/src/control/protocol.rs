@@ -14,10 +14,10 @@ use crate::{
     alert::WindowInfo,
     config::{Severity, SinkKind},
     detect::OperatorStop,
-    files::WriteFailure,
     monitor::Counts,
     process::Link,
     supervisors::watch::Watcher,
+    sys::files::WriteFailure,
 };
 
 /// Larger requests are refused: no command needs more.

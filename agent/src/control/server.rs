@@ -93,7 +93,7 @@ fn ok(answer: impl Serialize) -> serde_json::Value {
 /// handing each well-formed request to `calls`.
 pub fn serve(path: &Path, group: Option<&str>, calls: mpsc::Sender<Call>) -> Result<()> {
     if let Some(dir) = path.parent() {
-        crate::files::private_dir(dir).context("the control socket's directory")?;
+        crate::sys::files::private_dir(dir).context("the control socket's directory")?;
     }
     if path.exists() {
         std::fs::remove_file(path)

@@ -16,9 +16,9 @@ mod tests;
 
 use crate::{
     alert::{self, Alert, ProcessInfo},
-    clock::Clock,
     config::Service,
     detect::{AtRisk, Finding, OperatorStop, Started, Window},
+    sys::clock::Clock,
 };
 
 pub use self::policy::{Decision, guards_in_window};

@@ -19,8 +19,8 @@ use crate::{
     alert::Alert,
     audit::{AgentEvent, AuditLog},
     control::{Health, SinkStatus, TestResult},
-    files::WriteFailure,
-    metrics::Metrics,
+    sys::files::WriteFailure,
+    sys::metrics::Metrics,
 };
 
 type Healths = Arc<Mutex<BTreeMap<String, Health>>>;

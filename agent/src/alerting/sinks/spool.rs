@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     alert::Alert,
-    files::{self, WriteFailure},
+    sys::files::{self, WriteFailure},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,7 +222,7 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{alert, clock::Clock};
+    use crate::{alert, sys::clock::Clock};
 
     /// A spool in a directory of its own, removed when the test ends.
     struct TempSpool {

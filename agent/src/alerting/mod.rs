@@ -2,6 +2,10 @@
 //! stdout, the audit log), spooled for the sinks, grouped with the respawns
 //! of the same service that follow it, and resolved when its process is
 //! thawed or killed or its window closes.
+//!
+//! - `sinks`: delivering it: the spool, retries, one file per kind of sink.
+
+pub mod sinks;
 
 use std::{
     collections::HashMap,
@@ -11,9 +15,9 @@ use std::{
 
 use crate::{
     alert::Alert,
+    alerting::sinks::Delivery,
     audit::{AgentEvent, AuditLog},
-    metrics::Metrics,
-    sinks::Delivery,
+    sys::metrics::Metrics,
 };
 
 /// Unresolved alerts kept for resolving later.
