@@ -15,9 +15,10 @@ use std::{
 use super::Agent;
 use crate::{
     control::{
-        Explain, Explanation, MainProcess, ServiceState,
+        Explain, Explanation, MainProcess,
         server::{Answer, Reply},
     },
+    decide::requests,
     detect::Finding,
     monitor::Monitor,
     supervisors::{
@@ -111,7 +112,7 @@ impl Agent {
             .await;
             match looked {
                 Ok(supervisors) => Ok(Explanation {
-                    would_restart: supervisors.iter().any(|w| w.would_restart),
+                    would_restart: requests::would_restart(&supervisors),
                     supervisors,
                     ..explanation
                 }),
@@ -199,11 +200,7 @@ impl Agent {
         let explanation = Explanation {
             service: view.name.to_string(),
             unit,
-            state: match (view.pid, view.stop) {
-                (Some(_), _) => ServiceState::Running,
-                (None, Some(_)) => ServiceState::StoppedByOperator,
-                (None, None) => ServiceState::NotRunning,
-            },
+            state: requests::state(view.pid, view.stop),
             stopped_by: view.stop.cloned(),
             supervisors: Vec::new(),
             would_restart: false,

@@ -36,6 +36,7 @@ use crate::{
     config::{Config, Settings, SinkConfig},
     control::{self, server::Wire},
     custody::Custody,
+    decide,
     detect::{self, Detector, Finding},
     events::{Event, ProcessKey},
     kernel::{Pinning, ProbeOptions, pins},
@@ -321,8 +322,7 @@ impl Agent {
     /// process's comm, else its first exe glob's file name, else the name
     /// its main process had last (a service known by its unit alone).
     fn guard_name(&self, service: &str, table: &ProcessTable) -> Option<String> {
-        let running = self
-            .main_pid(service)
+        let running = decide::requests::main_pid(&self.detector, service)
             .and_then(|pid| table.live(pid))
             .map(|p| p.comm.clone());
         let configured = || {
@@ -342,15 +342,6 @@ impl Agent {
                 self.restart_policies.refresh(unit);
             }
         }
-    }
-
-    /// The main process of `service` as detection knows it.
-    fn main_pid(&self, service: &str) -> Option<u32> {
-        self.detector
-            .running()
-            .into_iter()
-            .find(|(name, _)| *name == service)
-            .map(|(_, pid)| pid)
     }
 
     fn guard(&mut self, monitor: &mut Monitor, service: &str, on: bool) {

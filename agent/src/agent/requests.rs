@@ -11,10 +11,11 @@ use crate::{
     audit::{self, AgentEvent},
     control::{
         AlertTested, AuditRead, CloseWindow, GetStatus, ListWindows, OpenWindow, Peer, ReadAudit,
-        Request, ServiceState, ServiceStatus, Status, TestAlert, Thaw, Thawed, WindowClosed,
-        WindowList, WindowOpened,
+        Request, ServiceStatus, Status, TestAlert, Thaw, Thawed, WindowClosed, WindowList,
+        WindowOpened,
         server::{Answer, Reply, Wire},
     },
+    decide::requests,
     detect::Window,
     monitor::Monitor,
     sys::clock::boot_ns,
@@ -70,7 +71,7 @@ impl Agent {
         peer: Peer,
     ) -> Reply<OpenWindow> {
         Answer::Now(
-            self.open_window(monitor, &open.service, &open.reason, open.for_secs, peer)
+            self.open_window(monitor, &open, peer)
                 .map(|window| WindowOpened {
                     window: WindowInfo::new(&window, &self.clock),
                 }),
@@ -85,111 +86,66 @@ impl Agent {
             .collect()
     }
 
-    /// Opens a window on `service` for `peer`, arming the guard when the
-    /// service's policy freezes.
+    /// Opens a window for `peer`, arming the guard when the service's
+    /// policy freezes.
     pub(super) fn open_window(
         &mut self,
         monitor: &mut Monitor,
-        service: &str,
-        reason: &str,
-        for_secs: Option<u64>,
+        open: &OpenWindow,
         peer: Peer,
     ) -> Result<Window, String> {
-        let window = self.detector.open_window(
-            service,
-            reason,
-            (peer.uid, peer.loginuid),
-            boot_ns(),
-            for_secs.map(|s| s.saturating_mul(1_000_000_000)),
-        )?;
-        if self
-            .detector
-            .config_of(service)
-            .is_some_and(crate::decide::guards_in_window)
-        {
-            self.guard(monitor, service, true);
-        }
-        tracing::info!("window {} opened on {service}: {reason}", window.id);
+        let (window, effects) = requests::open_window(&mut self.detector, open, peer, boot_ns())?;
+        self.perform(monitor, effects);
+        tracing::info!(
+            "window {} opened on {}: {}",
+            window.id,
+            open.service,
+            open.reason
+        );
         Ok(window)
     }
 
     fn close_window(&mut self, monitor: &mut Monitor, close: CloseWindow) -> Reply<CloseWindow> {
-        let CloseWindow { target, thaw, kill } = close;
         self.record_switches();
-        let Some(window) = self.detector.close_window(&target) else {
-            return Answer::refuse(format!("no open window on or named `{target}`"));
+        let closed = match requests::close_window(&mut self.detector, &close) {
+            Ok(closed) => closed,
+            Err(why) => return Answer::refuse(why),
         };
-        let covered = self.covering(&window.service);
-        for service in &covered {
-            self.guard(monitor, service, false);
-            self.alerting.resolve_service(service);
-        }
-        let released = if thaw || kill {
-            self.let_go(&window.service, kill)
-        } else {
-            Vec::new()
-        };
+        let released = self.perform(monitor, closed.effects).released;
+        let window = closed.window;
         tracing::info!("window {} on {} closed", window.id, window.service);
-        let mut closed = WindowClosed {
+        let mut reply = WindowClosed {
             window: WindowInfo::new(&window, &self.clock),
-            thawed: (!kill).then(|| released.clone()),
-            killed: kill.then_some(released),
-            still_frozen: covered
+            thawed: (!close.kill).then(|| released.clone()),
+            killed: close.kill.then_some(released),
+            still_frozen: closed
+                .covered
                 .iter()
                 .flat_map(|service| self.custody.held_of(service))
                 .collect(),
             resumed: Vec::new(),
         };
-        if window.switched_off.is_empty() {
-            return Answer::Now(Ok(closed));
+        if !closed.resume {
+            return Answer::Now(Ok(reply));
         }
         let resume = self.resume_switches(&window);
         Answer::later(async move {
-            closed.resumed = resume.await;
-            Ok(closed)
+            reply.resumed = resume.await;
+            Ok(reply)
         })
     }
 
-    /// Thaws (or kills) what custody holds for `target`, and resolves the
-    /// alerts about each.
-    fn let_go(&mut self, target: &str, kill: bool) -> Vec<u32> {
-        let pids: Vec<u32> = self
-            .covering(target)
-            .iter()
-            .flat_map(|t| self.custody.let_go(t, kill))
-            .collect();
-        for pid in &pids {
-            self.alerting.resolve_process(*pid);
-        }
-        pids
-    }
-
     fn thaw(&mut self, monitor: &mut Monitor, target: &str) -> Reply<Thaw> {
-        let services: Vec<String> = self
-            .covering(target)
+        let held: Vec<String> = requests::covering(&self.detector, target)
             .iter()
             .flat_map(|t| self.custody.services_held_for(t))
             .collect();
-        let thawed = self.let_go(target, false);
-        if thawed.is_empty() {
-            return Answer::refuse(format!("nothing frozen for `{target}`"));
+        match requests::thaw(&mut self.detector, target, &held) {
+            Ok(effects) => Answer::Now(Ok(Thawed {
+                thawed: self.perform(monitor, effects).released,
+            })),
+            Err(why) => Answer::refuse(why),
         }
-        // The operator let it run: their stop is over, and what starts it
-        // next (a reboot's start, a crash restart) is no respawn of it.
-        for service in services {
-            self.detector.release(&service);
-            self.guard(monitor, &service, false);
-        }
-        Answer::Now(Ok(Thawed { thawed }))
-    }
-
-    /// `target` and, for a per-instance service's own name, each of its
-    /// instances: what a window on it or a thaw of it covers.
-    fn covering(&self, target: &str) -> Vec<String> {
-        std::iter::once(target)
-            .chain(self.detector.instances_of(target))
-            .map(str::to_string)
-            .collect()
     }
 
     fn status(&self, monitor: &Monitor) -> Status {
@@ -203,11 +159,7 @@ impl Agent {
                     name: name.to_string(),
                     unit: view.unit.map(str::to_string),
                     pid,
-                    state: match (pid, stop) {
-                        (Some(_), _) => ServiceState::Running,
-                        (None, Some(_)) => ServiceState::StoppedByOperator,
-                        (None, None) => ServiceState::NotRunning,
-                    },
+                    state: requests::state(pid, stop),
                     stopped_by: stop.cloned(),
                     frozen: self.custody.held_of(name),
                     supervisors: self.watchers.of(name),

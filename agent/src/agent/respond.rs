@@ -9,7 +9,7 @@ use crate::{
     alert::ProcessInfo,
     audit::AgentEvent,
     custody::actions,
-    decide::{self, Effect, Facts, LostFacts, Response},
+    decide::{self, Effect, Facts, LostFacts, Response, requests},
     detect::Finding,
     events::ProcessKey,
     monitor::Monitor,
@@ -132,8 +132,17 @@ impl Agent {
     /// Carries out a response's effects in order, then raises its alert
     /// with what they did.
     fn carry_out(&mut self, monitor: &mut Monitor, response: Response) {
-        let mut done = None;
-        for effect in response.effects {
+        let done = self.perform(monitor, response.effects);
+        if let Some(plan) = response.alert {
+            let record = plan.build(&self.host, &self.clock, boot_ns(), done.action.as_deref());
+            self.alerting.raise(record);
+        }
+    }
+
+    /// Carries out `effects` in order; says what they did.
+    pub(super) fn perform(&mut self, monitor: &mut Monitor, effects: Vec<Effect>) -> Done {
+        let mut done = Done::default();
+        for effect in effects {
             match effect {
                 Effect::AskRestartPolicy { unit } => self.restart_policies.refresh(&unit),
                 Effect::ForgetEnded { pid } => {
@@ -143,10 +152,10 @@ impl Agent {
                 }
                 Effect::Guard { service, on } => self.guard(monitor, &service, on),
                 Effect::Freeze { service, pid, unit } => {
-                    done = Some(self.custody.freeze(&service, pid, unit.as_deref()));
+                    done.action = Some(self.custody.freeze(&service, pid, unit.as_deref()));
                 }
                 Effect::Kill { pid } => {
-                    done = Some(match actions::kill(pid) {
+                    done.action = Some(match actions::kill(pid) {
                         Ok(()) => "killed".to_string(),
                         Err(err) => format!("kill failed: {err:#}"),
                     });
@@ -157,12 +166,27 @@ impl Agent {
                     supervisor,
                 } => self.custody.end_retry(&service, pid, &supervisor),
                 Effect::Resume { pid } => self.custody.resume_unheld(&[pid]),
+                Effect::ResolveService { service } => self.alerting.resolve_service(&service),
+                Effect::LetGo { target, kill } => {
+                    for service in requests::covering(&self.detector, &target) {
+                        for pid in self.custody.let_go(&service, kill) {
+                            self.alerting.resolve_process(pid);
+                            done.released.push(pid);
+                        }
+                    }
+                }
                 Effect::Save => self.save(),
             }
         }
-        if let Some(plan) = response.alert {
-            let record = plan.build(&self.host, &self.clock, boot_ns(), done.as_deref());
-            self.alerting.raise(record);
-        }
+        done
     }
+}
+
+/// What carried-out effects did.
+#[derive(Default)]
+pub(super) struct Done {
+    /// What a freeze or a kill did, in words.
+    pub action: Option<String>,
+    /// The pids let go (thawed or killed).
+    pub released: Vec<u32>,
 }

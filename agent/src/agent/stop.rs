@@ -17,7 +17,7 @@ use crate::{
         server::{Answer, Reply},
     },
     custody::actions,
-    detect::{ControlCommand, Intent},
+    decide::requests,
     detect::{SwitchedOff, Window},
     monitor::Monitor,
     supervisors::watch::{Subject, shell_words},
@@ -26,56 +26,26 @@ use crate::{
 
 impl Agent {
     pub(super) fn stop(&mut self, monitor: &mut Monitor, stop: Stop, peer: Peer) -> Reply<Stop> {
+        let held = self.custody.held_pids();
+        let plan = match requests::stop(&mut self.detector, &stop, peer, &held, boot_ns()) {
+            Ok(plan) => plan,
+            Err(why) => return Answer::refuse(why),
+        };
+        self.perform(monitor, plan.effects);
         let Stop {
             service,
-            reason,
-            for_secs,
             wait_secs,
             and_pause,
+            ..
         } = stop;
-        let instances = self.detector.instances_of(&service);
-        if !instances.is_empty() && self.main_pid(&service).is_none() {
-            return Answer::refuse(format!(
-                "`{service}` runs as {} units ({}): stop one of them, such as `stopguard stop {}`",
-                instances.len(),
-                instances.join(", "),
-                instances[0]
-            ));
-        }
-        let command = match self.stop_command(&service) {
-            Ok(command) => command,
-            Err(err) => return Answer::refuse(err),
-        };
-        let open = self
-            .detector
-            .windows()
-            .iter()
-            .find(|w| w.service == service)
-            .cloned();
-        let window = match open {
-            Some(window) => window,
-            None => match self.open_window(monitor, &service, &reason, for_secs, peer) {
-                Ok(window) => window,
-                Err(err) => return Answer::refuse(err),
-            },
-        };
-        self.save();
-        // The agent's signal is sent for the person who asked.
-        self.detector.control_command(ControlCommand {
-            pid: peer.pid,
-            comm: "stopguard".into(),
-            args: vec!["stopguard".into(), "stop".into(), service.clone()],
-            intent: Intent::Stop,
-            loginuid: peer.loginuid.unwrap_or(peer.uid),
-            time_ns: boot_ns(),
-        });
-        let main = self
-            .main_pid(&service)
+        let command = plan.command;
+        let main = plan
+            .main
             .and_then(|pid| monitor.table().live(pid))
             .map(|p| (p.pid, p.key.start_ticks));
         let mut answer = Stopped {
             service,
-            window: WindowInfo::new(&window, &self.clock),
+            window: WindowInfo::new(&plan.window, &self.clock),
             pid: None,
             held_frozen: None,
             command: None,
@@ -84,8 +54,8 @@ impl Agent {
             seconds: None,
             paused: Vec::new(),
         };
-        if let Some((pid, _)) = main.filter(|(pid, _)| self.custody.is_held(*pid)) {
-            answer.held_frozen = Some(pid);
+        if plan.held_frozen {
+            answer.held_frozen = plan.main;
             return Answer::Now(Ok(answer));
         }
         let pause = match and_pause {
@@ -242,38 +212,6 @@ async fn run_switch(supervisor: &str, argv: &[String], loginuid: Option<u32>) ->
         command: shell_words(argv),
         error: result.err(),
     }
-}
-
-impl Agent {
-    /// The service's `stop_command`, its `{unit}` and `{instance}` filled in
-    /// for an instance (`postgresql@15-main.service`, `15-main`).
-    fn stop_command(&self, service: &str) -> Result<Option<Vec<String>>, String> {
-        let Some(argv) = self
-            .detector
-            .config_of(service)
-            .and_then(|s| s.stop_command.clone())
-        else {
-            return Ok(None);
-        };
-        let unit = self.detector.unit_of(service);
-        argv.into_iter()
-            .map(|arg| match unit {
-                Some(unit) => Ok(fill(&arg, unit)),
-                None if arg.contains("{unit}") || arg.contains("{instance}") => Err(format!(
-                    "`{service}` runs in no systemd unit, so stop_command's `{arg}` has nothing to name"
-                )),
-                None => Ok(arg),
-            })
-            .collect::<Result<_, _>>()
-            .map(Some)
-    }
-}
-
-/// `arg` with `{unit}` and `{instance}` (what follows the `@`) of `unit`.
-fn fill(arg: &str, unit: &str) -> String {
-    let stem = unit.strip_suffix(".service").unwrap_or(unit);
-    let instance = stem.split_once('@').map_or(stem, |(_, i)| i);
-    arg.replace("{unit}", unit).replace("{instance}", instance)
 }
 
 /// Stops a service: runs `command` (with the operator's login uid, so what

@@ -9,8 +9,10 @@
 //! in …; thaw with …", "kill failed: …").
 //!
 //! - `policy`: a finding and the service's configuration → a `Decision`.
+//! - `requests`: what a control request decides (windows, thaw, stop).
 
 pub mod policy;
+pub mod requests;
 #[cfg(test)]
 mod tests;
 
@@ -81,6 +83,12 @@ pub enum Effect {
     },
     /// Let a process the guard stopped at exec run on.
     Resume { pid: u32 },
+    /// Resolve the alerts about a service (its window closed).
+    ResolveService { service: String },
+    /// Thaw (or kill) what custody holds for `target` (a service, each of
+    /// a per-instance service's instances, or a pid) and resolve the
+    /// alerts about each.
+    LetGo { target: String, kill: bool },
     /// Write the state to disk now: a freeze is on disk before anyone
     /// hears of it, so that an agent killed right after still knows it.
     Save,

@@ -1,5 +1,7 @@
-//! Findings in, effects and alerts out: every path of `respond` and
-//! `respond_lost`, without root.
+//! Findings and requests in, effects and alerts out: every path of
+//! `respond`, `respond_lost` and the control requests, without root.
+
+mod requests;
 
 use super::*;
 use crate::{
