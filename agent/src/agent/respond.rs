@@ -29,15 +29,14 @@ impl Agent {
             self.audit.write(AgentEvent::EventsLost { count });
         }
         self.record_switches();
-        for expired in self.detector.expire_windows(boot_ns()) {
-            tracing::info!("window {} on {} expired", expired.id, expired.service);
-            if !expired.switched_off.is_empty() {
-                tokio::spawn(self.resume_switches(&expired));
+        for expired in requests::expire_windows(&mut self.detector, boot_ns()) {
+            let window = expired.window;
+            tracing::info!("window {} on {} expired", window.id, window.service);
+            if expired.resume {
+                tokio::spawn(self.resume_switches(&window));
             }
-            self.audit.write(AgentEvent::WindowExpired {
-                window: expired.clone(),
-            });
-            self.guard(monitor, &expired.service, false);
+            self.audit.write(AgentEvent::WindowExpired { window });
+            self.perform(monitor, expired.effects);
         }
         self.thaw_for_systemd(monitor.table(), &work.by_systemd);
         if work.findings.iter().any(explain::changes_watchers) {

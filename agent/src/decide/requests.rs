@@ -91,6 +91,24 @@ pub fn close_window(detector: &mut Detector, close: &CloseWindow) -> Result<Clos
     })
 }
 
+/// The windows whose time is up at `now_ns`, closed, each with its
+/// service's guard disarmed; `Closed::resume` as for `window close`.
+pub fn expire_windows(detector: &mut Detector, now_ns: u64) -> Vec<Closed> {
+    detector
+        .expire_windows(now_ns)
+        .into_iter()
+        .map(|window| Closed {
+            covered: vec![window.service.clone()],
+            effects: vec![Effect::Guard {
+                service: window.service.clone(),
+                on: false,
+            }],
+            resume: !window.switched_off.is_empty(),
+            window,
+        })
+        .collect()
+}
+
 /// `thaw TARGET`, where custody holds respawns of `held` (the services,
 /// among those `target` covers): they are let go, and the operator's stop
 /// of each is over, so what starts it next (a reboot's start, a crash

@@ -266,3 +266,21 @@ fn a_window_covers_a_service_and_nothing_else_here() {
     assert_eq!(covering(&detector, "db"), ["db"]);
     assert_eq!(covering(&detector, "4121"), ["4121"]);
 }
+
+#[test]
+fn a_window_whose_time_is_up_closes_and_disarms_the_guard() {
+    let mut detector = detector();
+    open_window(&mut detector, &open("db"), PERSON, 10).unwrap();
+    let endless = OpenWindow {
+        for_secs: None,
+        ..open("cache")
+    };
+    open_window(&mut detector, &endless, PERSON, 10).unwrap();
+    assert!(expire_windows(&mut detector, 11).is_empty());
+    let expired = expire_windows(&mut detector, 10 + 3600 * 1_000_000_000);
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].window.service, "db");
+    assert_eq!(expired[0].effects, [guard("db", false)]);
+    assert!(!expired[0].resume);
+    assert_eq!(detector.windows().len(), 1, "the window with no end stays");
+}
