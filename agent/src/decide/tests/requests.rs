@@ -63,6 +63,17 @@ fn close(target: &str, thaw: bool, kill: bool) -> CloseWindow {
     }
 }
 
+/// `stopguard stop SERVICE --reason REASON`.
+fn stop_of(service: &str, reason: &str) -> Stop {
+    Stop {
+        service: service.into(),
+        reason: reason.into(),
+        for_secs: None,
+        wait_secs: 60,
+        and_pause: false,
+    }
+}
+
 /// `db`'s main process, pid 42, running.
 fn running_db(detector: &mut Detector) {
     let mut table = ProcessTable::default();
@@ -183,13 +194,7 @@ fn thawing_lets_go_and_ends_the_operators_stop() {
 #[test]
 fn stopping_opens_a_window_unless_one_is_open_and_saves_before_the_stop() {
     let mut detector = detector();
-    let asked = Stop {
-        service: "db".into(),
-        reason: "minor upgrade".into(),
-        for_secs: None,
-        wait_secs: 60,
-        and_pause: false,
-    };
+    let asked = stop_of("db", "minor upgrade");
     let plan = stop(&mut detector, &asked, PERSON, &[], 10).unwrap();
     assert_eq!(plan.window.reason, "minor upgrade");
     assert_eq!(plan.effects, [guard("db", true), Effect::Save]);
@@ -207,13 +212,7 @@ fn stopping_opens_a_window_unless_one_is_open_and_saves_before_the_stop() {
 fn stopping_a_respawn_held_frozen_signals_nothing() {
     let mut detector = detector();
     running_db(&mut detector);
-    let asked = Stop {
-        service: "db".into(),
-        reason: "x".into(),
-        for_secs: None,
-        wait_secs: 60,
-        and_pause: false,
-    };
+    let asked = stop_of("db", "x");
     let plan = stop(&mut detector, &asked, PERSON, &[42], 10).unwrap();
     assert_eq!((plan.main, plan.held_frozen), (Some(42), true));
     let plan = stop(&mut detector, &asked, PERSON, &[7], 11).unwrap();
@@ -223,13 +222,7 @@ fn stopping_a_respawn_held_frozen_signals_nothing() {
 #[test]
 fn a_stop_command_naming_a_unit_is_refused_for_a_service_in_none() {
     let mut detector = detector();
-    let asked = Stop {
-        service: "cache".into(),
-        reason: "x".into(),
-        for_secs: None,
-        wait_secs: 60,
-        and_pause: false,
-    };
+    let asked = stop_of("cache", "x");
     let err = stop(&mut detector, &asked, PERSON, &[], 10).unwrap_err();
     assert!(err.contains("runs in no systemd unit"), "{err}");
     assert!(
