@@ -276,15 +276,30 @@ fn build_kernel_programs(build: &EbpfBuild) -> Result<PathBuf> {
 pub fn build_agent() -> Result<PathBuf> {
     step("building the agent (release)");
     cargo(&["build", "--release", "--package", "stopguard"])?;
-    Ok(workspace_root().join("target/release/stopguard"))
+    Ok(target_dir().join("release/stopguard"))
+}
+
+/// Cargo's target dir for the workspace: $CARGO_TARGET_DIR when set (CI
+/// keeps it in the cache, outside the checkout, so a fresh clone compiles
+/// only what changed), else target/.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
 }
 
 /// Where the next agent is built, apart from target/release: each build
 /// embeds its own object, so sharing a target dir would rebuild the agent
 /// whenever the other one was built last. It is kept in the cache, outside
 /// the checkout, so that a fresh clone compiles only the agent itself; one
-/// per checkout, since cargo tells sources apart by their paths' times.
+/// per checkout, since cargo tells sources apart by their paths' times. A
+/// target dir set for the workspace ($CARGO_TARGET_DIR) holds it instead:
+/// whoever set it shares the builds between checkouts.
 fn next_build_dir() -> PathBuf {
+    if std::env::var_os("CARGO_TARGET_DIR").is_some() {
+        return target_dir().join("next-build");
+    }
     let root = workspace_root();
     // FNV-1a: stable across toolchains, unlike std's hasher.
     let hash = root
