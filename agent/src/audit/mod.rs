@@ -153,6 +153,9 @@ fn mentions_service(value: &Value, service: &str) -> bool {
 }
 
 #[cfg(test)]
+mod reference;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::detect::{Finding, OperatorStop};
