@@ -46,7 +46,7 @@ enum Command {
         stopguard trace --comm postgres --comm pg_ctl\n\n\
         Exit status: 0 when stopped by Ctrl-C or SIGTERM, 1 on error.")]
     Trace {
-        /// One JSON object per line (fields: see the README).
+        /// One JSON object per line (fields: the trace output reference in the docs).
         #[arg(long)]
         json: bool,
         /// Only events where a process of this name (its comm) takes part; repeatable.
@@ -529,5 +529,33 @@ mod tests {
         }
         assert!(problems.is_empty(), "{}", problems.join("\n"));
         assert!(checked >= 20, "only {checked} `stopguard` examples found");
+    }
+
+    /// The command line reference has a section for every command a
+    /// person runs (not the hidden ones the package runs), and every
+    /// subcommand of `window` and `alert`.
+    #[test]
+    fn the_cli_reference_covers_every_command() {
+        const CLI: &str = include_str!("../../docs/src/reference/cli.md");
+        let mut missing = Vec::new();
+        for command in Cli::command()
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set())
+        {
+            let name = format!("stopguard {}", command.get_name());
+            if !CLI.contains(&format!("`{name}")) {
+                missing.push(name.clone());
+            }
+            for sub in command.get_subcommands() {
+                let full = format!("{name} {}", sub.get_name());
+                if !CLI.contains(&full) {
+                    missing.push(full);
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/src/reference/cli.md does not cover: {missing:?}"
+        );
     }
 }
