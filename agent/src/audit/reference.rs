@@ -2,28 +2,16 @@
 //! alerts.md) held to the real types: every kind of entry and of alert
 //! they can carry is named there.
 
-use crate::{alert::AlertKind, audit::AgentEvent, detect::Finding};
+use crate::{alert::AlertKind, audit::AgentEvent, config::reference::expected, detect::Finding};
 
 const AUDIT: &str = include_str!("../../../docs/src/reference/audit.md");
 const ALERTS: &str = include_str!("../../../docs/src/reference/alerts.md");
 
 /// Every variant name serde knows for a type, from the error an unknown
-/// one gets: "unknown variant `zz`, expected one of `a`, `b`".
+/// one gets.
 fn variants<T: serde::de::DeserializeOwned>(unknown: serde_json::Value) -> Vec<String> {
-    let err = serde_json::from_value::<T>(unknown)
-        .err()
-        .unwrap()
-        .to_string();
-    let list = err
-        .split("expected one of ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no list of variants in: {err}"));
-    let names: Vec<String> = list
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_string)
-        .collect();
+    let err = serde_json::from_value::<T>(unknown).err().unwrap();
+    let names = expected(&err.to_string());
     assert!(names.len() > 2, "too few variants in: {err}");
     names
 }

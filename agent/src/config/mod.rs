@@ -240,7 +240,7 @@ impl Config {
 }
 
 #[cfg(test)]
-mod reference;
+pub(crate) mod reference;
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,12 @@ const REFERENCE: &str = include_str!("../../../docs/src/reference/configuration.
 /// What serde says a table or a value accepts, from the error a probe
 /// with an unknown key or value gets: "expected one of `a`, `b`".
 fn accepted(probe: &str) -> Vec<String> {
-    let err = format!("{:#}", Config::parse(probe, "probe").unwrap_err());
+    expected(&format!("{:#}", Config::parse(probe, "probe").unwrap_err()))
+}
+
+/// The names serde's error for an unknown field or variant says it
+/// expected ("expected one of `a`, `b`", or "expected `a`").
+pub(crate) fn expected(err: &str) -> Vec<String> {
     let list = err
         .split("expected one of ")
         .nth(1)
