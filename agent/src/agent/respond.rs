@@ -106,7 +106,11 @@ impl Agent {
             service: config,
             window_open: service.is_some_and(|name| self.window_open(name)),
             held: matches!(finding, Finding::Exited { pid, .. } if self.custody.is_held(*pid)),
-            train: service.and_then(|name| self.custody.train_of(name)),
+            // Only a respawn can be a retry: no /proc look for other findings.
+            train: match finding {
+                Finding::Respawn { started, .. } => self.custody.train_of(&started.service),
+                _ => None,
+            },
             restart: match finding {
                 Finding::Respawn { started, .. } => started
                     .unit

@@ -35,16 +35,16 @@ pub fn open_window(
         now_ns,
         open.for_secs.map(|s| s.saturating_mul(1_000_000_000)),
     )?;
-    let guards = detector
+    let mut effects = Vec::new();
+    if detector
         .config_of(&open.service)
-        .is_some_and(guards_in_window);
-    let effects = match guards {
-        true => vec![Effect::Guard {
+        .is_some_and(guards_in_window)
+    {
+        effects.push(Effect::Guard {
             service: open.service.clone(),
             on: true,
-        }],
-        false => Vec::new(),
-    };
+        });
+    }
     Ok((window, effects))
 }
 

@@ -154,7 +154,7 @@ fn an_ignored_respawn_outside_a_window_does_nothing_and_alerts_nobody() {
 
 #[test]
 fn a_retry_while_the_first_respawn_is_held_is_ended_without_a_new_alert() {
-    let service = service(FREEZING.0, FREEZING.1);
+    let freezing = service(FREEZING.0, FREEZING.1);
     let mut retry = started();
     retry.pid = 43;
     retry.supervisor = Some(Link {
@@ -162,11 +162,11 @@ fn a_retry_while_the_first_respawn_is_held_is_ended_without_a_new_alert() {
         comm: "monit".into(),
     });
     let finding = respawn_of(retry, true);
-    let facts = Facts {
+    let retrying = Facts {
         train: Some(42),
-        ..facts(&service, true)
+        ..facts(&freezing, true)
     };
-    let response = respond(&finding, &facts);
+    let response = respond(&finding, &retrying);
     assert_eq!(
         response.effects,
         [Effect::EndRetry {
@@ -177,12 +177,12 @@ fn a_retry_while_the_first_respawn_is_held_is_ended_without_a_new_alert() {
     );
     assert_eq!(response.alert, None);
     // A train applies to freezing only: a policy that kills kills each.
-    let killing = super::tests::service(InWindow::Kill, UnexpectedRespawn::Alert);
+    let killing = service(InWindow::Kill, UnexpectedRespawn::Alert);
     let response = respond(
         &finding,
         &Facts {
             train: Some(42),
-            ..super::tests::facts(&killing, true)
+            ..facts(&killing, true)
         },
     );
     assert_eq!(response.effects, [Effect::Kill { pid: 43 }]);
@@ -238,13 +238,13 @@ fn the_alert_carries_the_units_restart_policy_and_the_notes_the_facts_call_for()
         comm: "systemd".into(),
     });
     let finding = respawn_of(by_systemd, true);
-    let facts = Facts {
+    let noted = Facts {
         restart: Some("always".into()),
         down_until_ns: Some(3),
         paused: Some(("patroni".into(), "paused (maintenance mode)".into())),
         ..facts(&service, true)
     };
-    let alert = built(respond(&finding, &facts), Some("frozen"));
+    let alert = built(respond(&finding, &noted), Some("frozen"));
     assert!(alert.while_agent_down);
     assert!(
         alert.summary.contains("Restart=always"),
@@ -266,11 +266,11 @@ fn the_alert_carries_the_units_restart_policy_and_the_notes_the_facts_call_for()
     let by = alert.respawned_by.unwrap();
     assert_eq!(by.paused.as_deref(), Some("paused (maintenance mode)"));
     // Seen live (after the records of the agent's absence): no note.
-    let facts = Facts {
+    let live = Facts {
         down_until_ns: Some(1),
-        ..super::tests::facts(&service, true)
+        ..facts(&service, true)
     };
-    let alert = built(respond(&finding, &facts), Some("frozen"));
+    let alert = built(respond(&finding, &live), Some("frozen"));
     assert!(!alert.while_agent_down);
     assert!(!alert.summary.contains("agent was down"));
 }
