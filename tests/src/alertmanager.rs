@@ -16,11 +16,7 @@ pub struct Alertmanager {
 
 impl Alertmanager {
     pub fn start(dir: &std::path::Path) -> Alertmanager {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::free_port();
         let config = dir.join("alertmanager.yml");
         std::fs::write(
             &config,

@@ -108,10 +108,24 @@ impl Drop for Stopped {
     }
 }
 
-/// A loopback TCP port nothing listens on now.
+/// A loopback TCP port nothing listens on now, from below the kernel's
+/// ephemeral range, so that no outgoing connection (a client of etcd, a
+/// webhook) takes it between here and the server's bind; each call in this
+/// process returns a different port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding a loopback port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (first, span) = (10_000u32, low.saturating_sub(10_000).max(1000));
+    let seed = std::process::id() * 211 % span;
+    for _ in 0..span {
+        let port = first + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port in {first}..{}", first + span)
 }
