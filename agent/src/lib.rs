@@ -27,6 +27,8 @@
 //! - `trace`: the `trace` command.
 //! - `sys`: the clock, safe file writes, user names, logging, systemd
 //!   notification, metrics.
+//! - `escape`: text from processes and people, escaped for a terminal,
+//!   Slack or Teams.
 
 pub mod agent;
 pub mod alert;
@@ -37,6 +39,7 @@ pub mod control;
 pub mod custody;
 pub mod decide;
 pub mod detect;
+pub mod escape;
 pub mod events;
 pub mod kernel;
 pub mod monitor;

@@ -449,7 +449,8 @@ fn run(cli: Cli) -> Result<()> {
                 if json {
                     println!("{entry}");
                 } else {
-                    println!("{}", stopguard::audit::describe(entry));
+                    let line = stopguard::audit::describe(entry);
+                    println!("{}", stopguard::escape::terminal_lines(&line));
                 }
             }
             Ok(())
@@ -484,7 +485,9 @@ where
 
 /// Prints an answer in words; nothing at all when it has none (no windows).
 fn print_lines(answer: &impl std::fmt::Display) {
-    let text = answer.to_string();
+    // What a process or a person wrote is escaped field by field; this
+    // catches what slipped through, keeping our own line breaks.
+    let text = stopguard::escape::terminal_lines(&answer.to_string());
     if !text.is_empty() {
         println!("{text}");
     }

@@ -20,7 +20,7 @@ use crate::{
     decide::requests,
     detect::{SwitchedOff, Window},
     monitor::Monitor,
-    supervisors::watch::{Subject, shell_words},
+    supervisors::watch::{Credentials, Subject, Watcher, shell_words},
     sys::clock::boot_ns,
 };
 
@@ -116,7 +116,13 @@ impl Agent {
             let mut runs = Vec::new();
             // Undone in the reverse order they were switched off.
             for switch in switches.iter().rev() {
-                let run = run_switch(&switch.supervisor, &switch.on, loginuid).await;
+                let run = run_switch(
+                    &switch.supervisor,
+                    &switch.on,
+                    loginuid,
+                    switch.run_as.as_ref(),
+                )
+                .await;
                 tracing::info!(
                     "window {id}: {} switched back on: `{}`{}",
                     run.supervisor,
@@ -180,17 +186,36 @@ impl Pause {
             let (Some(off), Some(on)) = (watcher.off.clone(), watcher.on.clone()) else {
                 continue;
             };
-            let run = tokio::time::timeout(wait, run_switch(&watcher.supervisor, &off, loginuid))
-                .await
-                .unwrap_or_else(|_| SwitchRun {
-                    supervisor: watcher.supervisor.clone(),
-                    command: shell_words(&off),
-                    error: Some(format!("did not finish within {} s", wait.as_secs())),
-                });
+            if !watcher.trusted {
+                continue;
+            }
+            // Its switches run as its own user, never as root for it.
+            let run_as = match credentials_of(&watcher) {
+                Ok(credentials) => credentials,
+                Err(error) => {
+                    runs.push(SwitchRun {
+                        supervisor: watcher.supervisor.clone(),
+                        command: shell_words(&off),
+                        error: Some(error),
+                    });
+                    continue;
+                }
+            };
+            let run = tokio::time::timeout(
+                wait,
+                run_switch(&watcher.supervisor, &off, loginuid, run_as.as_ref()),
+            )
+            .await
+            .unwrap_or_else(|_| SwitchRun {
+                supervisor: watcher.supervisor.clone(),
+                command: shell_words(&off),
+                error: Some(format!("did not finish within {} s", wait.as_secs())),
+            });
             let switch = SwitchedOff {
                 supervisor: watcher.supervisor.clone(),
                 off,
                 on,
+                run_as,
             };
             switched.0.lock().unwrap().push((
                 window.to_string(),
@@ -204,9 +229,34 @@ impl Pause {
     }
 }
 
-/// Runs one supervisor switch as `loginuid`.
-async fn run_switch(supervisor: &str, argv: &[String], loginuid: Option<u32>) -> SwitchRun {
-    let result = run_as_operator(argv, loginuid, Duration::from_secs(120)).await;
+/// The credentials a watcher's switches run with: its process's, none for
+/// root; an error when its process is gone or is now another user's.
+fn credentials_of(watcher: &Watcher) -> Result<Option<Credentials>, String> {
+    let Some(pid) = watcher.pid else {
+        return Ok(None);
+    };
+    match Credentials::of(pid) {
+        Some(c) if Some(c.uid) == watcher.uid || watcher.uid.is_none() => {
+            Ok(Some(c).filter(|c| !c.is_root()))
+        }
+        Some(c) => Err(format!(
+            "its process (pid {pid}) now runs as uid {}, not uid {}: not run",
+            c.uid,
+            watcher.uid.unwrap_or(0)
+        )),
+        None => Err(format!("its process (pid {pid}) is gone: not run")),
+    }
+}
+
+/// Runs one supervisor switch as `loginuid`, with `run_as` (the
+/// supervisor's credentials; root when none).
+async fn run_switch(
+    supervisor: &str,
+    argv: &[String],
+    loginuid: Option<u32>,
+    run_as: Option<&Credentials>,
+) -> SwitchRun {
+    let result = run_as_operator(argv, loginuid, run_as, Duration::from_secs(120)).await;
     SwitchRun {
         supervisor: supervisor.to_string(),
         command: shell_words(argv),
@@ -233,7 +283,7 @@ async fn stop_service(
     if already_gone {
     } else if let Some(argv) = command {
         let shown = argv.join(" ");
-        match run_as_operator(&argv, loginuid, wait).await {
+        match run_as_operator(&argv, loginuid, None, wait).await {
             Ok(tail) => {
                 answer.command = Some(shown);
                 answer.output = Some(tail);
@@ -264,11 +314,13 @@ async fn stop_service(
     Ok(answer)
 }
 
-/// Runs `argv` with `loginuid` as its login identity; returns the last
-/// lines of its output, or what went wrong.
+/// Runs `argv` with `loginuid` as its login identity, and `run_as`'s
+/// credentials when given; returns the last lines of its output, or what
+/// went wrong.
 async fn run_as_operator(
     argv: &[String],
     loginuid: Option<u32>,
+    run_as: Option<&Credentials>,
     wait: Duration,
 ) -> Result<String, String> {
     let shown = argv.join(" ");
@@ -293,6 +345,10 @@ async fn run_as_operator(
                 Ok(())
             });
         }
+    }
+    // After the login uid: writing it needs root.
+    if let Some(credentials) = run_as {
+        credentials.apply(cmd.as_std_mut());
     }
     let output = match tokio::time::timeout(wait, cmd.output()).await {
         Err(_) => {

@@ -54,6 +54,11 @@ pub fn ask<A: Ask>(socket: &Path, ask: A) -> Result<(A::Reply, serde_json::Value
     Ok((reply, answer))
 }
 
+/// Text a process or a person wrote, safe on a terminal.
+fn t(text: &str) -> std::borrow::Cow<'_, str> {
+    crate::escape::terminal(text)
+}
+
 /// A value as the JSON answer spells it (`[1,2]`, `0.5`, `1.0`, `null`).
 fn json(value: impl serde::Serialize) -> String {
     serde_json::to_string(&value).unwrap_or_default()
@@ -98,11 +103,12 @@ impl fmt::Display for WindowClosed {
 
 /// A switch as run, in a line: what it did, or why it failed.
 fn switch_line(run: &SwitchRun, done: &str) -> String {
+    let (supervisor, command) = (t(&run.supervisor), t(&run.command));
     match &run.error {
-        None => format!("{} {done}: {}", run.supervisor, run.command),
+        None => format!("{supervisor} {done}: {command}"),
         Some(err) => format!(
-            "{} NOT {done}: {} failed: {err} (run it by hand)",
-            run.supervisor, run.command
+            "{supervisor} NOT {done}: {command} failed: {} (run it by hand)",
+            t(err)
         ),
     }
 }
@@ -112,7 +118,7 @@ fn switch_line(run: &SwitchRun, done: &str) -> String {
 fn chain(links: &[Link]) -> String {
     let words: Vec<String> = links
         .iter()
-        .map(|l| format!("{} (pid {})", l.comm, l.pid))
+        .map(|l| format!("{} (pid {})", t(&l.comm), l.pid))
         .collect();
     words.join(" <- ")
 }
@@ -131,7 +137,7 @@ impl fmt::Display for Explanation {
                 let by = main
                     .started_by
                     .as_ref()
-                    .map(|s| format!(" by {s}"))
+                    .map(|s| format!(" by {}", t(s)))
                     .unwrap_or_default();
                 let person = main
                     .started_by_person
@@ -158,7 +164,7 @@ impl fmt::Display for Explanation {
                 crate::sys::identity::person(stop.loginuid),
                 stop.signal_name,
                 stop.pid,
-                stop.sender.comm
+                t(&stop.sender.comm)
             )?,
             (None, None) => writeln!(f, "{}{unit}: not running", self.service)?,
         }
@@ -184,11 +190,21 @@ impl fmt::Display for Explanation {
         let idle: Vec<&Watcher> = self
             .supervisors
             .iter()
-            .filter(|w| !w.would_restart)
+            .filter(|w| !w.would_restart && w.trusted)
             .collect();
         if !idle.is_empty() {
             write!(f, "\n\nWatching it, but would not start it again now:")?;
             for w in idle {
+                write_watcher(f, w)?;
+            }
+        }
+        let untrusted: Vec<&Watcher> = self.supervisors.iter().filter(|w| !w.trusted).collect();
+        if !untrusted.is_empty() {
+            write!(
+                f,
+                "\n\nNamed like a supervisor, but not trusted (never asked, never switched off):"
+            )?;
+            for w in untrusted {
                 write_watcher(f, w)?;
             }
         }
@@ -205,8 +221,18 @@ impl fmt::Display for Explanation {
 
 fn write_watcher(f: &mut fmt::Formatter<'_>, w: &Watcher) -> fmt::Result {
     let pid = w.pid.map(|p| format!("pid {p}, ")).unwrap_or_default();
-    write!(f, "\n  {} ({pid}{}): {}", w.supervisor, w.name, w.state)?;
-    write!(f, "\n      {}", w.how)?;
+    let user = w
+        .uid
+        .map(|uid| format!(", runs as {}", crate::sys::identity::person(Some(uid))))
+        .unwrap_or_default();
+    write!(
+        f,
+        "\n  {} ({pid}{}{user}): {}",
+        t(&w.supervisor),
+        t(&w.name),
+        t(&w.state)
+    )?;
+    write!(f, "\n      {}", t(&w.how))?;
     if w.would_restart {
         match &w.off {
             Some(off) => {
@@ -236,7 +262,7 @@ impl fmt::Display for WindowList {
                     "{}  {}  '{}'  opened by {} at {}{}",
                     w.id,
                     w.service,
-                    w.reason,
+                    t(&w.reason),
                     w.opened_by,
                     w.opened_at,
                     w.expires_at
@@ -263,7 +289,7 @@ impl fmt::Display for Stopped {
             f,
             "window {} open on {service} ('{}'{})",
             self.window.id,
-            self.window.reason,
+            t(&self.window.reason),
             self.window
                 .expires_at
                 .as_ref()
@@ -325,7 +351,9 @@ impl fmt::Display for Status {
                 writeln!(
                     f,
                     "      {} ({}): {}, {restarts}",
-                    w.supervisor, w.name, w.state
+                    t(&w.supervisor),
+                    t(&w.name),
+                    t(&w.state)
                 )?;
             }
         }

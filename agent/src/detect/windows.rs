@@ -49,6 +49,10 @@ pub struct SwitchedOff {
     pub supervisor: String,
     pub off: Vec<String>,
     pub on: Vec<String>,
+    /// The supervisor's credentials, which both switches run with; none
+    /// for root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<crate::supervisors::watch::Credentials>,
 }
 
 impl Detector {

@@ -101,12 +101,39 @@ impl Supervisor {
 }
 
 /// Every supervisor that watches `subject`, each with whether it would
-/// start it again if it stopped now and how to switch that off.
+/// start it again if it stopped now and how to switch that off; then the
+/// processes named like one that the service does not trust, never acted
+/// on.
 pub fn watching(subject: &Subject) -> Vec<Watcher> {
-    ALL.iter()
+    let mut watchers: Vec<Watcher> = ALL
+        .iter()
         .filter_map(|s| s.watching)
         .flat_map(|probe| probe(subject))
-        .collect()
+        .collect();
+    for p in subject.untrusted.take() {
+        let name = name_of(&p.comm, &p.cmdline);
+        let supervisor = ALL
+            .iter()
+            .find(|s| s.runs_as(name))
+            .map_or(name, |s| s.name);
+        watchers.push(Watcher {
+            supervisor: supervisor.to_string(),
+            pid: Some(p.pid),
+            name: name.to_string(),
+            would_restart: false,
+            state: format!(
+                "not trusted (owned by {}): neither root, nor the service's user, nor in its creator chain",
+                crate::sys::identity::person(Some(p.uid))
+            ),
+            how: "stopguard neither asks it nor switches it off".into(),
+            off: None,
+            on: None,
+            off_stops: false,
+            uid: Some(p.uid),
+            trusted: false,
+        });
+    }
+    watchers
 }
 
 /// The name a process goes by: its comm, or for an interpreter running a

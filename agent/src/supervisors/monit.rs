@@ -37,7 +37,9 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
                     .find(|f| std::path::Path::new(f).exists())
                     .map(|f| f.to_string())
             })?;
-            let checks = watch::run(&["monit", "-c", &rc, "status"]).map(|out| parse_status(&out));
+            let credentials = watch::Credentials::of(monit.pid);
+            let checks = watch::run_as(credentials.as_ref(), &["monit", "-c", &rc, "status"])
+                .map(|out| parse_status(&out));
             let main = subject.main.as_ref().map(|m| m.pid);
             let started_it = subject.started_by(monit.pid);
             let (name, state) = match &checks {
@@ -72,6 +74,8 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
                 on: Some(command("monitor")),
                 name,
                 off_stops: false,
+                uid: Some(monit.uid),
+                trusted: true,
             })
         })
         .collect()

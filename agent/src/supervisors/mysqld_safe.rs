@@ -65,6 +65,8 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
         off: flag.as_ref().map(|f| watch::words(&["touch", f])),
         on: flag.as_ref().map(|f| watch::words(&["rm", "-f", f])),
         off_stops: false,
+        uid: Some(safe.uid),
+        trusted: true,
     }]
 }
 

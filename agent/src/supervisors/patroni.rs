@@ -61,7 +61,7 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
             let config = config_file(&patroni.cmdline);
             let yaml = config
                 .as_ref()
-                .and_then(|c| std::fs::read_to_string(c).ok())
+                .and_then(|c| watch::read_config(std::path::Path::new(c), patroni.uid).ok())
                 .map(|text| flat_yaml(&text))
                 .unwrap_or_default();
             let value = |key: &str| yaml.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
@@ -128,6 +128,8 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
                 off: Some(verb("pause")),
                 on: Some(verb("resume")),
                 off_stops: false,
+                uid: Some(patroni.uid),
+                trusted: true,
             })
         })
         .collect()
@@ -146,8 +148,11 @@ fn config_file(cmdline: &[String]) -> Option<String> {
 }
 
 fn environ(pid: u32) -> Vec<(String, String)> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .map(|bytes| {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(format!("/proc/{pid}/environ"))
+        .and_then(|f| f.take(watch::READ_CAP).read_to_end(&mut bytes))
+        .map(|_| {
             bytes
                 .split(|&b| b == 0)
                 .filter_map(|kv| {

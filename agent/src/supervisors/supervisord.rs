@@ -33,14 +33,16 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
         .and_then(|(_, below)| below.map(|b| b.pid))
         .or(subject.main.as_ref().map(|m| m.pid));
     let argv: Vec<&str> = ctl.iter().map(String::as_str).chain(["status"]).collect();
-    let program = watch::run(&argv).ok().and_then(|out| {
-        out.lines().find_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let pid = words.iter().position(|w| *w == "pid")?;
-            let pid: u32 = words.get(pid + 1)?.trim_end_matches(',').parse().ok()?;
-            (Some(pid) == child).then(|| (words[0].to_string(), words[1].to_string()))
-        })
-    });
+    let program = watch::run_as(watch::Credentials::of(supervisord.pid).as_ref(), &argv)
+        .ok()
+        .and_then(|out| {
+            out.lines().find_map(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let pid = words.iter().position(|w| *w == "pid")?;
+                let pid: u32 = words.get(pid + 1)?.trim_end_matches(',').parse().ok()?;
+                (Some(pid) == child).then(|| (words[0].to_string(), words[1].to_string()))
+            })
+        });
     let (name, state) = program.unwrap_or_else(|| ("PROGRAM".into(), "unknown".into()));
     let verb = |v: &str| {
         let mut argv = ctl.clone();
@@ -57,6 +59,8 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
         on: Some(verb("start")),
         name,
         off_stops: true,
+        uid: Some(supervisord.uid),
+        trusted: true,
     }]
 }
 

@@ -194,6 +194,8 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
         off: Some(watch::words(&["systemctl", "mask", "--runtime", unit])),
         on: Some(watch::words(&["systemctl", "unmask", "--runtime", unit])),
         off_stops: false,
+        uid: Some(0),
+        trusted: true,
     }]
 }
 

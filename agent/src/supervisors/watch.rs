@@ -2,20 +2,34 @@
 //! how to switch each off: what `stopguard explain` tells, `stop
 //! --and-pause` runs and `status` lists. Each supervisor's file holds its
 //! own probe ([`super::Supervisor::watching`]); this file holds what they
-//! share: the service as /proc shows it, and bounded commands and HTTP.
+//! share: the service as /proc shows it, which supervisors it trusts, and
+//! bounded commands, file reads and HTTP.
+//!
+//! A supervisor counts for a service only if it could have started it: it
+//! is in the creator chain recorded at the service's exec, or it runs as
+//! root or as the service's own user. Anything else is listed as not
+//! trusted and never acted on. What the agent does for a trusted one (its
+//! status command, its config, its off switch) it does with that
+//! supervisor's own credentials and a deadline.
 
 use std::{
+    cell::RefCell,
     io::{Read, Write},
     net::{TcpStream, ToSocketAddrs},
-    path::PathBuf,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
 
-/// How long one probe's command or HTTP request may take.
+/// How long one probe's command or HTTP request may take, in all.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The most of a supervisor's config file, or of a command's output or an
+/// HTTP answer, a probe reads.
+pub const READ_CAP: u64 = 1024 * 1024;
 
 /// A watched service, as the agent knows it and /proc shows it.
 #[derive(Clone, Debug, Default)]
@@ -32,11 +46,15 @@ pub struct Subject {
     pub processes: Vec<Running>,
     /// Its last main process as seen running, while it is stopped.
     pub was: Option<Main>,
+    /// The supervisor processes a probe passed over as not trusted.
+    pub untrusted: RefCell<Vec<Running>>,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Main {
     pub pid: u32,
+    /// The user it runs as.
+    pub uid: Option<u32>,
     pub cmdline: Vec<String>,
     /// Its working directory (a postmaster's is its data directory).
     pub cwd: Option<PathBuf>,
@@ -49,6 +67,8 @@ pub struct Main {
 pub struct Running {
     pub pid: u32,
     pub ppid: u32,
+    /// The user it runs as (the owner of its /proc directory).
+    pub uid: u32,
     pub comm: String,
     pub cmdline: Vec<String>,
 }
@@ -77,11 +97,24 @@ pub struct Watcher {
     /// Whether switching it off also stops the service (`sv down`).
     #[serde(default)]
     pub off_stops: bool,
+    /// The user its process runs as: its switches run as that user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// False for a process named like a supervisor that could not have
+    /// started the service (neither in its creator chain, nor root, nor
+    /// the service's user): listed, never acted on.
+    #[serde(default = "yes")]
+    pub trusted: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Watcher {
+    /// A trusted supervisor that would not start the service again now.
     pub fn paused(&self) -> bool {
-        !self.would_restart
+        self.trusted && !self.would_restart
     }
 }
 
@@ -107,6 +140,7 @@ impl Subject {
             }
             Main {
                 pid,
+                uid: self.process(pid).map(|p| p.uid),
                 cmdline,
                 cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
                 ancestors,
@@ -118,22 +152,41 @@ impl Subject {
         self.processes.iter().find(|p| p.pid == pid)
     }
 
-    /// The running processes named `comm`.
+    /// The user the service runs as, or ran as last.
+    pub fn uid(&self) -> Option<u32> {
+        self.main.as_ref().or(self.was.as_ref()).and_then(|m| m.uid)
+    }
+
+    /// Whether supervisor process `p` could have started the service: it
+    /// is in the chain recorded at its exec, or runs as root or as the
+    /// service's user. One that is not is remembered as passed over.
+    pub fn trusts(&self, p: &Running) -> bool {
+        let trusted = p.uid == 0 || Some(p.uid) == self.uid() || self.started_by(p.pid);
+        if !trusted {
+            let mut untrusted = self.untrusted.borrow_mut();
+            if !untrusted.iter().any(|u| u.pid == p.pid) {
+                untrusted.push(p.clone());
+            }
+        }
+        trusted
+    }
+
+    /// The running processes named `comm` that the service trusts.
     pub fn named<'a>(&'a self, comm: &'a str) -> impl Iterator<Item = &'a Running> {
         self.processes
             .iter()
-            .filter(move |p| super::name_of(&p.comm, &p.cmdline) == comm)
+            .filter(move |p| super::name_of(&p.comm, &p.cmdline) == comm && self.trusts(p))
     }
 
-    /// The nearest ancestor of the main process named one of `comms`, and
-    /// the one below it (the child it runs, the service's own process or
-    /// what execs it).
+    /// The nearest ancestor of the main process named one of `comms` that
+    /// the service trusts, and the one below it (the child it runs, the
+    /// service's own process or what execs it).
     pub fn ancestor(&self, comms: &[&str]) -> Option<(&Running, Option<&Running>)> {
         let main = self.main.as_ref()?;
         let at = main
             .ancestors
             .iter()
-            .position(|a| comms.contains(&super::name_of(&a.comm, &a.cmdline)))?;
+            .position(|a| comms.contains(&super::name_of(&a.comm, &a.cmdline)) && self.trusts(a))?;
         Some((
             &main.ancestors[at],
             at.checked_sub(1).map(|i| &main.ancestors[i]),
@@ -155,7 +208,7 @@ impl Subject {
             .flat_map(|w| w.ancestors.iter().map(|a| a.pid));
         self.chain.iter().copied().chain(was).find_map(|pid| {
             self.process(pid)
-                .filter(|p| comms.contains(&super::name_of(&p.comm, &p.cmdline)))
+                .filter(|p| comms.contains(&super::name_of(&p.comm, &p.cmdline)) && self.trusts(p))
         })
     }
 
@@ -177,6 +230,7 @@ pub fn running() -> Vec<Running> {
         Some(Running {
             pid: stat.pid as u32,
             ppid: stat.ppid as u32,
+            uid: p.uid().ok()?,
             comm: stat.comm,
             cmdline: p.cmdline().unwrap_or_default(),
         })
@@ -204,19 +258,130 @@ pub fn option(args: &[String], short: &str, long: &str) -> Option<String> {
     None
 }
 
-/// Runs `argv` with no input, for at most [`PROBE_TIMEOUT`]; its standard
-/// output, or what went wrong in a line.
+/// A process's credentials, as /proc shows them: what the agent takes on
+/// to act for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default)]
+    pub groups: Vec<u32>,
+}
+
+impl Credentials {
+    /// The effective user, group and supplementary groups of `pid`.
+    pub fn of(pid: u32) -> Option<Credentials> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<Vec<u32>> {
+            let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+            Some(
+                line.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect(),
+            )
+        };
+        // Uid: real, effective, saved, filesystem.
+        let uid = *field("Uid:")?.get(1)?;
+        let gid = *field("Gid:")?.get(1)?;
+        Some(Credentials {
+            uid,
+            gid,
+            groups: field("Groups:").unwrap_or_default(),
+        })
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// Makes `command` run with these credentials, and the user's HOME,
+    /// USER and LOGNAME (from the password database; `/` for a user it
+    /// does not name). As root, nothing changes.
+    pub fn apply(&self, command: &mut Command) {
+        if self.is_root() {
+            return;
+        }
+        let user = nix::unistd::User::from_uid(self.uid.into()).ok().flatten();
+        let home = user
+            .as_ref()
+            .map_or_else(|| PathBuf::from("/"), |u| u.dir.clone());
+        let name = user
+            .as_ref()
+            .map_or_else(|| self.uid.to_string(), |u| u.name.clone());
+        command
+            .env("HOME", &home)
+            .env("USER", &name)
+            .env("LOGNAME", &name)
+            .current_dir("/");
+        let (uid, gid, groups) = (self.uid, self.gid, self.groups.clone());
+        // SAFETY: between fork and exec only async-signal-safe calls on
+        // values made beforehand.
+        unsafe {
+            command.pre_exec(move || drop_to(uid, gid, &groups));
+        }
+    }
+}
+
+/// Becomes `uid`:`gid` with `groups`, for good: called in a child between
+/// fork and exec, after anything that needs root (writing its login uid).
+pub fn drop_to(uid: u32, gid: u32, groups: &[u32]) -> std::io::Result<()> {
+    // SAFETY: plain system calls on values owned by the caller.
+    unsafe {
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            || libc::setresgid(gid, gid, gid) != 0
+            || libc::setresuid(uid, uid, uid) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Runs `argv` as root with no input, for at most [`PROBE_TIMEOUT`]; its
+/// standard output, or what went wrong in a line.
 pub fn run(argv: &[&str]) -> Result<String, String> {
+    run_as(None, argv)
+}
+
+/// Runs `argv` with `credentials` (root when none) and no input, for at
+/// most [`PROBE_TIMEOUT`] in all; its standard output (at most
+/// [`READ_CAP`]), or what went wrong in a line. What it leaves running
+/// holding its output does not hold the probe.
+pub fn run_as(credentials: Option<&Credentials>, argv: &[&str]) -> Result<String, String> {
+    use std::os::fd::AsRawFd;
     let shown = argv.join(" ");
-    let mut child = Command::new(argv[0])
+    let mut command = Command::new(argv[0]);
+    command
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| format!("`{shown}`: {err}"))?;
+        .stderr(Stdio::piped());
+    for name in crate::sys::notify::ENV_VARS {
+        command.env_remove(name);
+    }
+    if let Some(credentials) = credentials {
+        credentials.apply(&mut command);
+    }
+    let mut child = command.spawn().map_err(|err| format!("`{shown}`: {err}"))?;
+    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    for pipe in [
+        stdout.as_ref().map(|p| p.as_raw_fd()),
+        stderr.as_ref().map(|p| p.as_raw_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        // SAFETY: fcntl on a descriptor this function owns.
+        unsafe { libc::fcntl(pipe, libc::F_SETFL, libc::O_NONBLOCK) };
+    }
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut drain = |out: &mut Vec<u8>, err: &mut Vec<u8>| {
+        drain_into(&mut stdout, out);
+        drain_into(&mut stderr, err);
+    };
     let deadline = Instant::now() + PROBE_TIMEOUT;
     let status = loop {
+        drain(&mut out, &mut err);
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
@@ -231,16 +396,10 @@ pub fn run(argv: &[&str]) -> Result<String, String> {
             Err(err) => return Err(format!("`{shown}`: {err}")),
         }
     };
-    let mut out = String::new();
-    let mut err = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        let _ = stdout.read_to_string(&mut out);
-    }
-    if let Some(mut stderr) = child.stderr.take() {
-        let _ = stderr.read_to_string(&mut err);
-    }
+    drain(&mut out, &mut err);
+    let (out, err) = (String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
     if status.success() {
-        Ok(out)
+        Ok(out.into_owned())
     } else {
         let said = if err.trim().is_empty() { &out } else { &err };
         Err(format!(
@@ -250,10 +409,69 @@ pub fn run(argv: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Appends what a child's output pipe (non-blocking) holds now, up to
+/// [`READ_CAP`] in all.
+fn drain_into(pipe: &mut Option<impl Read>, into: &mut Vec<u8>) {
+    let Some(pipe) = pipe else { return };
+    let mut chunk = [0u8; 8192];
+    while (into.len() as u64) < READ_CAP {
+        match pipe.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => into.extend_from_slice(&chunk[..n.min(READ_CAP as usize - into.len())]),
+        }
+    }
+}
+
+/// A supervisor's config file at `path`, read for a supervisor running as
+/// `uid`: a regular file (no link followed at its last component, no FIFO
+/// or device), owned by `uid` or root, of at most [`READ_CAP`].
+pub fn read_config(path: &Path, uid: u32) -> Result<String, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|err| format!("{shown}: {err}"))?;
+    let meta = file.metadata().map_err(|err| format!("{shown}: {err}"))?;
+    if !meta.file_type().is_file() {
+        return Err(format!("{shown}: not a regular file"));
+    }
+    if meta.uid() != uid && meta.uid() != 0 {
+        return Err(format!(
+            "{shown}: owned by uid {}, not by its supervisor's user (uid {uid}) or root",
+            meta.uid()
+        ));
+    }
+    if meta.uid() != uid && uid != 0 && meta.mode() & 0o004 == 0 {
+        return Err(format!("{shown}: not readable by uid {uid}"));
+    }
+    if meta.len() > READ_CAP {
+        return Err(format!("{shown}: over {READ_CAP} bytes"));
+    }
+    let mut text = String::new();
+    file.take(READ_CAP)
+        .read_to_string(&mut text)
+        .map_err(|err| format!("{shown}: {err}"))?;
+    Ok(text)
+}
+
 /// `GET path` from an HTTP server at `address` (`host:port`), for at most
-/// [`PROBE_TIMEOUT`]; the body of a 200 answer.
+/// [`PROBE_TIMEOUT`] in all; the body of a 200 answer.
 pub fn http_get(address: &str, path: &str) -> Result<String, String> {
+    let deadline = Instant::now() + PROBE_TIMEOUT;
     let failed = |err: std::io::Error| format!("GET http://{address}{path}: {err}");
+    let late = || {
+        format!(
+            "GET http://{address}{path}: no answer within {} s",
+            PROBE_TIMEOUT.as_secs()
+        )
+    };
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    };
     let target = address
         .to_socket_addrs()
         .map_err(failed)?
@@ -261,10 +479,7 @@ pub fn http_get(address: &str, path: &str) -> Result<String, String> {
         .ok_or_else(|| format!("GET http://{address}{path}: no address"))?;
     let mut stream = TcpStream::connect_timeout(&target, PROBE_TIMEOUT).map_err(failed)?;
     stream
-        .set_read_timeout(Some(PROBE_TIMEOUT))
-        .map_err(failed)?;
-    stream
-        .set_write_timeout(Some(PROBE_TIMEOUT))
+        .set_write_timeout(Some(left().ok_or_else(late)?))
         .map_err(failed)?;
     write!(
         stream,
@@ -272,10 +487,31 @@ pub fn http_get(address: &str, path: &str) -> Result<String, String> {
     )
     .map_err(failed)?;
     let mut answer = Vec::new();
-    stream
-        .take(1024 * 1024)
-        .read_to_end(&mut answer)
-        .map_err(failed)?;
+    let mut chunk = [0u8; 8192];
+    loop {
+        stream
+            .set_read_timeout(Some(left().ok_or_else(late)?))
+            .map_err(failed)?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(late());
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(failed(err)),
+        }
+        if answer.len() as u64 > READ_CAP {
+            return Err(format!(
+                "GET http://{address}{path}: answer over {READ_CAP} bytes"
+            ));
+        }
+    }
     let answer = String::from_utf8_lossy(&answer);
     let (head, body) = answer
         .split_once("\r\n\r\n")
@@ -288,7 +524,9 @@ pub fn http_get(address: &str, path: &str) -> Result<String, String> {
     Ok(body.to_string())
 }
 
-/// `argv` as words a person can paste into a shell.
+/// `argv` as words a person can paste into a shell; a word holding a
+/// control character in bash's `$'...'` quoting, so that it shows as
+/// escapes rather than acting on the terminal.
 pub fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
@@ -297,6 +535,29 @@ pub fn shell_words(argv: &[String]) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b))
             {
                 a.clone()
+            } else if crate::escape::terminal(a) != a.as_str() {
+                let mut quoted = String::from("$'");
+                for c in a.chars() {
+                    match c {
+                        '\\' => quoted.push_str("\\\\"),
+                        '\'' => quoted.push_str("\\'"),
+                        '\n' => quoted.push_str("\\n"),
+                        '\t' => quoted.push_str("\\t"),
+                        '\r' => quoted.push_str("\\r"),
+                        '\x1b' => quoted.push_str("\\e"),
+                        c if (c as u32) < 0x80 && c.is_control() => {
+                            quoted.push_str(&format!("\\x{:02x}", c as u32));
+                        }
+                        c if crate::escape::terminal(c.encode_utf8(&mut [0; 4]))
+                            != c.to_string() =>
+                        {
+                            quoted.push_str(&format!("\\u{:04x}", c as u32));
+                        }
+                        c => quoted.push(c),
+                    }
+                }
+                quoted.push('\'');
+                quoted
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))
             }
@@ -338,7 +599,8 @@ impl Supervise {
         let dir = cwd(supervise.pid).unwrap_or_else(|| "SERVICE_DIR".into());
         let mut status = self.status.to_vec();
         status.push(&dir);
-        let (state, would_restart) = match run(&status) {
+        let (state, would_restart) = match run_as(Credentials::of(supervise.pid).as_ref(), &status)
+        {
             Ok(out) => {
                 // `sv status` adds its log service after a `;`.
                 let state = out.split(';').next().unwrap_or("").trim().to_string();
@@ -363,6 +625,8 @@ impl Supervise {
             off: Some(words(&[self.control, self.down, &dir])),
             on: Some(words(&[self.control, self.up, &dir])),
             off_stops: true,
+            uid: Some(supervise.uid),
+            trusted: true,
         }]
     }
 }
@@ -399,6 +663,7 @@ mod tests {
         let runsv = Running {
             pid: 40,
             ppid: 1,
+            uid: 0,
             comm: "runsv".into(),
             cmdline: words(&["runsv", "/etc/sv/pg"]),
         };
@@ -418,6 +683,89 @@ mod tests {
     }
 
     #[test]
+    fn only_a_supervisor_that_could_have_started_the_service_is_trusted() {
+        let process = |pid, uid, comm: &str| Running {
+            pid,
+            ppid: 1,
+            uid,
+            comm: comm.into(),
+            cmdline: words(&[comm]),
+        };
+        let subject = Subject {
+            processes: vec![
+                process(10, 0, "monit"),
+                process(11, 26, "monit"),
+                process(12, 1001, "monit"),
+                process(13, 1002, "monit"),
+            ],
+            main: Some(Main {
+                pid: 50,
+                uid: Some(26),
+                ..Main::default()
+            }),
+            chain: vec![13],
+            ..Subject::default()
+        };
+        let trusted: Vec<u32> = subject.named("monit").map(|p| p.pid).collect();
+        assert_eq!(
+            trusted,
+            [10, 11, 13],
+            "root, the service's user, its creator"
+        );
+        let passed_over: Vec<u32> = subject.untrusted.take().iter().map(|p| p.pid).collect();
+        assert_eq!(passed_over, [12]);
+    }
+
+    #[test]
+    fn config_files_are_regular_files_of_their_user_or_root_and_bounded() {
+        let dir = std::env::temp_dir().join(format!("sg-read-config-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("patroni.yml");
+        std::fs::write(&file, "scope: demo\n").unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!(read_config(&file, me).unwrap(), "scope: demo\n");
+        std::os::unix::fs::symlink(&file, dir.join("link.yml")).unwrap();
+        assert!(read_config(&dir.join("link.yml"), me).is_err(), "a link");
+        assert!(read_config(Path::new("/dev/zero"), me).is_err(), "a device");
+        nix::unistd::mkfifo(&dir.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = read_config(&dir.join("fifo"), me).unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+        std::fs::write(&file, vec![b'#'; READ_CAP as usize + 1]).unwrap();
+        assert!(read_config(&file, me).unwrap_err().contains("over"));
+        if me != 0 {
+            assert!(read_config(&file, me + 1).unwrap_err().contains("owned by"));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_probe_command_is_cut_at_its_deadline_even_when_its_child_keeps_the_pipe() {
+        let started = Instant::now();
+        let out = run(&["sh", "-c", "(sleep 30 &) ; echo hello"]).unwrap();
+        assert_eq!(out.trim(), "hello");
+        assert!(started.elapsed() < PROBE_TIMEOUT, "{:?}", started.elapsed());
+        let err = run(&["sleep", "30"]).unwrap_err();
+        assert!(err.contains("did not answer"), "{err}");
+    }
+
+    /// The words bash reads back from `line`.
+    fn bash_words(line: &str) -> Vec<String> {
+        let out = Command::new("bash")
+            .args([
+                "-c",
+                &format!("for w in {line}; do printf '%s\\0' \"$w\"; done"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_terminator('\0')
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
     fn shell_words_quote_what_needs_it() {
         assert_eq!(
             shell_words(&words(&[
@@ -429,5 +777,11 @@ mod tests {
             ])),
             "monit -c /etc/monitrc unmonitor 'my pg'"
         );
+        assert_eq!(
+            shell_words(&words(&["x", "a\x1b]0;t\x07'\n"])),
+            "x $'a\\e]0;t\\x07\\'\\n'"
+        );
+        let pasted = bash_words(&shell_words(&words(&["a b", "c\x1bd'e\u{9b}"])));
+        assert_eq!(pasted, ["a b", "c\x1bd'e\u{9b}"]);
     }
 }

@@ -212,7 +212,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("Restarted by: monit (pid 880), chain sh <- monit"),
+            text.contains("Restarted by: monit (pid 880), chain sh &lt;- monit"),
             "{text}"
         );
         assert!(text.contains("stopguard thaw 4121 (on db-3)"), "{text}");
@@ -245,6 +245,47 @@ mod tests {
         assert_eq!(am[0]["labels"]["service"], "postgres");
         assert_eq!(am[0]["labels"]["kind"], "respawn_in_window");
         assert!(am[0].get("endsAt").is_none(), "firing: no endsAt");
+    }
+
+    #[test]
+    fn chat_markup_in_what_a_process_wrote_is_shown_not_obeyed() {
+        let mut alert = alert();
+        let hostile = "<!channel> @here <https://evil|click> [x](https://evil) a&b";
+        alert.summary = format!("postgres respawned by {hostile}");
+        alert.process.as_mut().unwrap().exe = hostile.into();
+        let slack: Value =
+            serde_json::from_slice(&render(SinkKind::Slack, &alert, None, 0).body).unwrap();
+        let mut texts = vec![slack["text"].as_str().unwrap().to_string()];
+        for block in slack["blocks"].as_array().unwrap().iter().skip(1) {
+            let text = block["text"]["text"]
+                .as_str()
+                .or(block["elements"][0]["text"].as_str());
+            texts.push(text.unwrap().to_string());
+        }
+        for text in &texts {
+            assert!(
+                !text.contains("<!channel>") && !text.contains("<https"),
+                "{text}"
+            );
+            assert!(!text.contains("a&b"), "{text}");
+        }
+        assert!(texts[0].contains("&lt;!channel&gt; @here &lt;https://evil|click&gt;"));
+
+        let teams: Value =
+            serde_json::from_slice(&render(SinkKind::Teams, &alert, None, 0).body).unwrap();
+        let body = &teams["attachments"][0]["content"]["body"];
+        let summary = body[1]["text"].as_str().unwrap();
+        assert!(summary.contains("\\[x\\]\\(https://evil\\)"), "{summary}");
+        let process = body[2]["facts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["title"] == "Process")
+            .unwrap();
+        assert!(
+            !process["value"].as_str().unwrap().contains("[x](https"),
+            "{process}"
+        );
     }
 
     #[test]

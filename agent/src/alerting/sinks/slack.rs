@@ -6,14 +6,15 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{Request, SinkFormat, message};
-use crate::alert::Alert;
+use crate::{alert::Alert, escape};
 
 pub struct Slack;
 
 impl SinkFormat for Slack {
     fn render(&self, alert: &Alert, _secret: Option<&str>, _now_unix: u64) -> Request {
-        let summary = &alert.summary;
-        let details = message::details(alert).join("\n");
+        // Slack obeys `<!channel>` and `<https://x|y>` in a command line.
+        let summary = escape::slack(&alert.summary);
+        let details = escape::slack(&message::details(alert).join("\n")).into_owned();
         Request::json(&json!({
             "text": format!("{summary}\n{details}"),
             "blocks": [

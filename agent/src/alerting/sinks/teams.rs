@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use super::{Request, SinkFormat, message};
-use crate::alert::Alert;
+use crate::{alert::Alert, escape};
 
 pub struct Teams;
 
@@ -13,7 +13,7 @@ impl SinkFormat for Teams {
             .into_iter()
             .filter_map(|line| {
                 let (title, value) = line.split_once(": ")?;
-                Some(json!({"title": title, "value": value}))
+                Some(json!({"title": title, "value": escape::markdown(value)}))
             })
             .collect();
         Request::json(&json!({
@@ -27,7 +27,7 @@ impl SinkFormat for Teams {
                     "version": "1.4",
                     "body": [
                         {"type": "TextBlock", "text": message::title(alert), "weight": "Bolder", "size": "Medium", "color": "Attention"},
-                        {"type": "TextBlock", "text": alert.summary, "wrap": true},
+                        {"type": "TextBlock", "text": escape::markdown(&alert.summary), "wrap": true},
                         {"type": "FactSet", "facts": facts},
                     ],
                 },

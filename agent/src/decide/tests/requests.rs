@@ -164,6 +164,7 @@ fn closing_a_window_whose_stop_paused_supervisors_switches_them_back_on() {
         supervisor: "monit".into(),
         off: vec!["monit".into(), "unmonitor".into(), "db".into()],
         on: vec!["monit".into(), "monitor".into(), "db".into()],
+        run_as: None,
     };
     assert!(detector.switched_off(&window.id, switch));
     let closed = close_window(&mut detector, &close("db", false, false)).unwrap();
@@ -247,6 +248,8 @@ fn status_and_explain_say_a_services_state_and_whether_it_would_come_back() {
         off: None,
         on: None,
         off_stops: false,
+        uid: Some(0),
+        trusted: true,
     };
     assert!(!would_restart(&[]));
     assert!(!would_restart(&[watcher(false)]));
