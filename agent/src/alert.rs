@@ -333,13 +333,16 @@ pub fn respawn(
 }
 
 /// Kernel records lost while `risk.service` was under maintenance or an
-/// operator stop: a respawn may have gone unseen. `held` is what custody
-/// did with the one found, when it holds it.
+/// operator stop: a respawn may have gone unseen. `frozen` is what custody
+/// held for the service already; `held` is what it did with the one found,
+/// when it holds it.
+#[allow(clippy::too_many_arguments)]
 pub fn events_lost(
     host: &str,
     count: u64,
     risk: &AtRisk,
     process: Option<ProcessInfo>,
+    frozen: &[u32],
     held: Option<&str>,
     clock: &Clock,
     now_boot_ns: u64,
@@ -358,6 +361,13 @@ pub fn events_lost(
             "it is running again as pid {} and nobody saw it start; check it",
             p.pid
         ),
+        (None, _) if !frozen.is_empty() => {
+            let pids: Vec<String> = frozen.iter().map(u32::to_string).collect();
+            format!(
+                "resynchronised from /proc; it is not running: its respawn (pid {}) is held frozen",
+                pids.join(", ")
+            )
+        }
         (None, _) => "state unknown, resynchronised from /proc; it is not running".to_string(),
     };
     Alert {

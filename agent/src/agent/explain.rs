@@ -10,7 +10,10 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
+
+use tokio::sync::Semaphore;
 
 use super::Agent;
 use crate::{
@@ -33,12 +36,31 @@ pub type MainArgs = Option<(u32, Vec<String>)>;
 
 /// What the supervisors said last of each service, and each service's last
 /// main process (to tell, once it is stopped, which cluster was its own).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Watchers {
     said: Arc<Mutex<HashMap<String, Vec<Watcher>>>>,
     last_main: Arc<Mutex<HashMap<String, Main>>>,
     looking: Arc<AtomicBool>,
+    /// The threads `explain` may hold asking supervisors at once.
+    pool: Arc<Semaphore>,
 }
+
+impl Default for Watchers {
+    fn default() -> Watchers {
+        Watchers {
+            said: Arc::default(),
+            last_main: Arc::default(),
+            looking: Arc::default(),
+            pool: Arc::new(Semaphore::new(LOOKS)),
+        }
+    }
+}
+
+/// Looks for `explain` under way at once; more wait for one to end.
+const LOOKS: usize = 2;
+
+/// How long `explain` waits for the supervisors in all.
+pub const EXPLAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 impl Watchers {
     /// What watches `service`, as last looked at.
@@ -105,18 +127,28 @@ impl Agent {
         };
         let watchers = self.watchers.clone();
         Answer::later(async move {
-            let looked = tokio::task::spawn_blocking(move || {
-                let mut subject = subject;
-                watchers.look(&mut subject, main)
-            })
-            .await;
-            match looked {
-                Ok(supervisors) => Ok(Explanation {
+            // A probe stuck on a slow endpoint keeps its thread until its
+            // own deadline; the answer does not wait that long.
+            let look = async move {
+                let permit = watchers.pool.clone().acquire_owned().await;
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    let mut subject = subject;
+                    watchers.look(&mut subject, main)
+                })
+                .await
+            };
+            match tokio::time::timeout(EXPLAIN_DEADLINE, look).await {
+                Ok(Ok(supervisors)) => Ok(Explanation {
                     would_restart: requests::would_restart(&supervisors),
                     supervisors,
                     ..explanation
                 }),
-                Err(err) => Err(format!("looking at the supervisors: {err}")),
+                Ok(Err(err)) => Err(format!("looking at the supervisors: {err}")),
+                Err(_) => Err(format!(
+                    "the supervisors did not all answer within {} s (a probe is slow or stuck; the agent's log names it)",
+                    EXPLAIN_DEADLINE.as_secs()
+                )),
             }
         })
     }

@@ -243,6 +243,18 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
                     Wire::Now(answer) => {
                         let _ = call.reply.send(answer);
                     }
+                    // What only asks supervisors ends when its client
+                    // leaves; what acts (a stop, switches run for a
+                    // window) goes on to its end.
+                    Wire::Later(answer) if call.request.asks_supervisors() => {
+                        let mut reply = call.reply;
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                answer = answer => { let _ = reply.send(answer); }
+                                () = reply.closed() => {}
+                            }
+                        });
+                    }
                     Wire::Later(answer) => {
                         tokio::spawn(async move {
                             let _ = call.reply.send(answer.await);

@@ -66,6 +66,13 @@ impl Agent {
         }
         self.settings.host = config.agent.host;
         self.settings.group_interval = config.agent.group_interval;
+        for (service, pids) in self.custody.held_by_service() {
+            if self.detector.services().iter().all(|v| v.name != service) {
+                tracing::warn!(
+                    "SIGHUP: {service} is no longer watched, but pids {pids:?} stay held frozen for it (`stopguard status` lists them; `stopguard thaw PID` lets one run)"
+                );
+            }
+        }
         let services: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
         tracing::info!(
             "configuration reloaded from {}: watching {} services ({})",

@@ -11,8 +11,8 @@ use crate::{
     audit::{self, AgentEvent},
     control::{
         AlertTested, AuditRead, CloseWindow, GetStatus, ListWindows, OpenWindow, Peer, ReadAudit,
-        Request, ServiceStatus, Status, TestAlert, Thaw, Thawed, WindowClosed, WindowList,
-        WindowOpened,
+        Request, ServiceState, ServiceStatus, Status, TestAlert, Thaw, Thawed, WindowClosed,
+        WindowList, WindowOpened,
         server::{Answer, Reply, Wire},
     },
     decide::requests,
@@ -163,9 +163,28 @@ impl Agent {
                     stopped_by: stop.cloned(),
                     frozen: self.custody.held_of(name),
                     supervisors: self.watchers.of(name),
+                    watched: true,
                 }
             })
+            .collect::<Vec<_>>();
+        // A reload may have taken out a service whose respawn is held.
+        let unwatched: Vec<ServiceStatus> = self
+            .custody
+            .held_by_service()
+            .into_iter()
+            .filter(|(name, _)| !services.iter().any(|s| &s.name == name))
+            .map(|(name, frozen)| ServiceStatus {
+                name,
+                unit: None,
+                pid: None,
+                state: ServiceState::NotRunning,
+                stopped_by: None,
+                frozen,
+                supervisors: Vec::new(),
+                watched: false,
+            })
             .collect();
+        let services = services.into_iter().chain(unwatched).collect();
         let spool_failure = self.alerting.delivery().spool_failure();
         Status {
             host: self.host.clone(),

@@ -94,6 +94,7 @@ impl Agent {
                             cmdline: p.cmdline.to_vec(),
                         })
                     }),
+                    held: self.custody.held_of(&risk.service),
                 };
                 let response = decide::respond_lost(*count, risk, facts);
                 self.carry_out(monitor, response);

@@ -127,7 +127,22 @@ impl Agent {
         };
         self.detector.restore(state.detector);
         self.alerting.restore_firing(state.firing);
-        for service in self.custody.restore(state.custody) {
+        // A held entry is taken back only for a process of its service.
+        let (detector, table) = (&mut self.detector, monitor.table());
+        let check = |service: &str, frozen: &actions::Frozen| {
+            let process = table
+                .live(frozen.pid)
+                .ok_or_else(|| "the process table does not have it".to_string())?;
+            match detector.service_name_of(process) {
+                Some(name) if name == service => Ok(()),
+                Some(name) => Err(format!("it runs {name}'s program")),
+                None => Err(format!(
+                    "it runs {}, no watched service's program",
+                    process.exe.as_deref().unwrap_or(&process.comm)
+                )),
+            }
+        };
+        for service in self.custody.restore(state.custody, check) {
             self.guard(monitor, &service, true);
         }
         self.audit.write(AgentEvent::StateRestored {
@@ -147,6 +162,12 @@ impl Agent {
     /// not name (lost, corrupt, or not saved before a crash), and guards
     /// its service as a held respawn's is guarded.
     pub(super) fn adopt_frozen(&mut self, monitor: &mut Monitor) {
+        for cgroup in actions::remove_empty_frozen() {
+            tracing::info!(
+                "{} removed: its process ended while no agent ran",
+                cgroup.display()
+            );
+        }
         let mut adopted = false;
         for frozen in actions::frozen_in_cgroups() {
             let process = monitor.table().live(frozen.pid);

@@ -41,10 +41,10 @@ fn words(event: &AuditEvent) -> (String, String) {
 }
 
 fn by(started: &Started) -> String {
-    started
-        .supervisor
-        .as_ref()
-        .map_or_else(|| "no supervisor".into(), |s| format!("by {}", s.comm))
+    started.supervisor.as_ref().map_or_else(
+        || "with no supervisor known".into(),
+        |s| format!("by {}", s.comm),
+    )
 }
 
 fn finding_words(finding: &Finding) -> (String, String) {
@@ -65,7 +65,7 @@ fn finding_words(finding: &Finding) -> (String, String) {
         ),
         Finding::Respawn { started, .. } => (
             started.service.clone(),
-            format!("respawned {} as pid {}", by(started), started.pid),
+            format!("respawned as pid {} {}", started.pid, by(started)),
         ),
         Finding::OperatorStart { started, loginuid } => (
             started.service.clone(),
@@ -255,6 +255,16 @@ fn agent_words(event: &AgentEvent) -> (String, String) {
             service.clone(),
             format!(
                 "pid {pid} found frozen in {cgroup}: held again; thaw with: stopguard thaw {pid}"
+            ),
+        ),
+        AgentEvent::SavedHoldRefused {
+            service,
+            pid,
+            reason,
+        } => (
+            service.clone(),
+            format!(
+                "the saved state says pid {pid} is held, but {reason}: not held, nothing done to it"
             ),
         ),
     }

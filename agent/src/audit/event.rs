@@ -142,6 +142,14 @@ pub enum AgentEvent {
         pid: u32,
         cgroup: String,
     },
+    /// A process the saved state names as held that is not what it says
+    /// (not the service's, not in the cgroup named, not stopped): not
+    /// held, nothing done to it.
+    SavedHoldRefused {
+        service: String,
+        pid: u32,
+        reason: String,
+    },
 }
 
 impl From<Finding> for AuditEvent {

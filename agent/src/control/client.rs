@@ -336,11 +336,16 @@ impl fmt::Display for Status {
             };
             writeln!(
                 f,
-                "  {:<20} {:<20} pid {}  frozen {}",
+                "  {:<20} {:<20} pid {}  frozen {}{}",
                 s.name,
                 state,
                 json(s.pid),
-                json(&s.frozen)
+                json(&s.frozen),
+                if s.watched {
+                    ""
+                } else {
+                    "  (no longer in the configuration; stopguard thaw PID lets it run)"
+                }
             )?;
             for w in &s.supervisors {
                 let restarts = if w.would_restart {

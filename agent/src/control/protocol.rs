@@ -158,6 +158,12 @@ impl Request {
         )
     }
 
+    /// Whether answering it asks supervisors (runs their probes): a
+    /// request that may be slow, which its client may give up on.
+    pub fn asks_supervisors(&self) -> bool {
+        matches!(self, Request::Explain(_))
+    }
+
     /// The request's command in words ("window open").
     pub fn command(&self) -> String {
         serde_json::to_value(self).expect("requests serialize")["command"]
@@ -333,6 +339,14 @@ pub struct ServiceStatus {
     /// The supervisors that watch it, as last looked at.
     #[serde(default)]
     pub supervisors: Vec<Watcher>,
+    /// False for a service no longer in the configuration that a process
+    /// is still held frozen for.
+    #[serde(default = "watched")]
+    pub watched: bool,
+}
+
+fn watched() -> bool {
+    true
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -118,6 +118,10 @@ pub fn serve(path: &Path, group: Option<&str>, calls: mpsc::Sender<Call>) -> Res
     let allowed_gid = gid.map(|g| g.as_raw());
     let limit = max_connections();
     let permits = Arc::new(Semaphore::new(limit));
+    // Requests that ask supervisors (`explain`) take few of the
+    // connections, so that `status`, `thaw`, `window close` and `stop`
+    // never wait behind a slow probe.
+    let probing = Arc::new(Semaphore::new(probe_connections(limit)));
     tokio::spawn(async move {
         let mut pause = ACCEPT_PAUSE;
         loop {
@@ -132,8 +136,9 @@ pub fn serve(path: &Path, group: Option<&str>, calls: mpsc::Sender<Call>) -> Res
                 Ok((stream, _)) => {
                     pause = ACCEPT_PAUSE;
                     let calls = calls.clone();
+                    let probing = probing.clone();
                     tokio::spawn(async move {
-                        if let Err(err) = handle(stream, allowed_gid, calls).await {
+                        if let Err(err) = handle(stream, allowed_gid, calls, probing).await {
                             tracing::debug!("control connection: {err:#}");
                         }
                         drop(permit);
@@ -169,6 +174,33 @@ fn max_connections() -> usize {
     (soft / 4).clamp(1, 32) as usize
 }
 
+/// Of `limit` connections, how many may wait on supervisors at once: a
+/// quarter, at least one.
+fn probe_connections(limit: usize) -> usize {
+    (limit / 4).max(1)
+}
+
+/// Whether the client at the other end of `fd` (a Unix stream socket) has
+/// closed its socket: both directions shut (POLLHUP), not merely its
+/// writing side after sending the request.
+fn client_gone(fd: std::os::fd::RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLHUP,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on a descriptor the caller keeps open; no wait.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready > 0 && poll.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// Resolves once the client of `fd` has gone (checked every 100 ms).
+async fn until_gone(fd: std::os::fd::RawFd) {
+    while !client_gone(fd) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Raises the soft file descriptor limit to the hard one: the agent holds
 /// a descriptor per BPF map and program, per control client, per freeze.
 pub fn raise_fd_limit() {
@@ -198,7 +230,10 @@ async fn handle(
     stream: UnixStream,
     allowed_gid: Option<u32>,
     calls: mpsc::Sender<Call>,
+    probing: Arc<Semaphore>,
 ) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
     let cred = stream.peer_cred()?;
     let pid = cred.pid().unwrap_or(0) as u32;
     let peer = Peer {
@@ -224,6 +259,20 @@ async fn handle(
                 let permitted = !request.changes_state()
                     || peer.uid == 0
                     || allowed_gid.is_some_and(|g| in_group(peer.uid, peer.gid, g));
+                let probe = match request.asks_supervisors() {
+                    false => None,
+                    true => match probing.try_acquire_owned() {
+                        Ok(permit) => Some(permit),
+                        Err(_) => {
+                            let busy = error(format!(
+                                "busy: {} requests are asking supervisors already; try again in a few seconds",
+                                probe_connections(max_connections())
+                            ));
+                            write.write_all(format!("{busy}\n").as_bytes()).await?;
+                            return Ok(());
+                        }
+                    },
+                };
                 let (reply, answer) = oneshot::channel();
                 calls
                     .send(Call {
@@ -233,9 +282,14 @@ async fn handle(
                         reply,
                     })
                     .await?;
+                // A client that leaves takes its request with it: dropping
+                // `answer` cancels what it waits on.
+                let answer = tokio::select! {
+                    answer = answer => answer.unwrap_or_else(|_| error("the agent is shutting down")),
+                    () = until_gone(fd) => return Ok(()),
+                };
+                drop(probe);
                 answer
-                    .await
-                    .unwrap_or_else(|_| error("the agent is shutting down"))
             }
         },
     };

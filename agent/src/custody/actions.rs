@@ -236,6 +236,107 @@ pub fn frozen_in_cgroups() -> Vec<Frozen> {
     found
 }
 
+/// Removes the `stopguard/frozen-*` cgroups no process is left in (their
+/// process ended while no agent ran); returns those removed.
+pub fn remove_empty_frozen() -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for root in [cgroup2_root(), freezer_v1_root()].into_iter().flatten() {
+        let Ok(entries) = fs::read_dir(root.join("stopguard")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let cgroup = entry.path();
+            let ours = entry.file_name().to_string_lossy().starts_with("frozen-");
+            let empty = fs::read_to_string(cgroup.join("cgroup.procs"))
+                .is_ok_and(|procs| procs.trim().is_empty());
+            if ours && empty && fs::remove_dir(&cgroup).is_ok() {
+                removed.push(cgroup);
+            }
+        }
+    }
+    removed
+}
+
+/// Checks a freeze read back from saved state against the process and
+/// the cgroups: the state is evidence, not orders. Its cgroup must be
+/// where this agent freezes `frozen.pid` (`stopguard/frozen-PID`, or the
+/// cgroup of the unit it names that holds the process, which must be in
+/// it), the cgroup to put it back in a path inside the same hierarchy,
+/// and a process held by SIGSTOP alone must be stopped.
+pub fn check_saved(frozen: &Frozen) -> Result<(), String> {
+    use std::path::Component;
+    let pid = frozen.pid;
+    if let Some(previous) = &frozen.previous_cgroup
+        && previous
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(format!(
+            "its cgroup to go back to, {}, is not a path inside the hierarchy",
+            previous.display()
+        ));
+    }
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|err| format!("reading /proc/{pid}/cgroup: {err}"))?;
+    match (&frozen.cgroup, &frozen.unit) {
+        (None, _) => {
+            let state = procfs::process::Process::new(pid as i32)
+                .and_then(|p| p.stat())
+                .map(|s| s.state)
+                .unwrap_or('?');
+            if !matches!(state, 'T' | 't') {
+                return Err(format!("it is not stopped (state {state})"));
+            }
+        }
+        (Some(cgroup), None) => {
+            let own = PathBuf::from("stopguard").join(format!("frozen-{pid}"));
+            let inside = [(cgroup2_root(), false), (freezer_v1_root(), true)]
+                .into_iter()
+                .any(|(root, v1)| {
+                    root.is_some_and(|root| {
+                        *cgroup == root.join(&own) && current_cgroup(pid, v1).as_ref() == Some(&own)
+                    })
+                });
+            if !inside {
+                return Err(format!(
+                    "{} is not its own frozen cgroup of stopguard's, or it is not in it",
+                    cgroup.display()
+                ));
+            }
+        }
+        (Some(cgroup), Some(unit)) => {
+            let root = cgroup2_root().ok_or("no cgroup v2 hierarchy is mounted")?;
+            if unit_cgroup(&text, unit)
+                .map(|path| root.join(path))
+                .as_ref()
+                != Some(cgroup)
+            {
+                return Err(format!(
+                    "{} is not the cgroup of {unit} that holds it",
+                    cgroup.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a saved freeze of a process that has ended names a unit's
+/// cgroup (inside the v2 hierarchy, named after the unit), the only kind
+/// undone for what else runs there.
+pub fn is_unit_cgroup(frozen: &Frozen) -> bool {
+    match (&frozen.cgroup, &frozen.unit, cgroup2_root()) {
+        (Some(cgroup), Some(unit), Some(root)) => {
+            cgroup.starts_with(&root)
+                && cgroup.file_name().is_some_and(|n| n == unit.as_str())
+                && !cgroup
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+        }
+        _ => false,
+    }
+}
+
 /// Lets a frozen process run again, and puts it back where it was.
 pub fn thaw(frozen: &Frozen) -> Result<()> {
     release_cgroup(frozen)?;

@@ -80,9 +80,15 @@ impl Custody {
     }
 
     /// Takes back what a previous run held: the frozen processes still
-    /// alive and still the same process. Returns the services it guarded,
-    /// for the caller to arm again.
-    pub fn restore(&mut self, saved: Saved) -> Vec<String> {
+    /// alive, still the same process, and what `check` (the process is the
+    /// service's, its cgroups are where a freeze puts it) accepts. What it
+    /// refuses is left untouched, and said. Returns the services it
+    /// guarded, for the caller to arm again.
+    pub fn restore(
+        &mut self,
+        saved: Saved,
+        mut check: impl FnMut(&str, &Frozen) -> Result<(), String>,
+    ) -> Vec<String> {
         let (alive, gone): (Vec<_>, Vec<_>) = saved.held.into_iter().partition(|(_, frozen)| {
             frozen.start_ticks.is_some() && actions::start_ticks(frozen.pid) == frozen.start_ticks
         });
@@ -90,14 +96,33 @@ impl Custody {
         // frozen, unless what is still held there keeps it so.
         for (service, frozen) in &gone {
             let shared = alive.iter().any(|(_, f)| f.cgroup == frozen.cgroup);
-            if frozen.unit.is_some()
+            if actions::is_unit_cgroup(frozen)
                 && !shared
                 && let Err(err) = actions::forget(frozen)
             {
                 tracing::warn!("pid {} ({service}) ended frozen: {err:#}", frozen.pid);
             }
         }
-        for (service, frozen) in alive {
+        let (alive, refused): (Vec<_>, Vec<_>) = alive
+            .into_iter()
+            .map(|(service, frozen)| {
+                let checked = check(&service, &frozen).and_then(|()| actions::check_saved(&frozen));
+                (service, frozen, checked)
+            })
+            .partition(|(_, _, checked)| checked.is_ok());
+        for (service, frozen, why) in refused {
+            let why = why.err().unwrap_or_default();
+            tracing::error!(
+                "the saved state says pid {} is held for {service}, but {why}: not held, left as it is",
+                frozen.pid
+            );
+            self.audit.write(AgentEvent::SavedHoldRefused {
+                service,
+                pid: frozen.pid,
+                reason: why,
+            });
+        }
+        for (service, frozen, _) in alive {
             // Its unit was thawed when the agent went (`leave_units`).
             if let Err(err) = actions::refreeze_unit(&frozen) {
                 tracing::warn!(
@@ -213,6 +238,18 @@ impl Custody {
     }
 
     /// Every pid held frozen.
+    /// Every service something is held for, with the pids held.
+    pub fn held_by_service(&self) -> std::collections::BTreeMap<String, Vec<u32>> {
+        let mut by = std::collections::BTreeMap::<String, Vec<u32>>::new();
+        for (pid, held) in &self.held {
+            by.entry(held.service.clone()).or_default().push(*pid);
+        }
+        for pids in by.values_mut() {
+            pids.sort_unstable();
+        }
+        by
+    }
+
     pub fn held_pids(&self) -> Vec<u32> {
         self.held.keys().copied().collect()
     }

@@ -54,6 +54,8 @@ pub struct LostFacts<'a> {
     pub guarded: bool,
     /// The process started unseen, as the table has it.
     pub unseen: Option<ProcessInfo>,
+    /// The respawns custody holds frozen for the service.
+    pub held: Vec<u32>,
 }
 
 /// One thing the shell does, in the order given.
@@ -119,6 +121,7 @@ pub enum AlertPlan<'a> {
         count: u64,
         risk: &'a AtRisk,
         process: Option<ProcessInfo>,
+        held: Vec<u32>,
     },
 }
 
@@ -158,7 +161,8 @@ impl AlertPlan<'_> {
                 count,
                 risk,
                 process,
-            } => alert::events_lost(host, count, risk, process, done, clock, now_ns),
+                held,
+            } => alert::events_lost(host, count, risk, process, &held, done, clock, now_ns),
         }
     }
 }
@@ -287,6 +291,7 @@ pub fn respond_lost<'a>(count: u64, risk: &'a AtRisk, facts: LostFacts) -> Respo
             count,
             risk,
             process: facts.unseen,
+            held: facts.held,
         }),
     }
 }

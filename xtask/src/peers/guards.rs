@@ -29,15 +29,27 @@ impl Tracee {
             // SAFETY: our own child, not yet reaped, so the pid is still its.
             unsafe { libc::kill(self.child.id() as i32, self.signal) };
         }
-        // bpftrace drains what its buffers hold before it exits: on a busy
-        // machine that can take a while.
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // bpftrace drains what its buffers hold before it exits, which
+        // takes a moment; one that sits on its signal (started where SIGINT
+        // is ignored) is asked again with SIGTERM, then killed.
+        let started = Instant::now();
+        let mut asked_again = false;
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
                 break status;
             }
-            if Instant::now() > deadline {
-                eprintln!("    {} did not stop within 60 s: killing it", self.name);
+            let waited = started.elapsed();
+            if waited > STOP_GRACE && !asked_again {
+                asked_again = true;
+                // SAFETY: our own child, not yet reaped.
+                unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            }
+            if waited > STOP_GRACE * 2 {
+                eprintln!(
+                    "    {} did not stop within {} s of its signal and SIGTERM: killing it",
+                    self.name,
+                    (STOP_GRACE * 2).as_secs()
+                );
                 self.child.kill()?;
                 break self.child.wait()?;
             }
@@ -45,6 +57,25 @@ impl Tracee {
         };
         self.status = Some(status);
         Ok(status)
+    }
+}
+
+/// How long a tracer gets to stop after each ask.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Makes a tracer's child start with the default action for SIGINT and
+/// SIGTERM, whatever the bench inherited (a background job of a
+/// non-interactive shell ignores SIGINT), so that the signal that stops
+/// it works.
+pub(super) fn default_signals(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: signal() is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        })
     }
 }
 

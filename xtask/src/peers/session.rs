@@ -54,7 +54,7 @@ impl Session {
             Tracer::Snoops => {
                 for tool in ["execsnoop", "exitsnoop"] {
                     let before = program_ids()?;
-                    let child = Command::new(tool)
+                    let child = default_signals(&mut Command::new(tool))
                         .stdout(file(&dir, &format!("{tool}.out"))?)
                         .stderr(file(&dir, &format!("{tool}.err"))?)
                         .process_group(0)
@@ -69,7 +69,7 @@ impl Session {
             }
             Tracer::Bpftrace => {
                 let before = program_ids()?;
-                let child = Command::new("bpftrace")
+                let child = default_signals(&mut Command::new("bpftrace"))
                     .args(["-e", BPFTRACE_SCRIPT])
                     .stdout(file(&dir, "bpftrace.out")?)
                     .stderr(file(&dir, "bpftrace.err")?)
@@ -119,7 +119,7 @@ impl Session {
 
     pub(super) fn start_stopguard_trace(&mut self, agent: &Path) -> Result<()> {
         let before = program_ids()?;
-        let mut child = Command::new(agent)
+        let mut child = default_signals(&mut Command::new(agent))
             .args(["trace", "--json"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

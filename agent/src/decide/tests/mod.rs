@@ -401,6 +401,7 @@ fn a_start_nobody_saw_in_a_freezing_window_is_held_and_alerted() {
         service: Some(&service),
         guarded: true,
         unseen: unseen(),
+        held: Vec::new(),
     };
     let response = respond_lost(7, &risk, facts);
     assert_eq!(response.effects, [freeze(None), Effect::Save]);
@@ -423,6 +424,7 @@ fn a_start_nobody_saw_where_the_policy_alerts_is_let_go_if_the_guard_stopped_it(
         service: Some(&service),
         guarded,
         unseen: unseen(),
+        held: Vec::new(),
     };
     let response = respond_lost(7, &risk, facts(true));
     assert_eq!(response.effects, [Effect::Resume { pid: 42 }]);
@@ -440,6 +442,7 @@ fn a_loss_with_nothing_started_unseen_only_alerts() {
         service: Some(&service),
         guarded: true,
         unseen: None,
+        held: Vec::new(),
     };
     let response = respond_lost(7, &risk, facts);
     assert!(response.effects.is_empty());
