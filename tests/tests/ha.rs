@@ -15,7 +15,7 @@ use std::{
 use serde_json::Value;
 use stopguard_tests::{
     Agent, Mariadb, Patroni, Sandbox, as_operator, as_person, assert_clean, bash, in_frozen_cgroup,
-    operator_signal, poll, root_test, state_of,
+    operator_signal, person, poll, root_test, state_of,
 };
 
 fn comm(pid: u32) -> String {
@@ -293,8 +293,9 @@ fn under_patroni_explain_names_it_its_restart_is_frozen_and_paused_it_restarts_n
     );
     assert!(
         text.contains(&format!(
-            "\n  patroni (pid {}, {scope}): active",
-            patroni.patroni_pid()
+            "\n  patroni (pid {}, {scope}, runs as {}): active",
+            patroni.patroni_pid(),
+            person(bash("id -u postgres").trim().parse().unwrap())
         )),
         "{text}"
     );

@@ -675,3 +675,54 @@ fn small_things_read_right_and_nothing_is_left_behind() {
     );
     assert!(audit.contains("with no supervisor known"), "{audit}");
 }
+
+#[test]
+fn after_a_window_ends_the_next_stop_and_pause_switches_off_again() {
+    let Some(_probes) = root_test("after_a_window_ends_the_next_stop_and_pause_switches_off_again")
+    else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("hostile-pause-again");
+    let mut running = sandbox.start_runsv();
+    sandbox.start_agent("freeze");
+    // Closed by hand, then by its expiry: either way the maintenance is
+    // over, the supervisor is back on and the service runs again.
+    for ending in ["close", "expiry"] {
+        let mut args = vec![
+            "stop",
+            "sgdaemon",
+            "--and-pause",
+            "--reason",
+            ending,
+            "--wait",
+            "10s",
+        ];
+        if ending == "expiry" {
+            args.extend(["--for", "3s"]);
+        }
+        let out = text(&sandbox.client(&args));
+        assert!(
+            out.contains("runit switched off"),
+            "stop --and-pause after the window's {ending} switched nothing off:\n{out}"
+        );
+        match ending {
+            "close" => {
+                let closed = sandbox.ok(&["window", "close", "sgdaemon"]);
+                assert!(closed.contains("switched back on"), "{closed}");
+            }
+            _ => std::thread::sleep(Duration::from_secs(4)),
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        if !sandbox.data().contains("start") || sandbox.daemon_pids().is_empty() {
+            eprintln!("DEBUG {:#?}\n{}", sandbox.audit(), sandbox.agent.as_ref().unwrap().log());
+        }
+        running = sandbox.wait_for_daemon(Some(running));
+        std::thread::sleep(Duration::from_secs(1));
+        let status = sandbox.json(&["status"]);
+        assert_eq!(
+            status["services"][0]["state"], "running",
+            "after the window's {ending}: {status:#}"
+        );
+        assert_eq!(status["frozen"], serde_json::json!([]), "{status:#}");
+    }
+}

@@ -25,6 +25,9 @@ pub enum Target {
     RingRecord,
     /// The audit log, as `stopguard audit` reads it.
     AuditLine,
+    /// What supervisors say: Patroni's config, `monit status`,
+    /// `supervisorctl status`, status lines, command-line options.
+    SupervisorText,
 }
 
 impl Target {

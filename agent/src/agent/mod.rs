@@ -235,6 +235,19 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
             }
             Some(call) = calls.recv() => {
                 let changes = call.permitted && call.request.changes_state();
+                if changes {
+                    // What the kernel recorded before the request is acted
+                    // on first: the exit a `stop` waited for is the
+                    // operator's stop before its window closes.
+                    let detector = &mut agent.detector;
+                    monitor.flush(|event, table| collect(&mut batch, detector, event, table))?;
+                    let work = std::mem::take(&mut batch);
+                    let found = !work.findings.is_empty();
+                    agent.act(&mut monitor, work);
+                    if found {
+                        agent.save();
+                    }
+                }
                 let answer = agent.call(&mut monitor, call.request.clone(), call.peer, call.permitted);
                 if changes {
                     agent.save();

@@ -291,13 +291,16 @@ async fn stop_service(
             Err(err) => return Err(format!("{err}; {stays}")),
         }
     } else if let Some((pid, _)) = main {
-        if let Err(err) = nix::sys::signal::kill(
+        match nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGTERM,
         ) {
-            return Err(format!("sending SIGTERM to pid {pid}: {err}; {stays}"));
+            Ok(()) => answer.signal = Some("SIGTERM".into()),
+            // Gone between the look and the signal (an off switch that
+            // stops it, `sv down`, takes a moment).
+            Err(nix::errno::Errno::ESRCH) => {}
+            Err(err) => return Err(format!("sending SIGTERM to pid {pid}: {err}; {stays}")),
         }
-        answer.signal = Some("SIGTERM".into());
     }
     if let Some((pid, ticks)) = main {
         while actions::still_runs(pid, ticks) {

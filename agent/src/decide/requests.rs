@@ -91,20 +91,28 @@ pub fn close_window(detector: &mut Detector, close: &CloseWindow) -> Result<Clos
     })
 }
 
-/// The windows whose time is up at `now_ns`, closed, each with its
-/// service's guard disarmed; `Closed::resume` as for `window close`.
+/// The windows whose time is up at `now_ns`, closed as `window close`
+/// closes one (the operator stops they cover ended, the guard of every
+/// service they cover disarmed, `Closed::resume` the same), held processes
+/// left held.
 pub fn expire_windows(detector: &mut Detector, now_ns: u64) -> Vec<Closed> {
     detector
         .expire_windows(now_ns)
         .into_iter()
-        .map(|window| Closed {
-            covered: vec![window.service.clone()],
-            effects: vec![Effect::Guard {
-                service: window.service.clone(),
-                on: false,
-            }],
-            resume: !window.switched_off.is_empty(),
-            window,
+        .map(|window| {
+            let covered = covering(detector, &window.service);
+            Closed {
+                effects: covered
+                    .iter()
+                    .map(|service| Effect::Guard {
+                        service: service.clone(),
+                        on: false,
+                    })
+                    .collect(),
+                covered,
+                resume: !window.switched_off.is_empty(),
+                window,
+            }
         })
         .collect()
 }

@@ -132,10 +132,15 @@ impl Detector {
 
     /// Drops windows whose time is up.
     pub fn expire_windows(&mut self, now_ns: u64) -> Vec<Window> {
-        let (expired, open) = std::mem::take(&mut self.windows)
+        let (expired, open): (Vec<Window>, Vec<Window>) = std::mem::take(&mut self.windows)
             .into_iter()
             .partition(|w| w.expires_at_ns.is_some_and(|e| e <= now_ns));
         self.windows = open;
+        // Its end is the end of the maintenance, as a close is: what the
+        // supervisors it switched back on start is a start.
+        for window in &expired {
+            self.release(&window.service);
+        }
         expired
     }
 

@@ -125,7 +125,7 @@ pub fn watching(subject: &Subject) -> Vec<Watcher> {
                 "not trusted (owned by {}): neither root, nor the service's user, nor in its creator chain",
                 crate::sys::identity::person(Some(p.uid))
             ),
-            how: "stopguard neither asks it nor switches it off".into(),
+            how: "never asked, read or switched off by stopguard".into(),
             off: None,
             on: None,
             off_stops: false,
@@ -134,6 +134,22 @@ pub fn watching(subject: &Subject) -> Vec<Watcher> {
         });
     }
     watchers
+}
+
+/// Runs every reader of text a supervisor gives stopguard (Patroni's
+/// YAML config, `monit status`, `supervisorctl status`, a supervise-style
+/// status line, the options of a command line) on `text`, as the fuzz
+/// target does: none may panic, loop or take memory out of proportion.
+/// Returns how many values they found.
+pub fn read_supervisor_text(text: &str) -> usize {
+    let words: Vec<String> = text.split_whitespace().map(String::from).collect();
+    patroni::flat_yaml(text).len()
+        + monit::parse_status(text).len()
+        + usize::from(supervisord::program_of(text, 4242).is_some())
+        + usize::from(watch::supervise_state(text).1)
+        + usize::from(watch::option(&words, "-c", "--config").is_some())
+        + usize::from(name_of("python3", &words).is_empty())
+        + watch::shell_words(&words).len().min(1)
 }
 
 /// The name a process goes by: its comm, or for an interpreter running a

@@ -82,7 +82,7 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
 }
 
 /// A process check as `monit status` shows it.
-struct Check {
+pub struct Check {
     name: String,
     pid: Option<u32>,
     /// `Monitored`, `Not monitored`, `Initializing`...
@@ -91,7 +91,7 @@ struct Check {
 
 /// The process checks in `monit status` output: blocks headed
 /// `Process 'NAME'`, with `monitoring status` and `pid` lines.
-fn parse_status(out: &str) -> Vec<Check> {
+pub fn parse_status(out: &str) -> Vec<Check> {
     let mut checks: Vec<Check> = Vec::new();
     for line in out.lines() {
         if let Some(name) = line

@@ -180,7 +180,7 @@ fn local_address(address: &str) -> String {
 /// The scalar values of a YAML document, each under its dotted path
 /// (`restapi.listen`): enough of YAML for Patroni's config, whose keys are
 /// plain and whose values stopguard reads are scalars.
-fn flat_yaml(text: &str) -> Vec<(String, String)> {
+pub fn flat_yaml(text: &str) -> Vec<(String, String)> {
     let mut path: Vec<(usize, String)> = Vec::new();
     let mut values = Vec::new();
     for line in text.lines() {

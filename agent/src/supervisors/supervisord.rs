@@ -35,14 +35,7 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
     let argv: Vec<&str> = ctl.iter().map(String::as_str).chain(["status"]).collect();
     let program = watch::run_as(watch::Credentials::of(supervisord.pid).as_ref(), &argv)
         .ok()
-        .and_then(|out| {
-            out.lines().find_map(|line| {
-                let words: Vec<&str> = line.split_whitespace().collect();
-                let pid = words.iter().position(|w| *w == "pid")?;
-                let pid: u32 = words.get(pid + 1)?.trim_end_matches(',').parse().ok()?;
-                (Some(pid) == child).then(|| (words[0].to_string(), words[1].to_string()))
-            })
-        });
+        .and_then(|out| program_of(&out, child?));
     let (name, state) = program.unwrap_or_else(|| ("PROGRAM".into(), "unknown".into()));
     let verb = |v: &str| {
         let mut argv = ctl.clone();
@@ -62,6 +55,17 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
         uid: Some(supervisord.uid),
         trusted: true,
     }]
+}
+
+/// The program (name, state) whose pid is `pid` in `supervisorctl status`
+/// output (`pg  RUNNING  pid 4242, uptime 0:01:02`).
+pub fn program_of(status: &str, pid: u32) -> Option<(String, String)> {
+    status.lines().find_map(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "pid")?;
+        let found: u32 = words.get(at + 1)?.trim_end_matches(',').parse().ok()?;
+        (found == pid && at >= 2).then(|| (words[0].to_string(), words[1].to_string()))
+    })
 }
 
 #[cfg(test)]

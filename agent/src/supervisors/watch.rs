@@ -601,18 +601,7 @@ impl Supervise {
         status.push(&dir);
         let (state, would_restart) = match run_as(Credentials::of(supervise.pid).as_ref(), &status)
         {
-            Ok(out) => {
-                // `sv status` adds its log service after a `;`.
-                let state = out.split(';').next().unwrap_or("").trim().to_string();
-                let up =
-                    state.contains(": up") || state.starts_with("up") || state.starts_with("run:");
-                let restarts = if up {
-                    !state.contains("want down")
-                } else {
-                    state.contains("want up")
-                };
-                (state, restarts)
-            }
+            Ok(out) => supervise_state(&out),
             Err(err) => (format!("unknown: {err}"), true),
         };
         vec![Watcher {
@@ -629,6 +618,21 @@ impl Supervise {
             trusted: true,
         }]
     }
+}
+
+/// What a supervise-style status line (`sv status`, `s6-svstat`, `svstat`)
+/// says: the state, and whether the supervisor would start the service
+/// again (while up unless `want down`, while down only on `want up`).
+pub fn supervise_state(out: &str) -> (String, bool) {
+    // `sv status` adds its log service after a `;`.
+    let state = out.split(';').next().unwrap_or("").trim().to_string();
+    let up = state.contains(": up") || state.starts_with("up") || state.starts_with("run:");
+    let restarts = if up {
+        !state.contains("want down")
+    } else {
+        state.contains("want up")
+    };
+    (state, restarts)
 }
 
 /// Owned words from string literals.
