@@ -712,10 +712,6 @@ fn after_a_window_ends_the_next_stop_and_pause_switches_off_again() {
             }
             _ => std::thread::sleep(Duration::from_secs(4)),
         }
-        std::thread::sleep(Duration::from_secs(3));
-        if !sandbox.data().contains("start") || sandbox.daemon_pids().is_empty() {
-            eprintln!("DEBUG {:#?}\n{}", sandbox.audit(), sandbox.agent.as_ref().unwrap().log());
-        }
         running = sandbox.wait_for_daemon(Some(running));
         std::thread::sleep(Duration::from_secs(1));
         let status = sandbox.json(&["status"]);
