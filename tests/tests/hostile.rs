@@ -189,6 +189,20 @@ fn within(sandbox: &Sandbox, args: &[&str], limit: Duration) -> Option<Output> {
     Some(child.wait_with_output().unwrap())
 }
 
+/// `stopguard stop sgdaemon --and-pause`, answered within `limit`.
+fn stop_and_pause(sandbox: &Sandbox, limit: Duration) -> Output {
+    let args = [
+        "stop",
+        "sgdaemon",
+        "--and-pause",
+        "--reason",
+        "hostile",
+        "--wait",
+        "10s",
+    ];
+    within(sandbox, &args, limit).expect("stop --and-pause did not answer")
+}
+
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
@@ -236,20 +250,7 @@ fn a_fake_mysqld_safe_neither_creates_nor_deletes_files_as_root() {
         explained.contains(&format!("runs as {}", person(uid))),
         "explain does not say whose mysqld_safe it is:\n{explained}"
     );
-    let out = within(
-        &sandbox,
-        &[
-            "stop",
-            "sgdaemon",
-            "--and-pause",
-            "--reason",
-            "hostile",
-            "--wait",
-            "10s",
-        ],
-        Duration::from_secs(40),
-    )
-    .expect("stop --and-pause did not answer");
+    let out = stop_and_pause(&sandbox, Duration::from_secs(40));
     assert!(
         !secret.join("evil.shutdown").exists(),
         "`touch` ran as root for the user's mysqld_safe:\n{}",
@@ -312,20 +313,7 @@ fn a_users_patroni_config_reaches_neither_root_commands_nor_the_agents_probe() {
         explained.contains(&format!("not trusted (owned by {})", person(uid))),
         "explain does not mark the user's patroni as not trusted:\n{explained}"
     );
-    let out = within(
-        &sandbox,
-        &[
-            "stop",
-            "sgdaemon",
-            "--and-pause",
-            "--reason",
-            "hostile",
-            "--wait",
-            "10s",
-        ],
-        Duration::from_secs(90),
-    )
-    .expect("stop --and-pause did not answer");
+    let out = stop_and_pause(&sandbox, Duration::from_secs(90));
     let connections = fs::read_to_string(&log).unwrap();
     assert!(
         connections.is_empty(),
