@@ -450,3 +450,28 @@ fn a_loss_with_nothing_started_unseen_only_alerts() {
     assert!(alert.summary.contains("state unknown"), "{}", alert.summary);
     assert!(!alert.resolves_later());
 }
+
+#[test]
+fn a_loss_while_a_respawn_is_held_says_it_is_held() {
+    let service = service(FREEZING.0, FREEZING.1);
+    let risk = at_risk(true, false, false);
+    let facts = LostFacts {
+        service: Some(&service),
+        guarded: true,
+        unseen: None,
+        held: vec![4121],
+    };
+    let alert = built(respond_lost(7, &risk, facts), None);
+    assert!(
+        alert
+            .summary
+            .contains("its respawn (pid 4121) is held frozen"),
+        "{}",
+        alert.summary
+    );
+    assert!(
+        !alert.summary.contains("state unknown"),
+        "{}",
+        alert.summary
+    );
+}
