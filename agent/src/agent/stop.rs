@@ -20,7 +20,10 @@ use crate::{
     decide::requests,
     detect::{SwitchedOff, Window},
     monitor::Monitor,
-    supervisors::watch::{Credentials, Subject, Watcher, shell_words},
+    supervisors::{
+        bounded::Credentials,
+        watch::{Subject, Watcher, shell_words},
+    },
     sys::clock::boot_ns,
 };
 

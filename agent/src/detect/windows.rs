@@ -52,7 +52,7 @@ pub struct SwitchedOff {
     /// The supervisor's credentials, which both switches run with; none
     /// for root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run_as: Option<crate::supervisors::watch::Credentials>,
+    pub run_as: Option<crate::supervisors::bounded::Credentials>,
 }
 
 impl Detector {

@@ -10,6 +10,7 @@
 //!
 //! To add a supervisor: one file + one line in [`ALL`].
 
+pub mod bounded;
 mod containerd;
 mod daemontools;
 mod kubelet;

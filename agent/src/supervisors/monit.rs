@@ -1,6 +1,6 @@
 //! monit: restarts what it checks; `monit stop|start|restart NAME`.
 
-use super::{Control, Subject, Supervisor, Watcher, verb, watch};
+use super::{Control, Subject, Supervisor, Watcher, bounded, verb, watch};
 
 pub const MONIT: Supervisor = Supervisor {
     name: "monit",
@@ -37,8 +37,8 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
                     .find(|f| std::path::Path::new(f).exists())
                     .map(|f| f.to_string())
             })?;
-            let credentials = watch::Credentials::of(monit.pid);
-            let checks = watch::run_as(credentials.as_ref(), &["monit", "-c", &rc, "status"])
+            let credentials = bounded::Credentials::of(monit.pid);
+            let checks = bounded::run_as(credentials.as_ref(), &["monit", "-c", &rc, "status"])
                 .map(|out| parse_status(&out));
             let main = subject.main.as_ref().map(|m| m.pid);
             let started_it = subject.started_by(monit.pid);

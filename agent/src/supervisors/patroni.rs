@@ -5,7 +5,7 @@
 //! `python3 <- patroni`. Its off switch is maintenance mode:
 //! `patronictl pause --wait`; `patronictl resume` ends it.
 
-use super::{Control, Intent, Subject, Supervisor, Watcher, verb, watch};
+use super::{Control, Intent, Subject, Supervisor, Watcher, bounded, verb, watch};
 
 pub const PATRONI: Supervisor = Supervisor {
     name: "patroni",
@@ -61,7 +61,7 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
             let config = config_file(&patroni.cmdline);
             let yaml = config
                 .as_ref()
-                .and_then(|c| watch::read_config(std::path::Path::new(c), patroni.uid).ok())
+                .and_then(|c| bounded::read_config(std::path::Path::new(c), patroni.uid).ok())
                 .map(|text| flat_yaml(&text))
                 .unwrap_or_default();
             let value = |key: &str| yaml.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
@@ -88,7 +88,7 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
                 .map(|a| local_address(&a));
             let (state, would_restart) = match &address {
                 None => ("unknown: no REST API address in its config".to_string(), true),
-                Some(address) => match watch::http_get(address, "/patroni")
+                Some(address) => match bounded::http_get(address, "/patroni")
                     .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).map_err(|e| e.to_string()))
                 {
                     Ok(answer) if answer["pause"].as_bool() == Some(true) => {
@@ -151,7 +151,7 @@ fn environ(pid: u32) -> Vec<(String, String)> {
     use std::io::Read;
     let mut bytes = Vec::new();
     std::fs::File::open(format!("/proc/{pid}/environ"))
-        .and_then(|f| f.take(watch::READ_CAP).read_to_end(&mut bytes))
+        .and_then(|f| f.take(bounded::READ_CAP).read_to_end(&mut bytes))
         .map(|_| {
             bytes
                 .split(|&b| b == 0)

@@ -1,7 +1,7 @@
 //! supervisord: restarts its programs with `autorestart`;
 //! `supervisorctl stop|start|restart NAME`.
 
-use super::{Control, Subject, Supervisor, Watcher, verb, watch};
+use super::{Control, Subject, Supervisor, Watcher, bounded, verb, watch};
 
 pub const SUPERVISORD: Supervisor = Supervisor {
     name: "supervisord",
@@ -33,7 +33,7 @@ fn watching(subject: &Subject) -> Vec<Watcher> {
         .and_then(|(_, below)| below.map(|b| b.pid))
         .or(subject.main.as_ref().map(|m| m.pid));
     let argv: Vec<&str> = ctl.iter().map(String::as_str).chain(["status"]).collect();
-    let program = watch::run_as(watch::Credentials::of(supervisord.pid).as_ref(), &argv)
+    let program = bounded::run_as(bounded::Credentials::of(supervisord.pid).as_ref(), &argv)
         .ok()
         .and_then(|out| program_of(&out, child?));
     let (name, state) = program.unwrap_or_else(|| ("PROGRAM".into(), "unknown".into()));

@@ -3,7 +3,7 @@
 //! requests to PID 1 about named units: PID 1 sends the signals and starts
 //! the processes, so the request is what names who asked.
 
-use super::{Control, Intent, Subject, Supervisor, Watcher, watch};
+use super::{Control, Intent, Subject, Supervisor, Watcher, bounded, watch};
 
 pub const SYSTEMD: Supervisor = Supervisor {
     name: "systemd",
@@ -214,7 +214,7 @@ pub struct UnitShown {
 
 /// Asks systemd (`systemctl show`, with a deadline) about `unit`.
 pub fn show(unit: &str) -> Result<UnitShown, String> {
-    let shown = watch::run(&[
+    let shown = bounded::run(&[
         "systemctl",
         "show",
         "--property=Restart,LoadState",
