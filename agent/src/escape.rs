@@ -9,7 +9,7 @@ use std::borrow::Cow;
 /// and the Unicode controls that reorder text shown as escapes (`\e`,
 /// `\n`, `\x07`, `\u{202e}`), as `ls` and `ps` refuse to print them raw.
 pub fn terminal(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(unsafe_on_terminal) {
+    if !text.chars().any(needs_escape) {
         return Cow::Borrowed(text);
     }
     let mut shown = String::with_capacity(text.len() + 8);
@@ -19,10 +19,10 @@ pub fn terminal(text: &str) -> Cow<'_, str> {
             '\r' => shown.push_str("\\r"),
             '\t' => shown.push_str("\\t"),
             '\x1b' => shown.push_str("\\e"),
-            c if (c as u32) < 0x80 && unsafe_on_terminal(c) => {
+            c if (c as u32) < 0x80 && needs_escape(c) => {
                 shown.push_str(&format!("\\x{:02x}", c as u32));
             }
-            c if unsafe_on_terminal(c) => shown.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if needs_escape(c) => shown.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => shown.push(c),
         }
     }
@@ -38,7 +38,9 @@ pub fn terminal_lines(text: &str) -> String {
         .join("\n")
 }
 
-fn unsafe_on_terminal(c: char) -> bool {
+/// Whether `c` acts on a terminal instead of showing: a control character
+/// (C0, DEL, C1) or a Unicode control that reorders text.
+pub fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }

@@ -144,13 +144,13 @@ pub fn watching(subject: &Subject) -> Vec<Watcher> {
 /// Returns how many values they found.
 pub fn read_supervisor_text(text: &str) -> usize {
     let words: Vec<String> = text.split_whitespace().map(String::from).collect();
+    // These two return text, not values: run for what they may do wrong.
+    let _ = (name_of("python3", &words), watch::shell_words(&words));
     patroni::flat_yaml(text).len()
         + monit::parse_status(text).len()
         + usize::from(supervisord::program_of(text, 4242).is_some())
         + usize::from(watch::supervise_state(text).1)
         + usize::from(watch::option(&words, "-c", "--config").is_some())
-        + usize::from(name_of("python3", &words).is_empty())
-        + watch::shell_words(&words).len().min(1)
 }
 
 /// The name a process goes by: its comm, or for an interpreter running a

@@ -14,6 +14,7 @@
 use std::{cell::RefCell, path::PathBuf};
 
 use super::bounded::{Credentials, run_as};
+use crate::escape::needs_escape;
 
 use serde::{Deserialize, Serialize};
 
@@ -255,7 +256,7 @@ pub fn shell_words(argv: &[String]) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b))
             {
                 a.clone()
-            } else if crate::escape::terminal(a) != a.as_str() {
+            } else if a.chars().any(needs_escape) {
                 let mut quoted = String::from("$'");
                 for c in a.chars() {
                     match c {
@@ -265,14 +266,10 @@ pub fn shell_words(argv: &[String]) -> String {
                         '\t' => quoted.push_str("\\t"),
                         '\r' => quoted.push_str("\\r"),
                         '\x1b' => quoted.push_str("\\e"),
-                        c if (c as u32) < 0x80 && c.is_control() => {
+                        c if needs_escape(c) && (c as u32) < 0x80 => {
                             quoted.push_str(&format!("\\x{:02x}", c as u32));
                         }
-                        c if crate::escape::terminal(c.encode_utf8(&mut [0; 4]))
-                            != c.to_string() =>
-                        {
-                            quoted.push_str(&format!("\\u{:04x}", c as u32));
-                        }
+                        c if needs_escape(c) => quoted.push_str(&format!("\\u{:04x}", c as u32)),
                         c => quoted.push(c),
                     }
                 }

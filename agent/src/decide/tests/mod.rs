@@ -438,40 +438,22 @@ fn a_start_nobody_saw_where_the_policy_alerts_is_let_go_if_the_guard_stopped_it(
 fn a_loss_with_nothing_started_unseen_only_alerts() {
     let service = service(FREEZING.0, FREEZING.1);
     let risk = at_risk(true, false, false);
-    let facts = LostFacts {
-        service: Some(&service),
-        guarded: true,
-        unseen: None,
-        held: Vec::new(),
-    };
-    let response = respond_lost(7, &risk, facts);
-    assert!(response.effects.is_empty());
-    let alert = built(response, None);
-    assert!(alert.summary.contains("state unknown"), "{}", alert.summary);
-    assert!(!alert.resolves_later());
-}
-
-#[test]
-fn a_loss_while_a_respawn_is_held_says_it_is_held() {
-    let service = service(FREEZING.0, FREEZING.1);
-    let risk = at_risk(true, false, false);
-    let facts = LostFacts {
-        service: Some(&service),
-        guarded: true,
-        unseen: None,
-        held: vec![4121],
-    };
-    let alert = built(respond_lost(7, &risk, facts), None);
-    assert!(
-        alert
-            .summary
-            .contains("its respawn (pid 4121) is held frozen"),
-        "{}",
-        alert.summary
-    );
-    assert!(
-        !alert.summary.contains("state unknown"),
-        "{}",
-        alert.summary
-    );
+    // With nothing held its state is unknown; with its respawn held, so
+    // the alert says.
+    for (held, says) in [
+        (vec![], "state unknown"),
+        (vec![4121], "its respawn (pid 4121) is held frozen"),
+    ] {
+        let facts = LostFacts {
+            service: Some(&service),
+            guarded: true,
+            unseen: None,
+            held,
+        };
+        let response = respond_lost(7, &risk, facts);
+        assert!(response.effects.is_empty());
+        let alert = built(response, None);
+        assert!(alert.summary.contains(says), "{}", alert.summary);
+        assert!(!alert.resolves_later());
+    }
 }
