@@ -22,15 +22,27 @@ pub fn in_frozen_v1_cgroup(pid: u32) -> bool {
             .is_ok_and(|p| p.lines().any(|l| l == pid.to_string()))
 }
 
+/// The fields of /proc/PID/stat after the command name: `[0]` is the
+/// state letter, `[11]` and `[12]` user and system CPU ticks, `[19]` the
+/// start time in ticks since boot.
+pub fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, after) = stat.rsplit_once(')').unwrap();
+    after.split_whitespace().map(String::from).collect()
+}
+
 /// The state letter of /proc/PID/stat ('T' when stopped).
 pub fn state_of(pid: u32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat.rsplit(')')
-        .next()
-        .unwrap()
-        .trim()
-        .chars()
-        .next()
+    stat_fields(pid)[0].chars().next().unwrap()
+}
+
+/// Peak resident memory of `pid` (VmHWM), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap()
 }
 

@@ -19,7 +19,10 @@ mod trace;
 
 pub use agent::Agent;
 pub use alertmanager::Alertmanager;
-pub use cgroup::{in_frozen_cgroup, in_frozen_v1_cgroup, remove_frozen_cgroups, state_of};
+pub use cgroup::{
+    in_frozen_cgroup, in_frozen_v1_cgroup, peak_rss_kib, remove_frozen_cgroups, stat_fields,
+    state_of,
+};
 pub use ha::{Mariadb, Patroni, poll};
 pub use host::{
     Stopped, bash, fixture, free_port, root_test, stopguard_bin, stopguard_next_bin, workspace_root,

@@ -11,8 +11,8 @@ use std::{
 };
 
 use stopguard_tests::{
-    Receiver, Sandbox, free_port, in_frozen_cgroup, operator_kill, root_test, sinks, state_of,
-    stopguard_bin,
+    Receiver, Sandbox, free_port, in_frozen_cgroup, operator_kill, peak_rss_kib, root_test, sinks,
+    stat_fields, state_of, stopguard_bin,
 };
 
 /// A pipe whose reading end is already closed: every write to the other
@@ -27,13 +27,7 @@ fn closed_pipe() -> Stdio {
 
 /// Seconds of CPU (user + system) `pid` has used.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
+    let fields = stat_fields(pid);
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     ticks as f64 / 100.0
 }
@@ -232,16 +226,6 @@ fn idle_clients_under_a_low_fd_limit_neither_spin_the_agent_nor_stop_a_freeze() 
         sandbox.agent.as_ref().unwrap().log()
     );
     drop(idle);
-}
-
-/// Peak resident memory of `pid`, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[test]

@@ -16,7 +16,8 @@ use std::{
 
 use serde_json::Value;
 use stopguard_tests::{
-    Receiver, Sandbox, bash, free_port, operator_kill, person, root_test, sinks, stopguard_bin,
+    Receiver, Sandbox, bash, free_port, operator_kill, peak_rss_kib, person, root_test, sinks,
+    stat_fields, stopguard_bin,
 };
 
 /// The unprivileged user the tests act as: created once, kept.
@@ -207,17 +208,6 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
-/// The agent's peak resident memory, in MiB.
-fn peak_mib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib / 1024
-}
-
 /// A directory only root may enter (0700), outside anything the user owns.
 fn root_only(sandbox: &Sandbox) -> PathBuf {
     let dir = sandbox.dir.join("root-only");
@@ -357,11 +347,11 @@ fn a_config_that_is_a_device_or_a_fifo_neither_grows_nor_hangs_the_agent() {
     std::thread::sleep(Duration::from_millis(300));
 
     let agent = sandbox.agent.as_ref().unwrap().pid();
-    let before = peak_mib(agent);
+    let before = peak_rss_kib(agent) / 1024;
     let out = within(&sandbox, &["explain", "sgdaemon"], Duration::from_secs(20))
         .expect("explain hung on a config that is a FIFO or /dev/zero");
     assert!(text(&out).contains("sgdaemon: running"), "{}", text(&out));
-    let after = peak_mib(agent);
+    let after = peak_rss_kib(agent) / 1024;
     assert!(
         after < before + 64,
         "the agent grew from {before} MiB to {after} MiB reading a config"
@@ -533,15 +523,7 @@ fn bystander() -> Child {
 }
 
 fn start_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat.rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(19)
-        .unwrap()
-        .parse()
-        .unwrap()
+    stat_fields(pid)[19].parse().unwrap()
 }
 
 #[test]
