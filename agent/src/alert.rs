@@ -50,6 +50,9 @@ pub struct Alert {
     /// A group's follow-up: the ids of the alerts it stands for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grouped: Option<Vec<String>>,
+    /// The fleet cluster the host belongs to (`[fleet] cluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +69,9 @@ pub enum AlertKind {
     /// The saved state could not be read at start: windows, operator stops
     /// and frozen processes from before are unknown.
     StateLost,
+    /// etcd has not answered for `[fleet] unreachable_after`: cluster
+    /// windows opened or closed meanwhile do not reach this host.
+    FleetUnreachable,
 }
 
 impl AlertKind {
@@ -76,6 +82,7 @@ impl AlertKind {
             AlertKind::EventsLost => "events_lost",
             AlertKind::Test => "test",
             AlertKind::StateLost => "state_lost",
+            AlertKind::FleetUnreachable => "fleet_unreachable",
         }
     }
 
@@ -92,9 +99,10 @@ impl AlertKind {
     /// process held (`Alert::resolves_later`).
     fn resolves_later(self) -> bool {
         match self {
-            AlertKind::RespawnAfterOperatorStop | AlertKind::RespawnInWindow | AlertKind::Test => {
-                true
-            }
+            AlertKind::RespawnAfterOperatorStop
+            | AlertKind::RespawnInWindow
+            | AlertKind::Test
+            | AlertKind::FleetUnreachable => true,
             AlertKind::EventsLost | AlertKind::StateLost => false,
         }
     }
@@ -329,6 +337,7 @@ pub fn respawn(
         resolves: None,
         resolved_at: None,
         grouped: None,
+        cluster: None,
     }
 }
 
@@ -397,6 +406,7 @@ pub fn events_lost(
         resolves: None,
         resolved_at: None,
         grouped: None,
+        cluster: None,
     }
 }
 
@@ -425,6 +435,45 @@ pub fn state_lost(host: &str, kept: &str, error: &str, clock: &Clock, now_boot_n
         resolves: None,
         resolved_at: None,
         grouped: None,
+        cluster: None,
+    }
+}
+
+/// etcd has not answered since `since` (unix seconds): this host keeps
+/// the windows it has, and hears of no new ones until it answers again.
+pub fn fleet_unreachable(
+    host: &str,
+    cluster: &str,
+    since: u64,
+    clock: &Clock,
+    now_boot_ns: u64,
+) -> Alert {
+    let since_text = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(since),
+    );
+    Alert {
+        version: SCHEMA_VERSION,
+        id: format!("{host}-fleet-unreachable-{since}"),
+        kind: AlertKind::FleetUnreachable,
+        severity: Severity::Warning,
+        host: host.to_string(),
+        service: "stopguard".to_string(),
+        unit: None,
+        summary: format!(
+            "stopguard on {host} has not reached etcd of cluster {cluster} since {since_text}: it keeps enforcing the windows it has until they expire; cluster windows opened or closed meanwhile reach it when etcd answers again"
+        ),
+        action: "none".to_string(),
+        process: None,
+        respawned_by: None,
+        stopped_by: None,
+        window: None,
+        at: humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
+        detected_after_ms: 0.0,
+        while_agent_down: false,
+        resolves: None,
+        resolved_at: None,
+        grouped: None,
+        cluster: None,
     }
 }
 
@@ -451,6 +500,7 @@ pub fn test(host: &str, clock: &Clock, now_boot_ns: u64) -> Alert {
         resolves: None,
         resolved_at: None,
         grouped: None,
+        cluster: None,
     }
 }
 
@@ -466,6 +516,7 @@ mod tests {
             AlertKind::EventsLost,
             AlertKind::Test,
             AlertKind::StateLost,
+            AlertKind::FleetUnreachable,
         ] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }

@@ -24,6 +24,7 @@
 //!   `decide` needs, its effects carried out, control requests, saved
 //!   state.
 //! - `config`: the TOML configuration and its embedded default.
+//! - `fleet`: cluster windows and each host's presence, kept in etcd.
 //! - `trace`: the `trace` command.
 //! - `sys`: the clock, safe file writes, user names, logging, systemd
 //!   notification, metrics.
@@ -41,6 +42,7 @@ pub mod decide;
 pub mod detect;
 pub mod escape;
 pub mod events;
+pub mod fleet;
 pub mod kernel;
 pub mod monitor;
 pub mod process;

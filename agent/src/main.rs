@@ -69,15 +69,24 @@ enum Command {
     },
     /// Check a configuration file and say what it watches.
     #[command(after_help = "Examples:\n  \
-        stopguard check-config /etc/stopguard/stopguard.toml\n\n\
-        Exit status: 0 when valid, 1 with the file, line and key when not.")]
+        stopguard check-config /etc/stopguard/stopguard.toml\n  \
+        stopguard check-config /etc/stopguard/stopguard.toml --reach\n\n\
+        Exit status: 0 when valid (and, with --reach, etcd answered), 1 with\n\
+        the file, line and key when not, or what etcd said.")]
     CheckConfig {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Also reach etcd with the `[fleet]` settings (TLS, user) and list
+        /// the cluster's hosts.
+        #[arg(long)]
+        reach: bool,
     },
     /// Open, close or list maintenance windows.
     #[command(subcommand)]
     Window(WindowCommand),
+    /// Fleet mode: every host of the cluster, from etcd.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Show the watched services, open windows, frozen processes, event loss.
     #[command(after_help = "Examples:\n  \
         stopguard status\n  \
@@ -187,6 +196,46 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum FleetCommand {
+    /// Every host of the cluster: up or down, its guard, services, windows,
+    /// held processes and last alert.
+    #[command(after_help = "Examples:\n  \
+        stopguard fleet status\n  \
+        stopguard fleet status --json | jq '.hosts[] | select(.presence == null) | .host'\n\n\
+        A host whose lease expired is shown DOWN since it was seen last; its\n\
+        pinned guard (if pinned) still holds there.\n\n\
+        Exit status: 0 when every member is up, 4 when some are down, 1 on\n\
+        an error (no agent, fleet mode off, etcd unreachable).")]
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Simulated hosts of the config's cluster, without probes, until
+    /// SIGTERM (the fleet tests' peers).
+    #[command(hide = true)]
+    Simulate {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long = "host", value_name = "NAME", required = true)]
+        hosts: Vec<String>,
+        #[arg(long = "service", value_name = "NAME")]
+        services: Vec<String>,
+    },
+    /// The fleet's load driver (`cargo xtask fleet-bench`).
+    #[command(hide = true)]
+    Bench {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        hosts: usize,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+        rest: std::time::Duration,
+    },
+}
+
+#[derive(Subcommand)]
 enum AlertCommand {
     /// Send a test alert through every sink (or one) and print each result.
     #[command(after_help = "Examples (as root):\n  \
@@ -206,20 +255,41 @@ enum AlertCommand {
 enum WindowCommand {
     /// Declare maintenance: the service is meant to stay down until closed.
     #[command(after_help = "Examples (as root):\n  \
-        stopguard window open postgres --reason 'schema change' --for 2h\n\n\
-        Prints the window id.")]
+        stopguard window open postgres --reason 'schema change' --for 2h\n  \
+        stopguard window open postgres --cluster --for 2h --reason 'minor upgrade'\n  \
+        stopguard window open postgres --cluster --hosts 'db-[23]' --for 30m --wait 20s\n\n\
+        Prints the window id. With --cluster (fleet mode) the window is one\n\
+        record in etcd that every host of the cluster matching --hosts applies;\n\
+        it waits for each live host's answer and prints it.\n\n\
+        Exit status: 0 when opened (with --cluster: applied on every live\n\
+        host), 4 when some hosts did not apply it in time (they are named),\n\
+        1 on an error.")]
     Open {
         service: String,
         #[arg(long, default_value = "maintenance")]
         reason: String,
-        /// Close by itself after this long (e.g. 30m, 2h).
-        #[arg(long = "for", value_name = "DURATION", value_parser = window_length)]
+        /// Close by itself after this long (e.g. 30m, 2h); needed with --cluster.
+        #[arg(long = "for", value_name = "DURATION", value_parser = window_length,
+              required_if_eq("cluster", "true"))]
         duration: Option<std::time::Duration>,
+        /// For every host of the cluster (fleet mode), not this one alone.
+        #[arg(long)]
+        cluster: bool,
+        /// With --cluster: only hosts whose name matches this glob.
+        #[arg(long, value_name = "GLOB", default_value = "*", requires = "cluster")]
+        hosts: String,
+        /// With --cluster: how long to wait for every host's answer.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = wait_length,
+              requires = "cluster")]
+        wait: std::time::Duration,
     },
     /// End maintenance; --thaw lets a frozen respawn run, --kill ends it.
     #[command(after_help = "Examples (as root):\n  \
         stopguard window close postgres --thaw\n  \
-        stopguard window close w3 --kill")]
+        stopguard window close w3 --kill\n  \
+        stopguard window close postgres --cluster\n\n\
+        With --cluster the cluster window ends on every host (its record\n\
+        goes from etcd); --thaw and --kill then act on every host.")]
     Close {
         #[arg(value_name = "SERVICE|ID")]
         target: String,
@@ -227,8 +297,12 @@ enum WindowCommand {
         thaw: bool,
         #[arg(long)]
         kill: bool,
+        /// End the cluster window with this id or on this service everywhere.
+        #[arg(long)]
+        cluster: bool,
     },
-    /// List open windows.
+    /// List open windows (in fleet mode, the cluster's too, with each
+    /// host's answer).
     List {
         #[arg(long)]
         json: bool,
@@ -249,6 +323,13 @@ fn wait_length(text: &str) -> Result<std::time::Duration, String> {
         return Err("at most 24 hours".into());
     }
     Ok(length)
+}
+
+/// The `[fleet]` table of the config at `path`.
+fn fleet_of(path: &Path) -> Result<stopguard::config::Fleet> {
+    Config::load(Some(path))?
+        .fleet
+        .ok_or_else(|| anyhow!("{} has no [fleet] table", path.display()))
 }
 
 /// `stopguard unpin`: refused while an agent runs on the probes.
@@ -326,6 +407,31 @@ fn run(cli: Cli) -> Result<()> {
                 service,
                 reason,
                 duration,
+                cluster: true,
+                hosts,
+                wait,
+            } => {
+                let (opened, _) = ask(
+                    cli.socket,
+                    stopguard::control::OpenClusterWindow {
+                        service,
+                        reason,
+                        for_secs: duration.map_or(0, |d| d.as_secs().max(1)),
+                        hosts,
+                        wait_secs: wait.as_secs(),
+                    },
+                )?;
+                print_lines(&opened);
+                if !opened.complete() {
+                    std::process::exit(4);
+                }
+                Ok(())
+            }
+            WindowCommand::Open {
+                service,
+                reason,
+                duration,
+                ..
             } => show(
                 cli.socket,
                 OpenWindow {
@@ -335,19 +441,79 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 false,
             ),
-            WindowCommand::Close { target, thaw, kill } => {
-                show(cli.socket, CloseWindow { target, thaw, kill }, false)
-            }
+            WindowCommand::Close {
+                target,
+                thaw,
+                kill,
+                cluster: true,
+            } => show(
+                cli.socket,
+                stopguard::control::CloseClusterWindow { target, thaw, kill },
+                false,
+            ),
+            WindowCommand::Close {
+                target, thaw, kill, ..
+            } => show(cli.socket, CloseWindow { target, thaw, kill }, false),
             WindowCommand::List { json } => show(cli.socket, ListWindows {}, json),
         },
         Command::Status { json } => show(cli.socket, GetStatus {}, json),
+        Command::Fleet(FleetCommand::Simulate {
+            config,
+            hosts,
+            services,
+        }) => {
+            let fleet = fleet_of(&config)?;
+            runtime.block_on(async {
+                stopguard::fleet::sim::start(&fleet, &hosts, &services, true)?;
+                let mut terminate =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                Ok(())
+            })
+        }
+        Command::Fleet(FleetCommand::Bench {
+            config,
+            hosts,
+            rounds,
+            rest,
+        }) => {
+            let fleet = fleet_of(&config)?;
+            runtime.block_on(stopguard::fleet::sim::bench(&fleet, hosts, rounds, rest))
+        }
+        Command::Fleet(FleetCommand::Status { json }) => {
+            let (view, answer) = ask(cli.socket, stopguard::control::GetFleetStatus {})?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print_lines(&view);
+            }
+            if view.hosts.iter().any(|h| h.presence.is_none()) {
+                std::process::exit(4);
+            }
+            Ok(())
+        }
         Command::Unpin => unpin(),
-        Command::CheckConfig { file } => {
+        Command::CheckConfig { file, reach } => {
             let config = Config::load(Some(&file))?;
             stopguard::agent::preflight::check(&config)?;
             println!("{}: valid; host {}", file.display(), config.agent.host);
             for line in config.describe() {
                 println!("  {line}");
+            }
+            if reach {
+                let Some(fleet) = &config.fleet else {
+                    bail!("--reach: {} has no [fleet] table", file.display());
+                };
+                let view = stopguard::fleet::Cluster::new(fleet)?.view()?;
+                println!(
+                    "  etcd answers: cluster {} has {} member{}",
+                    fleet.cluster,
+                    view.hosts.len(),
+                    if view.hosts.len() == 1 { "" } else { "s" }
+                );
             }
             Ok(())
         }
@@ -549,7 +715,7 @@ mod tests {
             if !CLI.contains(&format!("`{name}")) {
                 missing.push(name.clone());
             }
-            for sub in command.get_subcommands() {
+            for sub in command.get_subcommands().filter(|c| !c.is_hide_set()) {
                 let full = format!("{name} {}", sub.get_name());
                 if !CLI.contains(&full) {
                     missing.push(full);

@@ -4,11 +4,13 @@
 //! One module per thing a test drives: the agent (`agent`, `trace`), the
 //! world it watches (`sandbox`, `supervisor`, `operator`, `cgroup`, and
 //! `ha` for the HA tools that restart a database themselves) and what it
-//! alerts (`receiver`, `alertmanager`).
+//! alerts (`receiver`, `alertmanager`), and the etcd it records to
+//! (`etcd`).
 
 mod agent;
 mod alertmanager;
 mod cgroup;
+pub mod etcd;
 mod ha;
 mod host;
 mod operator;
@@ -23,6 +25,7 @@ pub use cgroup::{
     in_frozen_cgroup, in_frozen_v1_cgroup, peak_rss_kib, remove_frozen_cgroups, stat_fields,
     state_of,
 };
+pub use etcd::{Etcd, etcd_test};
 pub use ha::{Mariadb, Patroni, poll};
 pub use host::{
     Stopped, bash, fixture, free_port, root_test, stopguard_bin, stopguard_next_bin, workspace_root,

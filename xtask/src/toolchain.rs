@@ -20,7 +20,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// real database, Prometheus Alertmanager as a real alert engine, and the
 /// database HA tools that restart a stopped server themselves: Patroni
 /// (with etcd 3.4 as its store, python3-etcd its v2 client, a dependency)
-/// and MariaDB's mysqld_safe. The tests run private instances of each;
+/// and MariaDB's mysqld_safe; etcd is also the store the agent records to,
+/// set up with etcdctl (etcd-client), openssl for its test certificates and
+/// curl for its TLS health checks. The tests run private instances of each;
 /// the packages' own services are kept from starting (`NoServiceStarts`).
 const TEST_PACKAGES: &[&str] = &[
     "bash",
@@ -39,6 +41,9 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
     "patroni",
     "etcd-server",
+    "etcd-client",
+    "openssl",
+    "curl",
     "mariadb-server",
 ];
 

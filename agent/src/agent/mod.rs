@@ -7,6 +7,7 @@
 //!   while no agent ran, and when that began.
 //! - `units`: what systemd says about a service's unit.
 
+mod cluster;
 mod explain;
 mod gap;
 pub mod host_lock;
@@ -91,6 +92,8 @@ struct Agent {
     watchers: explain::Watchers,
     /// Off switches `stop --and-pause` ran, not yet in their windows.
     switched: stop::Switched,
+    /// Fleet mode: this host's link to its cluster in etcd.
+    fleet: Option<cluster::Fleet>,
 }
 
 /// Runs the agent on `config`, read from `path` (None: the default
@@ -139,7 +142,20 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         down_until_ns: None,
         watchers: explain::Watchers::default(),
         switched: stop::Switched::default(),
+        fleet: None,
     };
+    let (news_to_agent, mut news) = mpsc::channel(256);
+    if let Some(fleet) = &config.fleet {
+        let link = crate::fleet::Link::start(
+            crate::fleet::Cluster::new(fleet)?,
+            config.agent.host.clone(),
+            fleet.heartbeat,
+            env!("CARGO_PKG_VERSION").to_string(),
+            news_to_agent.clone(),
+        );
+        agent.alerting.set_cluster(Some(fleet.cluster.clone()));
+        agent.fleet = Some(cluster::Fleet::new(link, fleet.unreachable_after));
+    }
     agent.detector.set_agent_pid(std::process::id());
     let mut monitor = Monitor::start(
         &ProbeOptions {
@@ -164,6 +180,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     );
     agent.ask_units();
     let restored = agent.restore(&mut monitor)?;
+    agent.adopt_cluster_windows();
     agent.adopt_frozen(&mut monitor);
     let stale = agent.custody.reconcile_guard(monitor.probes());
     if !stale.is_empty() {
@@ -224,8 +241,14 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
                 agent.refresh_watchers(&monitor);
                 continue;
             }
+            Some(item) = news.recv() => {
+                agent.on_news(&mut monitor, item);
+                agent.save();
+                continue;
+            }
             _ = second.tick() => {
                 notifier.keep_alive();
+                agent.fleet_tick(&monitor);
                 agent.alerting.follow_up_groups();
                 agent.alerting.retry_spool();
                 if agent.state_failure.is_some() {
@@ -287,6 +310,9 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
         }
     }
     notifier.send(Notice::Stopping);
+    if let Some(fleet) = &agent.fleet {
+        fleet.link.leave();
+    }
     if crate::supervisors::systemd::system_stopping() {
         agent.custody.leave_for_shutdown();
     } else {

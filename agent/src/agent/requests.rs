@@ -12,7 +12,7 @@ use crate::{
     control::{
         AlertTested, AuditRead, CloseWindow, GetStatus, ListWindows, OpenWindow, Peer, ReadAudit,
         Request, ServiceState, ServiceStatus, Status, TestAlert, Thaw, Thawed, WindowClosed,
-        WindowList, WindowOpened,
+        WindowOpened,
         server::{Answer, Reply, Wire},
     },
     decide::requests,
@@ -54,11 +54,23 @@ impl Agent {
             Request::AlertTest(test) => self.alert_test(test).into_wire(),
             Request::Audit(read) => self.audit_read(read).into_wire(),
             Request::WindowOpen(open) => self.open_window_for(monitor, open, peer).into_wire(),
-            Request::WindowClose(close) => self.close_window(monitor, close).into_wire(),
-            Request::WindowList(ListWindows {}) => Answer::Now(Ok(WindowList {
-                windows: self.window_infos(),
-            }))
-            .into_wire(),
+            Request::WindowClose(close) => {
+                let local = self
+                    .detector
+                    .windows()
+                    .iter()
+                    .find(|w| w.id == close.target || w.service == close.target)
+                    .map(|w| w.id.clone());
+                let answer = self.close_window(monitor, close);
+                if let Some(local) = local {
+                    self.dismiss_cluster_window(&local);
+                }
+                answer.into_wire()
+            }
+            Request::WindowList(ListWindows {}) => self.window_list().into_wire(),
+            Request::ClusterOpen(open) => self.open_cluster_window(open, peer).into_wire(),
+            Request::ClusterClose(close) => self.close_cluster(close, peer).into_wire(),
+            Request::FleetStatus(get) => self.fleet_status(get).into_wire(),
             Request::Thaw(thaw) => self.thaw(monitor, &thaw.target).into_wire(),
             Request::Status(GetStatus {}) => Answer::Now(Ok(self.status(monitor))).into_wire(),
         }
@@ -78,7 +90,7 @@ impl Agent {
         )
     }
 
-    fn window_infos(&self) -> Vec<WindowInfo> {
+    pub(super) fn window_infos(&self) -> Vec<WindowInfo> {
         self.detector
             .windows()
             .iter()
@@ -105,7 +117,11 @@ impl Agent {
         Ok(window)
     }
 
-    fn close_window(&mut self, monitor: &mut Monitor, close: CloseWindow) -> Reply<CloseWindow> {
+    pub(super) fn close_window(
+        &mut self,
+        monitor: &mut Monitor,
+        close: CloseWindow,
+    ) -> Reply<CloseWindow> {
         self.record_switches();
         let closed = match requests::close_window(&mut self.detector, &close) {
             Ok(closed) => closed,
@@ -148,7 +164,7 @@ impl Agent {
         }
     }
 
-    fn status(&self, monitor: &Monitor) -> Status {
+    pub(super) fn status(&self, monitor: &Monitor) -> Status {
         let services = self
             .detector
             .services()
@@ -199,6 +215,7 @@ impl Agent {
             state_error: self.state_failure.clone(),
             sinks: self.alerting.delivery().status(),
             pinning: Some(monitor.probes_ref().pinning().clone()),
+            fleet: self.fleet_link_status(),
         }
     }
 

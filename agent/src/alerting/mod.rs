@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    alert::Alert,
+    alert::{Alert, AlertKind},
     alerting::sinks::Delivery,
     audit::{AgentEvent, AuditLog},
     sys::metrics::Metrics,
@@ -38,6 +38,10 @@ pub struct Alerting {
     groups: HashMap<String, Group>,
     /// Alerts not yet resolved (thaw, kill, window close).
     firing: Vec<Alert>,
+    /// The fleet cluster every alert names.
+    cluster: Option<String>,
+    /// The last alert raised: its kind, service and unix time.
+    last: Option<(AlertKind, String, u64)>,
 }
 
 impl Alerting {
@@ -54,7 +58,17 @@ impl Alerting {
             group_interval,
             groups: HashMap::new(),
             firing: Vec::new(),
+            cluster: None,
+            last: None,
         }
+    }
+
+    pub fn set_cluster(&mut self, cluster: Option<String>) {
+        self.cluster = cluster;
+    }
+
+    pub fn last(&self) -> Option<&(AlertKind, String, u64)> {
+        self.last.as_ref()
     }
 
     pub fn set_group_interval(&mut self, interval: Duration) {
@@ -75,7 +89,13 @@ impl Alerting {
 
     /// Announces an alert: the agent's log, stdout (one JSON line), the
     /// audit log; and the sinks, through the spool, unless it is grouped.
-    pub fn raise(&mut self, record: Alert) {
+    pub fn raise(&mut self, mut record: Alert) {
+        record.cluster.clone_from(&self.cluster);
+        self.last = Some((
+            record.kind,
+            record.service.clone(),
+            crate::fleet::unix_now(),
+        ));
         self.metrics
             .alerts
             .get_or_create(&vec![("kind", record.kind.as_str().to_string())])
@@ -189,6 +209,11 @@ impl Alerting {
     /// Resolves the firing alerts about `service`.
     pub fn resolve_service(&mut self, service: &str) {
         self.resolve(|a| a.service == service);
+    }
+
+    /// Resolves the firing alerts of `kind`.
+    pub fn resolve_kind(&mut self, kind: AlertKind) {
+        self.resolve(|a| a.kind == kind);
     }
 
     fn resolve(&mut self, ended: impl Fn(&Alert) -> bool) {

@@ -267,5 +267,61 @@ fn agent_words(event: &AgentEvent) -> (String, String) {
                 "the saved state says pid {pid} is held, but {reason}: not held, nothing done to it"
             ),
         ),
+        AgentEvent::ClusterWindowApplied {
+            cluster,
+            id,
+            service,
+            window,
+            error,
+            by,
+            reason,
+        } => (
+            service.clone(),
+            match (window, error) {
+                (Some(window), _) => format!(
+                    "cluster {cluster} window {id} applied as {window} (opened on {} by {}: {reason})",
+                    by.host,
+                    by.user.as_deref().unwrap_or("uid ?"),
+                ),
+                (None, error) => format!(
+                    "cluster {cluster} window {id} NOT applied: {}",
+                    error.as_deref().unwrap_or("?")
+                ),
+            },
+        ),
+        AgentEvent::ClusterWindowClosed {
+            cluster,
+            id,
+            window,
+            service,
+            by,
+            why,
+        } => (
+            service.clone(),
+            format!(
+                "cluster {cluster} window {id} (here {window}) closed: {why}{}",
+                by.as_ref().map_or(String::new(), |by| format!(
+                    " by {} on {}",
+                    by.user.as_deref().unwrap_or("?"),
+                    by.host
+                ))
+            ),
+        ),
+        AgentEvent::ClusterWindowRefused { cluster, id, why } => (
+            "-".to_string(),
+            format!("cluster {cluster} window record {id} refused: {why}"),
+        ),
+        AgentEvent::FleetReachable {
+            cluster,
+            reachable,
+            since,
+        } => (
+            "-".to_string(),
+            if *reachable {
+                format!("etcd of cluster {cluster} answers again")
+            } else {
+                format!("etcd of cluster {cluster} does not answer (since unix time {since})")
+            },
+        ),
     }
 }

@@ -150,6 +150,41 @@ pub enum AgentEvent {
         pid: u32,
         reason: String,
     },
+    /// A cluster window applied here as local window `window`, or not
+    /// (`error`: the service is not watched here).
+    ClusterWindowApplied {
+        cluster: String,
+        id: String,
+        service: String,
+        window: Option<String>,
+        error: Option<String>,
+        by: crate::fleet::records::Who,
+        reason: String,
+    },
+    /// A cluster window's local window closed: closed on `by`'s request,
+    /// or gone from etcd (closed or expired while this host was away).
+    ClusterWindowClosed {
+        cluster: String,
+        id: String,
+        window: String,
+        service: String,
+        by: Option<crate::fleet::records::Who>,
+        why: String,
+    },
+    /// A window record this host will not apply: malformed, or opened on
+    /// a host that is not a member of the cluster.
+    ClusterWindowRefused {
+        cluster: String,
+        id: String,
+        why: String,
+    },
+    /// etcd stopped answering (`reachable` false, since `since`, unix
+    /// seconds) or answers again.
+    FleetReachable {
+        cluster: String,
+        reachable: bool,
+        since: u64,
+    },
 }
 
 impl From<Finding> for AuditEvent {

@@ -7,7 +7,9 @@
 //!
 //! - `service`: the `[[service]]` tables.
 //! - `sink`: the `[[sink]]` tables.
+//! - `fleet`: the `[fleet]` table.
 
+pub mod fleet;
 mod service;
 mod sink;
 
@@ -21,6 +23,7 @@ use anyhow::{Context, Result, anyhow};
 use serde::Deserialize;
 
 pub use self::{
+    fleet::Fleet,
     service::{InWindow, Service, UnexpectedRespawn},
     sink::{SecretSource, Severity, SinkConfig, SinkKind},
 };
@@ -35,6 +38,8 @@ pub struct Config {
     pub agent: Settings,
     pub services: Vec<Service>,
     pub sinks: Vec<SinkConfig>,
+    /// The `[fleet]` table: cluster windows and presence through etcd.
+    pub fleet: Option<Fleet>,
     /// Where it came from, for messages: a path or "embedded default".
     pub source: String,
 }
@@ -100,6 +105,7 @@ struct ConfigToml {
     services: Vec<service::ServiceToml>,
     #[serde(default, rename = "sink")]
     sinks: Vec<sink::SinkToml>,
+    fleet: Option<fleet::FleetToml>,
 }
 
 #[derive(Default, Deserialize)]
@@ -173,10 +179,15 @@ impl Config {
         let sinks = sink::check(file.sinks)?;
         let agent = file.agent.check()?;
         service::check(&services)?;
+        let fleet = file.fleet.map(fleet::FleetToml::check).transpose()?;
+        if fleet.is_some() {
+            fleet::check_name("[agent] key `host`:", &agent.host).map_err(|e| anyhow!(e))?;
+        }
         Ok(Config {
             agent,
             services,
             sinks,
+            fleet,
             source,
         })
     }
@@ -216,6 +227,19 @@ impl Config {
             lines.push(format!(
                 "sink {:<12} {:?}, min_severity {:?}",
                 sink.name, sink.kind, sink.min_severity
+            ));
+        }
+        if let Some(fleet) = &self.fleet {
+            let urls: Vec<&str> = fleet.endpoints.iter().map(|e| e.url.as_str()).collect();
+            lines.push(format!(
+                "fleet        cluster {} under {} on etcd {}{}",
+                fleet.cluster,
+                fleet.prefix,
+                urls.join(", "),
+                fleet
+                    .auth
+                    .as_ref()
+                    .map_or(String::new(), |a| format!(" as user {}", a.user))
             ));
         }
         lines

@@ -37,6 +37,7 @@ fn the_reference_names_every_key_and_value() {
         ("[agent]", "[agent]\nzz_unknown = 1\n"),
         ("[[service]]", "[[service]]\nzz_unknown = 1\n"),
         ("[[sink]]", "[[sink]]\nzz_unknown = 1\n"),
+        ("[fleet]", "[fleet]\nzz_unknown = 1\n"),
         ("freezer", "[agent]\nfreezer = \"zz\"\n"),
         (
             "on_respawn",

@@ -26,6 +26,7 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
     })?;
     let wait = match request {
         Request::Stop(stop) => stop.wait_secs + 30,
+        Request::ClusterOpen(open) => open.wait_secs + 30,
         _ => 30,
     };
     stream.set_read_timeout(Some(Duration::from_secs(wait)))?;
@@ -272,7 +273,24 @@ impl fmt::Display for WindowList {
                 )
             })
             .collect();
-        write!(f, "{}", lines.join("\n"))
+        write!(f, "{}", lines.join("\n"))?;
+        if let Some(cluster) = &self.cluster {
+            if !lines.is_empty() {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "cluster windows: {}",
+                if cluster.is_empty() { "none" } else { "" }
+            )?;
+            for window in cluster {
+                write!(f, "\n{window}")?;
+            }
+        }
+        if let Some(error) = &self.cluster_error {
+            write!(f, "\ncluster windows unknown: {}", t(error))?;
+        }
+        Ok(())
     }
 }
 

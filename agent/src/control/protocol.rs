@@ -14,6 +14,7 @@ use crate::{
     alert::WindowInfo,
     config::{Severity, SinkKind},
     detect::OperatorStop,
+    fleet::{ClusterOpened, ClusterWindow, FleetView},
     monitor::Counts,
     process::Link,
     supervisors::watch::Watcher,
@@ -41,6 +42,9 @@ pub enum Request {
     Explain(Explain),
     AlertTest(TestAlert),
     Audit(ReadAudit),
+    ClusterOpen(OpenClusterWindow),
+    ClusterClose(CloseClusterWindow),
+    FleetStatus(GetFleetStatus),
 }
 
 /// Declares each request's struct, its reply, and its place in `Request`.
@@ -115,6 +119,24 @@ asks! {
         since_secs: Option<u64>,
         service: Option<String>,
     }
+    /// `window open --cluster`: a window on every host `hosts` matches.
+    ClusterOpen(OpenClusterWindow) -> ClusterOpened {
+        service: String,
+        reason: String,
+        for_secs: u64,
+        /// A glob of host names.
+        hosts: String,
+        /// How long to wait for every live host's acknowledgement.
+        wait_secs: u64,
+    }
+    /// `window close --cluster`.
+    ClusterClose(CloseClusterWindow) -> ClusterWindow {
+        target: String,
+        thaw: bool,
+        kill: bool,
+    }
+    /// `fleet status`.
+    FleetStatus(GetFleetStatus) -> FleetView {}
 }
 
 impl Request {
@@ -131,6 +153,12 @@ impl Request {
     pub fn check(&self) -> Result<(), String> {
         match self {
             Request::WindowOpen(open) => open.for_secs.map_or(Ok(()), check_window),
+            Request::ClusterOpen(open) => {
+                if open.wait_secs > MAX_WAIT_SECS {
+                    return Err("--wait is at most 24 hours".into());
+                }
+                check_window(open.for_secs)
+            }
             Request::Stop(stop) => {
                 if stop.wait_secs > MAX_WAIT_SECS {
                     return Err(format!(
@@ -146,7 +174,9 @@ impl Request {
             | Request::Thaw(_)
             | Request::AlertTest(_)
             | Request::Explain(_)
-            | Request::Audit(_) => Ok(()),
+            | Request::Audit(_)
+            | Request::ClusterClose(_)
+            | Request::FleetStatus(_) => Ok(()),
         }
     }
 
@@ -154,7 +184,11 @@ impl Request {
     pub fn changes_state(&self) -> bool {
         !matches!(
             self,
-            Request::WindowList(_) | Request::Status(_) | Request::Audit(_) | Request::Explain(_)
+            Request::WindowList(_)
+                | Request::Status(_)
+                | Request::Audit(_)
+                | Request::Explain(_)
+                | Request::FleetStatus(_)
         )
     }
 
@@ -176,14 +210,15 @@ impl Request {
     pub fn subject(&self) -> Option<&str> {
         match self {
             Request::WindowOpen(OpenWindow { service, .. })
+            | Request::ClusterOpen(OpenClusterWindow { service, .. })
             | Request::Stop(Stop { service, .. })
             | Request::Explain(Explain { service }) => Some(service),
-            Request::WindowClose(CloseWindow { target, .. }) | Request::Thaw(Thaw { target }) => {
-                Some(target)
-            }
+            Request::WindowClose(CloseWindow { target, .. })
+            | Request::ClusterClose(CloseClusterWindow { target, .. })
+            | Request::Thaw(Thaw { target }) => Some(target),
             Request::Audit(ReadAudit { service, .. }) => service.as_deref(),
             Request::AlertTest(TestAlert { sink }) => sink.as_deref(),
-            Request::WindowList(_) | Request::Status(_) => None,
+            Request::WindowList(_) | Request::Status(_) | Request::FleetStatus(_) => None,
         }
     }
 }
@@ -253,6 +288,12 @@ pub struct SwitchRun {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WindowList {
     pub windows: Vec<WindowInfo>,
+    /// In fleet mode: the cluster's windows and each host's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Vec<ClusterWindow>>,
+    /// Why the cluster's windows could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_error: Option<String>,
 }
 
 /// `thaw`: the pids let run.
@@ -379,6 +420,20 @@ pub struct Status {
     /// Whether the kernel side outlives the agent (pinned), and since when.
     #[serde(default)]
     pub pinning: Option<crate::kernel::Pinning>,
+    /// Fleet mode: the cluster, and whether etcd answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetLinkStatus>,
+}
+
+/// This host's link to its cluster, in `stopguard status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FleetLinkStatus {
+    pub cluster: String,
+    pub reachable: bool,
+    /// Unix seconds etcd stopped answering, while it does not.
+    pub unreachable_since: Option<u64>,
+    /// The cluster windows this host applies: cluster id and local id.
+    pub applied: Vec<(String, String)>,
 }
 
 /// A sink in `stopguard status`: the URL without its path.

@@ -41,6 +41,9 @@ pub struct Window {
     /// What `stop --and-pause` switched off for it, undone when it closes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub switched_off: Vec<SwitchedOff>,
+    /// The cluster window it applies on this host (fleet mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// A supervisor's off switch run for a window, and its undoing.
@@ -87,6 +90,7 @@ impl Detector {
             opened_at_ns: now_ns,
             expires_at_ns: duration_ns.map(|d| now_ns + d),
             switched_off: Vec::new(),
+            cluster: None,
         };
         self.next_window += 1;
         self.windows.push(window.clone());
@@ -112,6 +116,13 @@ impl Detector {
     pub fn release(&mut self, service: &str) {
         for index in self.covered(service) {
             self.services[index].stop = None;
+        }
+    }
+
+    /// Marks window `id` as applying cluster window `cluster`.
+    pub fn mark_cluster(&mut self, id: &str, cluster: &str) {
+        if let Some(window) = self.windows.iter_mut().find(|w| w.id == id) {
+            window.cluster = Some(cluster.to_string());
         }
     }
 

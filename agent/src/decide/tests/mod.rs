@@ -53,6 +53,7 @@ pub(super) fn window() -> Window {
         opened_at_ns: 0,
         expires_at_ns: None,
         switched_off: Vec::new(),
+        cluster: None,
     }
 }
 
