@@ -164,6 +164,10 @@ impl Cluster {
             .map(|p| p.host)
             .filter(|h| pattern.matches(h))
             .collect();
+        // The host asked is expected too, present yet or not.
+        if pattern.matches(&by.host) {
+            expected.push(by.host.clone());
+        }
         expected.sort();
         expected.dedup();
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
