@@ -4,6 +4,7 @@ mod bench;
 mod deb;
 mod demo;
 mod docs;
+mod fleet_bench;
 mod fuzz;
 mod lab;
 mod measure;
@@ -63,6 +64,14 @@ enum Task {
     Soak(soak::Args),
     /// Measure the agent's overhead on a fork+exec storm.
     Bench(bench::Args),
+    /// Fleet mode at scale: simulated hosts (the real fleet code, without
+    /// probes) against a real etcd on loopback; times a cluster window's
+    /// open to every host's answer (p50, p99), counts writes at rest,
+    /// restarts etcd and times the hosts' return, reads etcd's CPU and
+    /// memory.
+    ///
+    /// Example: cargo xtask fleet-bench --hosts 1000
+    FleetBench(fleet_bench::Args),
     /// Replay the incident in a sandbox: PostgreSQL under monit, an operator
     /// stop, monit's restart frozen by stopguard; then clean up.
     ///
@@ -146,6 +155,10 @@ fn run(cli: Cli) -> Result<()> {
         Task::Deb(args) => deb::run(&args),
         Task::Lab(args) => lab::run(&args),
         Task::Docs => docs::run(parse_args),
+        Task::FleetBench(args) => {
+            build_ebpf()?;
+            fleet_bench::run(&build_agent()?, &args)
+        }
         Task::Bench(args) => {
             build_ebpf()?;
             let agent = build_agent()?;

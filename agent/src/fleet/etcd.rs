@@ -333,6 +333,14 @@ impl Store for Etcd {
         })
     }
 
+    fn count(&self, prefix: &str) -> Result<usize> {
+        let answer = self.call(
+            "/v3/kv/range",
+            &json!({ "key": b64(prefix), "range_end": range_end(prefix), "count_only": true }),
+        )?;
+        Ok(int(&answer["count"]) as usize)
+    }
+
     fn watch(
         &self,
         prefix: &str,

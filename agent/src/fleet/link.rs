@@ -28,8 +28,13 @@ use super::{
 
 /// The least time between two writes of the presence record.
 const MIN_GAP: Duration = Duration::from_secs(2);
-/// How often the membership record says the host is still seen.
-const MEMBER_EVERY: Duration = Duration::from_secs(60);
+/// A change is written once the presence has been still this long (so
+/// acknowledgements, which people wait for, go first), or after `MIN_GAP`
+/// of changes.
+const SETTLE: Duration = Duration::from_millis(500);
+/// How often the membership record says the host is still seen: how
+/// close "down since" is to the truth (one write in 15 s a host).
+const MEMBER_EVERY: Duration = Duration::from_secs(15);
 /// How long one watch lasts before it is made again from its revision.
 const WATCH_LENGTH: Duration = Duration::from_secs(30);
 
@@ -129,14 +134,16 @@ impl Link {
     }
 }
 
-/// Reads window records under the cluster's prefix and judges each.
+/// Reads window records under the cluster's prefix and judges each;
+/// `members` is what is known of the cluster's members, asked anew for a
+/// host it does not name.
 fn receive(
     cluster: &Cluster,
     host: &str,
     id: &str,
     revision: i64,
     value: &[u8],
-    members: &HashSet<String>,
+    members: &mut HashSet<String>,
 ) -> Received {
     match decode::<WindowRecord>(value) {
         None => Received {
@@ -147,6 +154,9 @@ fn receive(
         },
         Some(record) => {
             let member = members.contains(&record.by.host) || is_member(cluster, &record.by.host);
+            if member {
+                members.insert(record.by.host.clone());
+            }
             Received {
                 id: id.to_string(),
                 revision,
@@ -177,8 +187,9 @@ fn members(cluster: &Cluster) -> Result<HashSet<String>> {
 }
 
 /// Every window record, judged: the news of a sync.
-pub(super) fn sync(cluster: &Cluster, host: &str) -> Result<News> {
-    let members = members(cluster)?;
+/// Every window record, judged: the news of a sync; and the members.
+pub(super) fn sync(cluster: &Cluster, host: &str) -> Result<(News, HashSet<String>)> {
+    let mut members = members(cluster)?;
     let under = cluster.keys.windows();
     let listing = cluster.store.list(&under)?;
     let windows = listing
@@ -186,13 +197,21 @@ pub(super) fn sync(cluster: &Cluster, host: &str) -> Result<News> {
         .iter()
         .filter_map(|kv| {
             let id = Keys::name_in(&kv.key, &under)?;
-            Some(receive(cluster, host, id, kv.revision, &kv.value, &members))
+            Some(receive(
+                cluster,
+                host,
+                id,
+                kv.revision,
+                &kv.value,
+                &mut members,
+            ))
         })
         .collect();
-    Ok(News::Sync {
+    let news = News::Sync {
         windows,
         revision: listing.revision,
-    })
+    };
+    Ok((news, members))
 }
 
 fn watch_windows(
@@ -204,8 +223,8 @@ fn watch_windows(
     let under = cluster.keys.windows();
     loop {
         let listed = sync(cluster, host);
-        let mut from = match listed {
-            Ok(sync) => {
+        let (mut from, mut members) = match listed {
+            Ok((sync, members)) => {
                 let News::Sync { revision, .. } = &sync else {
                     unreachable!()
                 };
@@ -213,7 +232,7 @@ fn watch_windows(
                 if news.blocking_send(sync).is_err() {
                     return;
                 }
-                from
+                (from, members)
             }
             Err(e) => {
                 tracing::debug!("fleet: listing windows: {e:#}");
@@ -234,7 +253,7 @@ fn watch_windows(
                         &id,
                         kv.revision,
                         &kv.value,
-                        &HashSet::new(),
+                        &mut members,
                     ))),
                     Change::Delete { revision, .. } => News::Delete { id, revision },
                 };
@@ -272,6 +291,8 @@ impl LeaseThread {
         let mut lease = None;
         let mut presence: Option<Presence> = None;
         let mut presence_dirty = false;
+        let mut changed_at = Instant::now();
+        let mut dirty_since = Instant::now();
         let mut written_at = Instant::now() - MIN_GAP;
         let mut member_at: Option<Instant> = None;
         let mut acks: BTreeMap<String, Ack> = BTreeMap::new();
@@ -279,10 +300,14 @@ impl LeaseThread {
         let mut next_beat = Instant::now();
         loop {
             let wait = next_beat.saturating_duration_since(Instant::now());
-            match orders.recv_timeout(wait.min(MIN_GAP)) {
+            match orders.recv_timeout(wait.min(SETTLE)) {
                 Ok(Order::Presence(p)) => {
                     presence = Some(p);
+                    if !presence_dirty {
+                        dirty_since = Instant::now();
+                    }
                     presence_dirty = true;
+                    changed_at = Instant::now();
                 }
                 Ok(Order::Ack(id, ack)) => {
                     if let Some(lease) = lease
@@ -357,13 +382,14 @@ impl LeaseThread {
                     since: unix_now(),
                 });
                 // What changed while away, before the watch catches up.
-                if let Ok(sync) = sync(&self.cluster, &self.host) {
+                if let Ok((sync, _)) = sync(&self.cluster, &self.host) {
                     let _ = self.news.blocking_send(sync);
                 }
             }
             let lease = lease.expect("renewed");
             if presence_dirty
                 && written_at.elapsed() >= MIN_GAP
+                && (changed_at.elapsed() >= SETTLE || dirty_since.elapsed() >= MIN_GAP)
                 && let Some(p) = &mut presence
             {
                 p.seen_at = unix_now();

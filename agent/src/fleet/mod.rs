@@ -190,14 +190,18 @@ impl Cluster {
             &serde_json::to_vec(&window)?,
             Some(lease),
         )?;
+        // Counted until there are enough answers, then read.
         let deadline = Instant::now() + wait;
         let acks = loop {
-            let acks = self.acks(&window.id)?;
-            let done = expected.iter().all(|h| acks.iter().any(|a| &a.host == h));
-            if done || Instant::now() >= deadline {
-                break acks;
+            let enough = self.store.count(&self.keys.acks(&window.id))? >= expected.len();
+            if enough || Instant::now() >= deadline {
+                let acks = self.acks(&window.id)?;
+                let done = expected.iter().all(|h| acks.iter().any(|a| &a.host == h));
+                if done || Instant::now() >= deadline {
+                    break acks;
+                }
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         };
         let missing = expected
             .iter()

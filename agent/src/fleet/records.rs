@@ -173,7 +173,7 @@ pub struct AlertBrief {
 pub struct Member {
     pub host: String,
     pub version: String,
-    /// Unix seconds it was last seen up (refreshed every minute or so).
+    /// Unix seconds it was last seen up (refreshed every 15 s).
     pub last_seen: u64,
     pub pinned: bool,
 }

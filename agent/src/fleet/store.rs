@@ -69,6 +69,8 @@ pub trait Store: Send + Sync + 'static {
     fn delete(&self, key: &str) -> Result<()>;
     /// Every key under `prefix`.
     fn list(&self, prefix: &str) -> Result<Listing>;
+    /// How many keys are under `prefix`.
+    fn count(&self, prefix: &str) -> Result<usize>;
     /// Calls `on` with each change under `prefix` from revision `from` on,
     /// for at most `length`.
     fn watch(
