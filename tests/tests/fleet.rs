@@ -334,6 +334,20 @@ fn records_from_a_stranger_or_malformed_are_refused_and_a_members_is_applied() {
     assert_eq!(applied[0]["by"]["user"], "bob", "{applied:?}");
     assert_eq!(applied[0]["by"]["host"], "db-2", "{applied:?}");
 
+    // The agent restarted: its lease (and the ack under it) went with the
+    // last one; the window it keeps is acknowledged again.
+    sandbox.agent.take().unwrap().terminate();
+    within(10, "the ack gone with the lease", || {
+        etcd.get(&format!("{ROOT}/acks/c1-db-2/test-host"))
+            .is_none()
+            .then_some(())
+    });
+    sandbox.start_agent_with("alert", "", &fleet_table(&etcd.endpoint(), ""));
+    within(10, "acknowledged again", || {
+        etcd.get(&format!("{ROOT}/acks/c1-db-2/test-host"))
+    });
+    assert_eq!(local_windows(&sandbox).len(), 1);
+
     // Its record gone (its lease ended): the window ends here too.
     delete(&etcd, &format!("{ROOT}/windows/c1-db-2"));
     within(10, "the local window closed", || {

@@ -95,6 +95,16 @@ impl Agent {
         for window in self.detector.windows() {
             if let Some(id) = &window.cluster {
                 fleet.applied.insert(id.clone(), window.id.clone());
+                // The last agent's acknowledgement went with its lease.
+                fleet.link.ack(
+                    id,
+                    Ack {
+                        host: self.host.clone(),
+                        window: Some(window.id.clone()),
+                        error: None,
+                        at: unix_now(),
+                    },
+                );
             }
         }
     }

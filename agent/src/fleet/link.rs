@@ -11,7 +11,7 @@
 //! Both send `News` to the agent, which applies it (`agent::cluster`).
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
@@ -296,6 +296,9 @@ impl LeaseThread {
         let mut written_at = Instant::now() - MIN_GAP;
         let mut member_at: Option<Instant> = None;
         let mut acks: BTreeMap<String, Ack> = BTreeMap::new();
+        // What could not be written or deleted yet: again once etcd answers.
+        let mut unsent: BTreeSet<String> = BTreeSet::new();
+        let mut undeleted: BTreeSet<String> = BTreeSet::new();
         let mut unreachable_since: Option<u64> = None;
         let mut next_beat = Instant::now();
         loop {
@@ -310,16 +313,23 @@ impl LeaseThread {
                     changed_at = Instant::now();
                 }
                 Ok(Order::Ack(id, ack)) => {
-                    if let Some(lease) = lease
-                        && let Err(e) = self.put(&keys.ack(&id, &self.host), &ack, Some(lease))
-                    {
-                        tracing::debug!("fleet: ack {id}: {e:#}");
+                    unsent.remove(&id);
+                    let sent = lease.is_some_and(|lease| {
+                        self.put(&keys.ack(&id, &self.host), &ack, Some(lease))
+                            .inspect_err(|e| tracing::debug!("fleet: ack {id}: {e:#}"))
+                            .is_ok()
+                    });
+                    if !sent {
+                        unsent.insert(id.clone());
                     }
                     acks.insert(id, ack);
                 }
                 Ok(Order::Unack(id)) => {
                     acks.remove(&id);
-                    let _ = store.delete(&keys.ack(&id, &self.host));
+                    unsent.remove(&id);
+                    if store.delete(&keys.ack(&id, &self.host)).is_err() {
+                        undeleted.insert(id);
+                    }
                 }
                 Ok(Order::Leave) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     if let Some(lease) = lease {
@@ -348,6 +358,8 @@ impl LeaseThread {
                 Ok(true) => true,
                 Ok(false) => match self.new_lease(&presence, &acks) {
                     Ok(id) => {
+                        // Every ack went out again under it.
+                        unsent.clear();
                         lease = Some(id);
                         member_at = Some(Instant::now());
                         presence_dirty = false;
@@ -387,6 +399,13 @@ impl LeaseThread {
                 }
             }
             let lease = lease.expect("renewed");
+            unsent.retain(|id| {
+                acks.get(id).is_some_and(|ack| {
+                    self.put(&keys.ack(id, &self.host), ack, Some(lease))
+                        .is_err()
+                })
+            });
+            undeleted.retain(|id| store.delete(&keys.ack(id, &self.host)).is_err());
             if presence_dirty
                 && written_at.elapsed() >= MIN_GAP
                 && (changed_at.elapsed() >= SETTLE || dirty_since.elapsed() >= MIN_GAP)
