@@ -69,8 +69,7 @@ pub enum AlertKind {
     /// The saved state could not be read at start: windows, operator stops
     /// and frozen processes from before are unknown.
     StateLost,
-    /// etcd has not answered for `[fleet] unreachable_after`: cluster
-    /// windows opened or closed meanwhile do not reach this host.
+    /// etcd silent for `[fleet] unreachable_after` (cluster windows wait).
     FleetUnreachable,
 }
 
@@ -410,26 +409,31 @@ pub fn events_lost(
     }
 }
 
-/// The saved state was unreadable at start and was kept aside as `kept`:
-/// what was guarded or frozen before is unknown until a person looks.
-pub fn state_lost(host: &str, kept: &str, error: &str, clock: &Clock, now_boot_ns: u64) -> Alert {
+/// An alert about the agent itself (service `stopguard`, no process).
+fn about_agent(
+    host: &str,
+    id: String,
+    kind: AlertKind,
+    severity: Severity,
+    summary: String,
+    action: &str,
+    at: String,
+) -> Alert {
     Alert {
         version: SCHEMA_VERSION,
-        id: format!("{host}-state-lost-{now_boot_ns}"),
-        kind: AlertKind::StateLost,
-        severity: Severity::Critical,
+        id,
+        kind,
+        severity,
         host: host.to_string(),
         service: "stopguard".to_string(),
         unit: None,
-        summary: format!(
-            "stopguard on {host} could not read its saved state ({error}); open windows, operator stops and frozen processes from before are unknown: check `stopguard status` and the services under maintenance. The file is kept as {kept}"
-        ),
-        action: "started without the saved state".to_string(),
+        summary,
+        action: action.to_string(),
         process: None,
         respawned_by: None,
         stopped_by: None,
         window: None,
-        at: humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
+        at,
         detected_after_ms: 0.0,
         while_agent_down: false,
         resolves: None,
@@ -439,8 +443,23 @@ pub fn state_lost(host: &str, kept: &str, error: &str, clock: &Clock, now_boot_n
     }
 }
 
-/// etcd has not answered since `since` (unix seconds): this host keeps
-/// the windows it has, and hears of no new ones until it answers again.
+/// The saved state was unreadable at start and was kept aside as `kept`:
+/// what was guarded or frozen before is unknown until a person looks.
+pub fn state_lost(host: &str, kept: &str, error: &str, clock: &Clock, now_boot_ns: u64) -> Alert {
+    about_agent(
+        host,
+        format!("{host}-state-lost-{now_boot_ns}"),
+        AlertKind::StateLost,
+        Severity::Critical,
+        format!(
+            "stopguard on {host} could not read its saved state ({error}); open windows, operator stops and frozen processes from before are unknown: check `stopguard status` and the services under maintenance. The file is kept as {kept}"
+        ),
+        "started without the saved state",
+        humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
+    )
+}
+
+/// etcd has not answered since `since` (unix s): windows kept, none heard.
 pub fn fleet_unreachable(
     host: &str,
     cluster: &str,
@@ -451,57 +470,31 @@ pub fn fleet_unreachable(
     let since_text = humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(since),
     );
-    Alert {
-        version: SCHEMA_VERSION,
-        id: format!("{host}-fleet-unreachable-{since}"),
-        kind: AlertKind::FleetUnreachable,
-        severity: Severity::Warning,
-        host: host.to_string(),
-        service: "stopguard".to_string(),
-        unit: None,
-        summary: format!(
+    about_agent(
+        host,
+        format!("{host}-fleet-unreachable-{since}"),
+        AlertKind::FleetUnreachable,
+        Severity::Warning,
+        format!(
             "stopguard on {host} has not reached etcd of cluster {cluster} since {since_text}: it keeps enforcing the windows it has until they expire; cluster windows opened or closed meanwhile reach it when etcd answers again"
         ),
-        action: "none".to_string(),
-        process: None,
-        respawned_by: None,
-        stopped_by: None,
-        window: None,
-        at: humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
-        detected_after_ms: 0.0,
-        while_agent_down: false,
-        resolves: None,
-        resolved_at: None,
-        grouped: None,
-        cluster: None,
-    }
+        "none",
+        humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
+    )
 }
 
 /// The alert `stopguard alert test` sends: marked as a test everywhere a
 /// person looks.
 pub fn test(host: &str, clock: &Clock, now_boot_ns: u64) -> Alert {
-    Alert {
-        version: SCHEMA_VERSION,
-        id: format!("{host}-test-{now_boot_ns}"),
-        kind: AlertKind::Test,
-        severity: Severity::Info,
-        host: host.to_string(),
-        service: "stopguard".to_string(),
-        unit: None,
-        summary: format!("TEST from stopguard on {host}: this sink receives stopguard's alerts"),
-        action: "none".to_string(),
-        process: None,
-        respawned_by: None,
-        stopped_by: None,
-        window: None,
-        at: humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
-        detected_after_ms: 0.0,
-        while_agent_down: false,
-        resolves: None,
-        resolved_at: None,
-        grouped: None,
-        cluster: None,
-    }
+    about_agent(
+        host,
+        format!("{host}-test-{now_boot_ns}"),
+        AlertKind::Test,
+        Severity::Info,
+        format!("TEST from stopguard on {host}: this sink receives stopguard's alerts"),
+        "none",
+        humantime::format_rfc3339_millis(clock.wall(now_boot_ns)).to_string(),
+    )
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 mod manual;
 
+mod fleet_cli;
+
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
@@ -86,7 +88,7 @@ enum Command {
     Window(WindowCommand),
     /// Fleet mode: every host of the cluster, from etcd.
     #[command(subcommand)]
-    Fleet(FleetCommand),
+    Fleet(fleet_cli::FleetCommand),
     /// Show the watched services, open windows, frozen processes, event loss.
     #[command(after_help = "Examples:\n  \
         stopguard status\n  \
@@ -196,46 +198,6 @@ enum Command {
 }
 
 #[derive(Subcommand)]
-enum FleetCommand {
-    /// Every host of the cluster: up or down, its guard, services, windows,
-    /// held processes and last alert.
-    #[command(after_help = "Examples:\n  \
-        stopguard fleet status\n  \
-        stopguard fleet status --json | jq '.hosts[] | select(.presence == null) | .host'\n\n\
-        A host whose lease expired is shown DOWN since it was seen last; its\n\
-        pinned guard (if pinned) still holds there.\n\n\
-        Exit status: 0 when every member is up, 4 when some are down, 1 on\n\
-        an error (no agent, fleet mode off, etcd unreachable).")]
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Simulated hosts of the config's cluster, without probes, until
-    /// SIGTERM (the fleet tests' peers).
-    #[command(hide = true)]
-    Simulate {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-        #[arg(long = "host", value_name = "NAME", required = true)]
-        hosts: Vec<String>,
-        #[arg(long = "service", value_name = "NAME")]
-        services: Vec<String>,
-    },
-    /// The fleet's load driver (`cargo xtask fleet-bench`).
-    #[command(hide = true)]
-    Bench {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-        #[arg(long, default_value_t = 1000)]
-        hosts: usize,
-        #[arg(long, default_value_t = 20)]
-        rounds: usize,
-        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
-        rest: std::time::Duration,
-    },
-}
-
-#[derive(Subcommand)]
 enum AlertCommand {
     /// Send a test alert through every sink (or one) and print each result.
     #[command(after_help = "Examples (as root):\n  \
@@ -325,13 +287,6 @@ fn wait_length(text: &str) -> Result<std::time::Duration, String> {
     Ok(length)
 }
 
-/// The `[fleet]` table of the config at `path`.
-fn fleet_of(path: &Path) -> Result<stopguard::config::Fleet> {
-    Config::load(Some(path))?
-        .fleet
-        .ok_or_else(|| anyhow!("{} has no [fleet] table", path.display()))
-}
-
 /// `stopguard unpin`: refused while an agent runs on the probes.
 fn unpin() -> Result<()> {
     use stopguard::{agent::host_lock, kernel::pins};
@@ -410,23 +365,7 @@ fn run(cli: Cli) -> Result<()> {
                 cluster: true,
                 hosts,
                 wait,
-            } => {
-                let (opened, _) = ask(
-                    cli.socket,
-                    stopguard::control::OpenClusterWindow {
-                        service,
-                        reason,
-                        for_secs: duration.map_or(0, |d| d.as_secs().max(1)),
-                        hosts,
-                        wait_secs: wait.as_secs(),
-                    },
-                )?;
-                print_lines(&opened);
-                if !opened.complete() {
-                    std::process::exit(4);
-                }
-                Ok(())
-            }
+            } => fleet_cli::open_window(cli.socket, service, reason, duration, hosts, wait),
             WindowCommand::Open {
                 service,
                 reason,
@@ -457,44 +396,7 @@ fn run(cli: Cli) -> Result<()> {
             WindowCommand::List { json } => show(cli.socket, ListWindows {}, json),
         },
         Command::Status { json } => show(cli.socket, GetStatus {}, json),
-        Command::Fleet(FleetCommand::Simulate {
-            config,
-            hosts,
-            services,
-        }) => {
-            let fleet = fleet_of(&config)?;
-            runtime.block_on(async {
-                stopguard::fleet::sim::start(&fleet, &hosts, &services, true)?;
-                let mut terminate =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-                Ok(())
-            })
-        }
-        Command::Fleet(FleetCommand::Bench {
-            config,
-            hosts,
-            rounds,
-            rest,
-        }) => {
-            let fleet = fleet_of(&config)?;
-            runtime.block_on(stopguard::fleet::sim::bench(&fleet, hosts, rounds, rest))
-        }
-        Command::Fleet(FleetCommand::Status { json }) => {
-            let (view, answer) = ask(cli.socket, stopguard::control::GetFleetStatus {})?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&answer)?);
-            } else {
-                print_lines(&view);
-            }
-            if view.hosts.iter().any(|h| h.presence.is_none()) {
-                std::process::exit(4);
-            }
-            Ok(())
-        }
+        Command::Fleet(command) => fleet_cli::run(command, cli.socket, &runtime),
         Command::Unpin => unpin(),
         Command::CheckConfig { file, reach } => {
             let config = Config::load(Some(&file))?;

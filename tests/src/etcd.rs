@@ -14,7 +14,6 @@
 use std::{
     fs,
     io::Write,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -23,7 +22,11 @@ use std::{
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use serde_json::Value;
 
-use crate::{free_port, poll};
+use crate::{
+    free_port,
+    pki::{make_pki, random_hex, write_secret},
+    poll,
+};
 
 /// Debian's etcd server (etcd-server).
 const ETCD: &str = "/usr/bin/etcd";
@@ -463,181 +466,4 @@ fn kvs(json: &str) -> Vec<(String, String)> {
         .flatten()
         .map(|kv| (text(&kv["key"]), text(&kv["value"])))
         .collect()
-}
-
-/// Makes the test PKI in `pki` with the openssl CLI: EC P-256 keys
-/// (PKCS#8), a CA, a server certificate for 127.0.0.1 and localhost, and a
-/// client certificate (CN=stopguard, or no CN in `Mode::TlsAuth`).
-fn make_pki(pki: &Path, mode: Mode) {
-    fs::create_dir_all(pki).unwrap();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .current_dir(pki)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running openssl: {e}"));
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let leaf = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-                subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n";
-    let client_subject = if mode == Mode::TlsAuth {
-        "/O=stopguard"
-    } else {
-        "/CN=stopguard"
-    };
-    // The server's certificate is also its gateway's client certificate.
-    let certs = [
-        (
-            "ca",
-            "/CN=stopguard test CA",
-            "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n\
-             subjectKeyIdentifier=hash\n"
-                .to_string(),
-        ),
-        (
-            "server",
-            "/CN=localhost",
-            format!(
-                "{leaf}extendedKeyUsage=serverAuth,clientAuth\n\
-                 subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-            ),
-        ),
-        (
-            "client",
-            client_subject,
-            format!("{leaf}extendedKeyUsage=clientAuth\n"),
-        ),
-    ];
-    for (serial, (name, subject, ext)) in certs.iter().enumerate() {
-        let (key, csr, crt, extfile) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-            format!("{name}.ext"),
-        );
-        fs::write(pki.join(&extfile), ext).unwrap();
-        openssl(&[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            &key,
-        ]);
-        fs::set_permissions(pki.join(&key), fs::Permissions::from_mode(0o600)).unwrap();
-        openssl(&["req", "-new", "-key", &key, "-subj", subject, "-out", &csr]);
-        let signer: &[&str] = if *name == "ca" {
-            &["-signkey", "ca.key"]
-        } else {
-            &["-CA", "ca.crt", "-CAkey", "ca.key"]
-        };
-        let serial = (serial + 1).to_string();
-        let mut args = vec!["x509", "-req", "-in", &csr];
-        args.extend_from_slice(signer);
-        args.extend([
-            "-sha256",
-            "-days",
-            "3650",
-            "-set_serial",
-            &serial,
-            "-extfile",
-            &extfile,
-            "-out",
-            &crt,
-        ]);
-        openssl(&args);
-    }
-}
-
-/// Writes `text` to `path`, mode 0600 from the start.
-fn write_secret(path: &Path, text: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-    file.write_all(text.as_bytes()).unwrap();
-}
-
-/// 32 random hex digits from /dev/urandom.
-fn random_hex() -> String {
-    let mut bytes = [0u8; 16];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .unwrap();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A TCP relay on loopback between an agent and etcd that a test can cut
-/// and restore: the agent's own partition from etcd, while the test still
-/// reaches etcd directly.
-pub struct Partition {
-    pub port: u16,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
-}
-
-impl Partition {
-    /// Relays 127.0.0.1:PORT to 127.0.0.1:`to`.
-    pub fn start(to: u16) -> Partition {
-        use std::{
-            net::{Shutdown, TcpListener, TcpStream},
-            sync::{Arc, Mutex, atomic::AtomicBool, atomic::Ordering},
-        };
-        let port = free_port();
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("binding the relay");
-        let cut = Arc::new(AtomicBool::new(false));
-        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
-        let (cut2, open2) = (cut.clone(), open.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming().map_while(Result::ok) {
-                if cut2.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
-                    continue;
-                };
-                let mut open = open2.lock().unwrap();
-                for (mut from, mut into) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut into);
-                        let _ = into.shutdown(Shutdown::Both);
-                    });
-                }
-                open.push(client);
-                open.push(server);
-            }
-        });
-        Partition { port, cut, open }
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Cuts every connection through it, and refuses new ones until `heal`.
-    pub fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
-        for stream in self.open.lock().unwrap().drain(..) {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    pub fn heal(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
 }

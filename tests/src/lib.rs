@@ -5,7 +5,7 @@
 //! world it watches (`sandbox`, `supervisor`, `operator`, `cgroup`, and
 //! `ha` for the HA tools that restart a database themselves) and what it
 //! alerts (`receiver`, `alertmanager`), and the etcd it records to
-//! (`etcd`).
+//! (`etcd`, with `pki` for its TLS and `partition` to cut an agent off it).
 
 mod agent;
 mod alertmanager;
@@ -14,6 +14,8 @@ pub mod etcd;
 mod ha;
 mod host;
 mod operator;
+pub mod partition;
+mod pki;
 mod receiver;
 mod sandbox;
 mod supervisor;

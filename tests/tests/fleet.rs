@@ -13,9 +13,8 @@ use std::{
 
 use serde_json::{Value, json};
 use stopguard_tests::{
-    Etcd, Sandbox,
-    etcd::{Mode, Partition},
-    etcd_test, operator_kill, root_test, state_of, stopguard_bin,
+    Etcd, Sandbox, etcd::Mode, etcd_test, operator_kill, partition::Partition, root_test, state_of,
+    stopguard_bin,
 };
 
 const ROOT: &str = "/stopguard/pg-main";

@@ -9,6 +9,7 @@
 
 mod cluster;
 mod explain;
+mod fleet_requests;
 mod gap;
 pub mod host_lock;
 mod memory;
@@ -102,7 +103,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, socket: Option<PathBuf>)
     let sinks = preflight::check(&config)?;
     let socket = socket.unwrap_or_else(|| config.agent.socket.clone());
     let _host_lock = host_lock::acquire(&socket)?;
-    control::server::raise_fd_limit();
+    crate::sys::raise_fd_limit();
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;

@@ -201,18 +201,6 @@ async fn until_gone(fd: std::os::fd::RawFd) {
     }
 }
 
-/// Raises the soft file descriptor limit to the hard one: the agent holds
-/// a descriptor per BPF map and program, per control client, per freeze.
-pub fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-    {
-        tracing::warn!("raising the file descriptor limit from {soft} to {hard}: {err}");
-    }
-}
-
 fn in_group(uid: u32, gid: u32, allowed: u32) -> bool {
     if gid == allowed {
         return true;

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::super::config::fleet::check_name;
-use crate::{control::ServiceState, detect::Window};
+use crate::detect::Window;
 
 /// The longest text a record may carry in one field.
 const MAX_TEXT: usize = 1024;
@@ -138,7 +138,8 @@ pub struct Presence {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceBrief {
     pub name: String,
-    pub state: ServiceState,
+    /// `running`, `stopped_by_operator` or `not_running` (as `status`).
+    pub state: String,
     pub pid: Option<u32>,
     pub frozen: Vec<u32>,
 }

@@ -20,7 +20,7 @@ use super::{
     records::{Ack, Presence, ServiceBrief, Verdict, Who, WindowBrief},
     unix_now,
 };
-use crate::{config::Fleet, control::ServiceState};
+use crate::config::Fleet;
 
 /// What the simulated hosts did, counted across them.
 #[derive(Default)]
@@ -60,7 +60,7 @@ async fn host(
             .iter()
             .map(|s| ServiceBrief {
                 name: s.clone(),
-                state: ServiceState::Running,
+                state: "running".into(),
                 pid: None,
                 frozen: Vec::new(),
             })
@@ -201,7 +201,7 @@ fn percentile(values: &[Duration], p: usize) -> Duration {
 /// writes at rest; then, while the caller restarts etcd, the time until
 /// every host is linked again. Prints what it measures, a line each.
 pub async fn bench(fleet: &Fleet, hosts: usize, rounds: usize, rest: Duration) -> Result<()> {
-    crate::control::server::raise_fd_limit();
+    crate::sys::raise_fd_limit();
     let names: Vec<String> = (1..=hosts).map(|i| format!("sim{i}")).collect();
     let service = "postgres".to_string();
     let started = Instant::now();

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::{ClusterOpened, ClusterWindow, FleetView, HostView, records::Ack, unix_now};
-use crate::{control::ServiceState, escape::terminal as t};
+use crate::escape::terminal as t;
 
 fn when(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
@@ -95,12 +95,9 @@ impl fmt::Display for ClusterWindow {
     }
 }
 
-fn state(state: ServiceState) -> &'static str {
-    match state {
-        ServiceState::Running => "running",
-        ServiceState::StoppedByOperator => "stopped by operator",
-        ServiceState::NotRunning => "not running",
-    }
+/// A service's state as `status` names it, in words.
+fn state(state: &str) -> String {
+    state.replace('_', " ")
 }
 
 fn host_line(host: &HostView) -> String {
@@ -122,7 +119,7 @@ fn host_line(host: &HostView) -> String {
         .services
         .iter()
         .map(|s| {
-            let mut text = format!("{} {}", t(&s.name), state(s.state));
+            let mut text = format!("{} {}", t(&s.name), t(&state(&s.state)));
             if !s.frozen.is_empty() {
                 let pids: Vec<String> = s.frozen.iter().map(u32::to_string).collect();
                 text.push_str(&format!(" (HELD {})", pids.join(",")));
