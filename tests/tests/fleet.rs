@@ -241,7 +241,20 @@ fn a_cluster_window_reaches_every_host_freezes_a_respawn_and_closes_everywhere()
 
     // Closed for the cluster with --thaw: every host's window ends, the
     // respawn held here runs.
-    sandbox.ok(&["window", "close", "sgdaemon", "--cluster", "--thaw"]);
+    let status = sandbox.ok(&["status"]);
+    assert!(
+        status.contains(&format!(
+            "\nfleet: cluster pg-main, etcd answers; cluster windows here: {id} as w1"
+        )),
+        "{status}"
+    );
+    let out = sandbox.ok(&["window", "close", "sgdaemon", "--cluster", "--thaw"]);
+    assert_eq!(
+        out,
+        format!(
+            "cluster window {id} on sgdaemon closed for every host; it was applied on: db-2 (w1), db-3 (w1), test-host (w1)\n"
+        )
+    );
     within(10, "the local window closed", || {
         local_windows(&sandbox).is_empty().then_some(())
     });
@@ -323,11 +336,9 @@ fn records_from_a_stranger_or_malformed_are_refused_and_a_members_is_applied() {
     let ack: Value = serde_json::from_str(&ack).unwrap();
     assert_eq!(ack["window"], "w1", "{ack}");
     let windows = local_windows(&sandbox);
-    assert!(
-        windows[0]
-            .1
-            .starts_with("kernel update (cluster pg-main window c1-db-2)"),
-        "{windows:?}"
+    assert_eq!(
+        windows[0].1,
+        "kernel update (cluster pg-main window c1-db-2, by bob on db-2)"
     );
     let applied = audit_of(&sandbox, "cluster_window_applied");
     assert_eq!(applied[0]["by"]["user"], "bob", "{applied:?}");
@@ -389,6 +400,11 @@ fn cut_off_from_etcd_the_agent_keeps_its_window_alerts_and_reconciles_on_heal() 
     assert_eq!(alert["cluster"], "pg-main", "{alert:#}");
     let status = sandbox.json(&["status"]);
     assert_eq!(status["fleet"]["reachable"], false, "{status:#}");
+    let text = sandbox.ok(&["status"]);
+    assert!(
+        text.contains("\n  FLEET: etcd of cluster pg-main NOT ANSWERING since "),
+        "{text}"
+    );
     // Cut off, it keeps enforcing the window it has.
     assert_eq!(local_windows(&sandbox).len(), 1);
 

@@ -202,7 +202,13 @@ impl Agent {
                     gid: 0,
                     loginuid: record.by.loginuid,
                 };
-                let reason = format!("{} (cluster {cluster} window {id})", record.reason);
+                // Who opened it, as the host it was asked on knew them.
+                let reason = format!(
+                    "{} (cluster {cluster} window {id}, by {} on {})",
+                    record.reason,
+                    record.by.user.as_deref().unwrap_or("?"),
+                    record.by.host
+                );
                 let open = OpenWindow {
                     service: record.service.clone(),
                     reason,

@@ -415,6 +415,33 @@ impl fmt::Display for Status {
                 failure.error, failure.at
             )?;
         }
+        if let Some(fleet) = &self.fleet {
+            let applied: Vec<String> = fleet
+                .applied
+                .iter()
+                .map(|(id, local)| format!("{} as {local}", t(id)))
+                .collect();
+            let applied = if applied.is_empty() {
+                "none".to_string()
+            } else {
+                applied.join(", ")
+            };
+            match fleet.unreachable_since {
+                None => write!(
+                    f,
+                    "\nfleet: cluster {}, etcd answers; cluster windows here: {applied}",
+                    t(&fleet.cluster)
+                )?,
+                Some(since) => write!(
+                    f,
+                    "\n  FLEET: etcd of cluster {} NOT ANSWERING since {}: the windows here hold until they expire, new cluster windows do not reach this host; cluster windows here: {applied}",
+                    t(&fleet.cluster),
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(since)
+                    )
+                )?,
+            }
+        }
         for s in &self.sinks {
             let h = &s.health;
             write!(

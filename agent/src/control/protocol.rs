@@ -14,7 +14,7 @@ use crate::{
     alert::WindowInfo,
     config::{Severity, SinkKind},
     detect::OperatorStop,
-    fleet::{ClusterOpened, ClusterWindow, FleetView},
+    fleet::{ClusterClosed, ClusterOpened, ClusterWindow, FleetView},
     monitor::Counts,
     process::Link,
     supervisors::watch::Watcher,
@@ -130,7 +130,7 @@ asks! {
         wait_secs: u64,
     }
     /// `window close --cluster`.
-    ClusterClose(CloseClusterWindow) -> ClusterWindow {
+    ClusterClose(CloseClusterWindow) -> ClusterClosed {
         target: String,
         thaw: bool,
         kill: bool,

@@ -62,6 +62,13 @@ impl ClusterOpened {
     }
 }
 
+/// A cluster window closed for every host, and who had applied it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterClosed {
+    pub window: WindowRecord,
+    pub acks: Vec<Ack>,
+}
+
 /// Every host of the cluster, as `fleet status` shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetView {
@@ -218,7 +225,7 @@ impl Cluster {
 
     /// Ends the cluster window with this id, or the one on this service,
     /// on every host: says how in the record, then revokes its lease.
-    pub fn close(&self, target: &str, closing: Closing) -> Result<ClusterWindow> {
+    pub fn close(&self, target: &str, closing: Closing) -> Result<ClusterClosed> {
         let windows = self.windows()?;
         let Some(found) = windows
             .into_iter()
@@ -240,7 +247,7 @@ impl Cluster {
             Some(lease) => self.store.revoke(lease)?,
             None => self.store.delete(&self.keys.window(&window.id))?,
         }
-        Ok(ClusterWindow {
+        Ok(ClusterClosed {
             window,
             acks: found.acks,
         })

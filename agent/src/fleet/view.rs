@@ -4,7 +4,9 @@
 
 use std::fmt;
 
-use super::{ClusterOpened, ClusterWindow, FleetView, HostView, records::Ack, unix_now};
+use super::{
+    ClusterClosed, ClusterOpened, ClusterWindow, FleetView, HostView, records::Ack, unix_now,
+};
 use crate::escape::terminal as t;
 
 fn when(unix: u64) -> String {
@@ -65,6 +67,28 @@ impl fmt::Display for ClusterOpened {
             write!(f, "NOT applied on: {}", t(&not.join(", ")))?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for ClusterClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = &self.window;
+        let applied: Vec<String> = self
+            .acks
+            .iter()
+            .filter_map(|a| Some(format!("{} ({})", t(&a.host), a.window.as_deref()?)))
+            .collect();
+        write!(
+            f,
+            "cluster window {} on {} closed for every host; it was applied on: {}",
+            w.id,
+            t(&w.service),
+            if applied.is_empty() {
+                "none".to_string()
+            } else {
+                applied.join(", ")
+            }
+        )
     }
 }
 
