@@ -10,7 +10,10 @@ use crate::{
         CloseClusterWindow, GetFleetStatus, OpenClusterWindow, Peer, WindowList,
         server::{Answer, Reply},
     },
-    fleet::records::{Closing, Who},
+    fleet::{
+        Cluster,
+        records::{Closing, Who},
+    },
     sys::identity::user_name,
 };
 
@@ -39,17 +42,28 @@ fn blocking<T: serde::Serialize + Send + 'static>(
 const FLEET_OFF: &str = "fleet mode is off: the config has no [fleet] table";
 
 impl Agent {
+    /// `work` on the cluster's store, on a thread of its own; refused when
+    /// fleet mode is off.
+    fn on_cluster<T: serde::Serialize + Send + 'static>(
+        &self,
+        work: impl FnOnce(Cluster) -> anyhow::Result<T> + Send + 'static,
+    ) -> Answer<T> {
+        match &self.fleet {
+            None => Answer::refuse(FLEET_OFF),
+            Some(fleet) => {
+                let cluster = fleet.cluster().clone();
+                blocking(move || work(cluster))
+            }
+        }
+    }
+
     pub(super) fn open_cluster_window(
         &mut self,
         open: OpenClusterWindow,
         peer: Peer,
     ) -> Reply<OpenClusterWindow> {
-        let Some(fleet) = &self.fleet else {
-            return Answer::refuse(FLEET_OFF);
-        };
-        let cluster = fleet.cluster().clone();
         let by = who(peer, &self.host);
-        blocking(move || {
+        self.on_cluster(move |cluster| {
             cluster.open(
                 &open.service,
                 &open.hosts,
@@ -66,24 +80,16 @@ impl Agent {
         close: CloseClusterWindow,
         peer: Peer,
     ) -> Reply<CloseClusterWindow> {
-        let Some(fleet) = &self.fleet else {
-            return Answer::refuse(FLEET_OFF);
-        };
-        let cluster = fleet.cluster().clone();
         let closing = Closing {
             by: who(peer, &self.host),
             thaw: close.thaw,
             kill: close.kill,
         };
-        blocking(move || cluster.close(&close.target, closing))
+        self.on_cluster(move |cluster| cluster.close(&close.target, closing))
     }
 
     pub(super) fn fleet_status(&self, _: GetFleetStatus) -> Reply<GetFleetStatus> {
-        let Some(fleet) = &self.fleet else {
-            return Answer::refuse(FLEET_OFF);
-        };
-        let cluster = fleet.cluster().clone();
-        blocking(move || cluster.view())
+        self.on_cluster(|cluster| cluster.view())
     }
 
     /// `window list`: this host's windows, and in fleet mode the cluster's.
