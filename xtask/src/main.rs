@@ -4,6 +4,7 @@ mod bench;
 mod deb;
 mod demo;
 mod docs;
+mod etcd;
 mod fleet_bench;
 mod fuzz;
 mod lab;
