@@ -496,6 +496,18 @@ fn a_lease_expiry_closes_the_window_and_a_dead_host_shows_down() {
         "{text}"
     );
     assert!(text.contains("db-2             DOWN since "), "{text}");
+
+    // A window opened meanwhile names it, and says it was not applied there.
+    let out = sandbox.client(&["window", "open", "sgdaemon", "--cluster", "--for", "1m"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(
+        text.contains("  db-2             DOWN since ")
+            && text.contains(": not applied; it applies the window when it is back
+")
+            && text.ends_with("NOT applied on: db-2\n"),
+        "{text}"
+    );
 }
 
 #[test]

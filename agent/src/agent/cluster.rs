@@ -206,7 +206,7 @@ impl Agent {
                 let reason = format!(
                     "{} (cluster {cluster} window {id}, by {} on {})",
                     record.reason,
-                    record.by.user.as_deref().unwrap_or("?"),
+                    record.by.name(),
                     record.by.host
                 );
                 let open = OpenWindow {

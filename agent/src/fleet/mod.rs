@@ -53,12 +53,18 @@ pub struct ClusterOpened {
     pub acks: Vec<Ack>,
     /// Expected hosts with no acknowledgement within the wait.
     pub missing: Vec<String>,
+    /// Members its glob matches that are down (no live presence): each
+    /// applies it when it is back, and until then it does not hold there.
+    #[serde(default)]
+    pub down: Vec<Member>,
 }
 
 impl ClusterOpened {
     /// Every expected host applied it.
     pub fn complete(&self) -> bool {
-        self.missing.is_empty() && self.acks.iter().all(|a| a.error.is_none())
+        self.missing.is_empty()
+            && self.down.is_empty()
+            && self.acks.iter().all(|a| a.error.is_none())
     }
 }
 
@@ -110,6 +116,16 @@ impl Cluster {
     /// The live hosts (their presence records).
     fn live(&self) -> Result<Vec<Presence>> {
         let listing = self.store.list(&self.keys.hosts())?;
+        Ok(listing
+            .kvs
+            .iter()
+            .filter_map(|kv| decode(&kv.value))
+            .collect())
+    }
+
+    /// Every host that ever joined the cluster, as it was seen last.
+    fn members(&self) -> Result<Vec<Member>> {
+        let listing = self.store.list(&self.keys.members())?;
         Ok(listing
             .kvs
             .iter()
@@ -177,6 +193,11 @@ impl Cluster {
         }
         expected.sort();
         expected.dedup();
+        let down: Vec<Member> = self
+            .members()?
+            .into_iter()
+            .filter(|m| pattern.matches(&m.host) && !expected.contains(&m.host))
+            .collect();
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
         let window = WindowRecord {
             id: records::new_id(&by.host, now.as_millis() as u64),
@@ -220,6 +241,7 @@ impl Cluster {
             expected,
             acks,
             missing,
+            down,
         })
     }
 
@@ -256,17 +278,15 @@ impl Cluster {
     /// Every member and live host, and the cluster windows.
     pub fn view(&self) -> Result<FleetView> {
         let mut hosts: BTreeMap<String, HostView> = BTreeMap::new();
-        for kv in self.store.list(&self.keys.members())?.kvs {
-            if let Some(member) = decode::<Member>(&kv.value) {
-                hosts.insert(
-                    member.host.clone(),
-                    HostView {
-                        host: member.host.clone(),
-                        presence: None,
-                        member: Some(member),
-                    },
-                );
-            }
+        for member in self.members()? {
+            hosts.insert(
+                member.host.clone(),
+                HostView {
+                    host: member.host.clone(),
+                    presence: None,
+                    member: Some(member),
+                },
+            );
         }
         for presence in self.live()? {
             let host = presence.host.clone();

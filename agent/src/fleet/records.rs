@@ -80,6 +80,18 @@ pub struct Who {
     pub host: String,
 }
 
+impl Who {
+    /// Who, in words: the login user's name, else their login uid (a
+    /// login with no account on the host asked), else the process's uid.
+    pub fn name(&self) -> String {
+        match (&self.user, self.loginuid) {
+            (Some(user), _) => user.clone(),
+            (None, Some(loginuid)) => format!("login uid {loginuid}"),
+            (None, None) => format!("uid {}", self.uid),
+        }
+    }
+}
+
 /// A cluster window: one record, applied by every matching host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowRecord {

@@ -48,7 +48,15 @@ impl fmt::Display for ClusterOpened {
         for host in &self.missing {
             writeln!(f, "  {:<16} no answer (not applied yet)", t(host))?;
         }
-        if self.expected.is_empty() {
+        for member in &self.down {
+            writeln!(
+                f,
+                "  {:<16} DOWN since {}: not applied; it applies the window when it is back",
+                t(&member.host),
+                when(member.last_seen)
+            )?;
+        }
+        if self.expected.is_empty() && self.down.is_empty() {
             write!(f, "no live host matches `{}`", t(&w.hosts))?;
         } else if self.complete() {
             write!(f, "applied on all {} hosts", self.expected.len())?;
@@ -63,6 +71,7 @@ impl fmt::Display for ClusterOpened {
                         .filter(|a| a.error.is_some())
                         .map(|a| a.host.clone()),
                 )
+                .chain(self.down.iter().map(|m| m.host.clone()))
                 .collect();
             write!(f, "NOT applied on: {}", t(&not.join(", ")))?;
         }
@@ -103,7 +112,7 @@ impl fmt::Display for ClusterWindow {
             t(&w.hosts),
             t(&w.reason),
             t(&w.by.host),
-            t(w.by.user.as_deref().unwrap_or("?")),
+            t(&w.by.name()),
             when(w.opened_at),
             when(w.expires_at),
             if w.closing.is_some() {
@@ -139,9 +148,18 @@ fn host_line(host: &HostView) -> String {
             }
         );
     };
-    let services: Vec<String> = p
+    // The services not running, named once together: on a host of one
+    // database most of the default ones are not there at all.
+    let idle: Vec<String> = p
         .services
         .iter()
+        .filter(|s| s.state == "not_running" && s.frozen.is_empty())
+        .map(|s| t(&s.name).into_owned())
+        .collect();
+    let mut services: Vec<String> = p
+        .services
+        .iter()
+        .filter(|s| s.state != "not_running" || !s.frozen.is_empty())
         .map(|s| {
             let mut text = format!("{} {}", t(&s.name), t(&state(&s.state)));
             if !s.frozen.is_empty() {
@@ -151,6 +169,9 @@ fn host_line(host: &HostView) -> String {
             text
         })
         .collect();
+    if !idle.is_empty() {
+        services.push(format!("not running: {}", idle.join(" ")));
+    }
     let windows: Vec<String> = p
         .windows
         .iter()
