@@ -186,13 +186,15 @@ pub fn ensure_test_packages() -> Result<()> {
 /// What the lab runs on the host: mmdebstrap builds the guests' root file
 /// systems, e2fsprogs makes disks of them without mounting anything,
 /// qemu boots them (qemu-utils for the overlays), dpkg-dev for dpkg-deb's
-/// helpers.
+/// helpers; the fleet lab's etcd, and socat for qemu's forwards to it.
 const LAB_PACKAGES: &[&str] = &[
     "mmdebstrap",
     "e2fsprogs",
     "qemu-system-x86",
     "qemu-utils",
     "dpkg-dev",
+    "etcd-server",
+    "socat",
 ];
 
 /// Installs what the lab needs on the host (root only).

@@ -6,7 +6,10 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -35,6 +38,10 @@ pub struct Guest<'a> {
     image: &'a Image,
     kernel: Kernel,
     work: PathBuf,
+    cpus: u32,
+    memory_mib: u32,
+    /// qemu arguments for its network; none by default (no network).
+    net: Vec<String>,
 }
 
 /// One boot's outcome.
@@ -79,7 +86,28 @@ impl<'a> Guest<'a> {
             image,
             kernel,
             work: work.to_path_buf(),
+            cpus: 2,
+            memory_mib: 2048,
+            net: Vec::new(),
         })
+    }
+
+    /// The same guest with `cpus` processors and `memory_mib` of memory.
+    pub fn sized(mut self, cpus: u32, memory_mib: u32) -> Guest<'a> {
+        self.cpus = cpus;
+        self.memory_mib = memory_mib;
+        self
+    }
+
+    /// The same guest with a network card: qemu's `-netdev` options for it.
+    pub fn with_network(mut self, netdev: String) -> Guest<'a> {
+        self.net = vec![
+            "-netdev".into(),
+            format!("{netdev},id=n0"),
+            "-device".into(),
+            "virtio-net-pci,netdev=n0".into(),
+        ];
+        self
     }
 
     /// Boots the guest with `payload` (a directory whose `boot.sh` the
@@ -88,6 +116,17 @@ impl<'a> Guest<'a> {
         &self,
         payload: &Path,
         timeout: Duration,
+        on_line: &mut dyn FnMut(Line),
+    ) -> Result<Boot> {
+        self.boot_until(payload, timeout, None, on_line)
+    }
+
+    /// As `boot`, and the guest is stopped as soon as `stop` is set.
+    pub fn boot_until(
+        &self,
+        payload: &Path,
+        timeout: Duration,
+        stop: Option<&AtomicBool>,
         on_line: &mut dyn FnMut(Line),
     ) -> Result<Boot> {
         let (kernel, initrd) = self.image.boot_files(self.kernel)?;
@@ -112,7 +151,12 @@ impl<'a> Guest<'a> {
         let started = Instant::now();
         let mut qemu = Command::new("qemu-system-x86_64");
         qemu.args(accel_args())
-            .args(["-m", "2048", "-smp", "2", "-kernel"])
+            .arg("-m")
+            .arg(self.memory_mib.to_string())
+            .arg("-smp")
+            .arg(self.cpus.to_string())
+            .args(&self.net)
+            .arg("-kernel")
             .arg(&kernel)
             .arg("-initrd")
             .arg(&initrd)
@@ -136,8 +180,14 @@ impl<'a> Guest<'a> {
         let mut died_booting = false;
         let deadline = started + timeout;
         loop {
+            if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                writeln!(log, "(the host stopped the guest: its work was done)")?;
+                let _ = child.kill();
+                break;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
+            match lines.recv_timeout(left.min(Duration::from_millis(500))) {
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => continue,
                 Ok(line) => {
                     writeln!(log, "{line}")?;
                     let line = plain(&line);

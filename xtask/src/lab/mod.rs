@@ -3,9 +3,11 @@
 //!
 //! - `image`: guest images, built once per recipe, cached outside the checkout.
 //! - `guest`: one boot of a guest, with a payload disk and its serial output.
+//! - `fleet`: several guests on one etcd, `cargo xtask lab fleet`.
 //!
 //! The guest side (what runs inside, as root, with bash) is in tests/lab/.
 
+mod fleet;
 mod guest;
 mod image;
 
@@ -43,6 +45,27 @@ enum LabCommand {
     ///
     /// Example: cargo xtask lab run --kernel 5.10 --script try.sh
     Run {
+        #[arg(long, value_name = "VERSION", default_value = "6.1")]
+        kernel: Kernel,
+        #[arg(long, value_name = "RELEASE", default_value = "bookworm")]
+        userland: Userland,
+        #[arg(long, value_name = "FILE")]
+        script: PathBuf,
+    },
+    /// Boot N guests, sg1 to sgN, each with the current .deb installed and
+    /// `[fleet]` in its packaged config (cluster "lab"), all on one etcd on
+    /// this machine's loopback; run SCRIPT on sg1 as root with bash, print
+    /// its output and exit with its status.
+    ///
+    /// In the guests, `lab-on HOST CMD...` runs CMD (its words joined by
+    /// spaces and read by bash, as ssh does) as root on guest HOST and
+    /// exits with its status, its output on stdout and stderr;
+    /// `lab-partition HOST on|off` cuts or restores HOST's path to etcd.
+    ///
+    /// Example: cargo xtask lab fleet --hosts 3 --script tests/lab/fleet.sh
+    Fleet {
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
         #[arg(long, value_name = "VERSION", default_value = "6.1")]
         kernel: Kernel,
         #[arg(long, value_name = "RELEASE", default_value = "bookworm")]
@@ -173,6 +196,12 @@ pub fn run(args: &Args) -> Result<()> {
             userland,
             script,
         }) => run_script(*kernel, *userland, script),
+        Some(LabCommand::Fleet {
+            hosts,
+            kernel,
+            userland,
+            script,
+        }) => fleet::run(*hosts, *kernel, *userland, script),
         None => matrix(args),
     }
 }
