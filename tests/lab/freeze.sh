@@ -3,22 +3,8 @@
 # who opens a window and stops it; runsv's respawn is held before it runs.
 set -euo pipefail
 . /lab/lib.sh
-install -m 755 /lab/sgdaemon /usr/local/bin/labd
-mkdir -p /etc/sv/labd /var/lib/labd
-printf '#!/bin/sh\nexec /usr/local/bin/labd /var/lib/labd/data\n' > /etc/sv/labd/run
-chmod 755 /etc/sv/labd/run
-cat >> /etc/stopguard/stopguard.toml <<'TOML'
-
-[[service]]
-name = "labd"
-exe = ["/usr/local/bin/labd"]
-TOML
-systemctl reload stopguard
-wait_until 30 "the agent to watch labd" status_has '.services[] | select(.name == "labd")'
-setsid runsv /etc/sv/labd < /dev/null > /dev/null 2>&1 &
-wait_until 30 "labd to start" grep -qs '^start ' /var/lib/labd/data
-first=$(awk '/^start/ { print $2; exit }' /var/lib/labd/data)
-wait_until 30 "the agent to see labd running" status_has ".services[] | select(.name == \"labd\" and .pid == $first)"
+start_labd
+first=$LABD_PID
 as_operator stopguard window open labd --reason "lab maintenance"
 as_operator kill -TERM "$first"
 wait_until 60 "runsv's respawn to be frozen" status_has '.services[] | select(.name == "labd") | .frozen | length > 0'

@@ -196,3 +196,24 @@ respawn_loop_check() {
     [ "$in_gap" -gt 0 ] || fail "no respawn while no agent ran (down $down, up $up): the check proves nothing"
     echo "LAB-GAP $1: $in_gap of $total respawns while no agent ran, none ran; the longest waited $worst_ms ms to be seen"
 }
+
+# start_labd: labd (the suite's daemon) under runit's runsv, added to the
+# packaged config; done when the agent sees it running, its pid in LABD_PID.
+start_labd() {
+    install -m 755 /lab/sgdaemon /usr/local/bin/labd
+    mkdir -p /etc/sv/labd /var/lib/labd
+    printf '#!/bin/sh\nexec /usr/local/bin/labd /var/lib/labd/data\n' > /etc/sv/labd/run
+    chmod 755 /etc/sv/labd/run
+    cat >> /etc/stopguard/stopguard.toml <<'TOML'
+
+[[service]]
+name = "labd"
+exe = ["/usr/local/bin/labd"]
+TOML
+    systemctl reload stopguard
+    wait_until 30 "the agent to watch labd" status_has '.services[] | select(.name == "labd")'
+    setsid runsv /etc/sv/labd < /dev/null > /dev/null 2>&1 &
+    wait_until 30 "labd to start" grep -qs '^start ' /var/lib/labd/data
+    LABD_PID=$(awk '/^start/ { print $2; exit }' /var/lib/labd/data)
+    wait_until 30 "the agent to see labd running" status_has ".services[] | select(.name == \"labd\" and .pid == $LABD_PID)"
+}

@@ -45,10 +45,8 @@ enum LabCommand {
     ///
     /// Example: cargo xtask lab run --kernel 5.10 --script try.sh
     Run {
-        #[arg(long, value_name = "VERSION", default_value = "6.1")]
-        kernel: Kernel,
-        #[arg(long, value_name = "RELEASE", default_value = "bookworm")]
-        userland: Userland,
+        #[command(flatten)]
+        guest: GuestChoice,
         #[arg(long, value_name = "FILE")]
         script: PathBuf,
     },
@@ -64,17 +62,26 @@ enum LabCommand {
     ///
     /// Example: cargo xtask lab fleet --hosts 3 --script tests/lab/fleet.sh
     Fleet {
+        /// How many guests (1 to 9), named sg1 to sgN.
         #[arg(long, default_value_t = 3)]
         hosts: usize,
-        #[arg(long, value_name = "VERSION", default_value = "6.1")]
-        kernel: Kernel,
-        #[arg(long, value_name = "RELEASE", default_value = "bookworm")]
-        userland: Userland,
+        #[command(flatten)]
+        guest: GuestChoice,
+        /// The bash script run as root on sg1.
         #[arg(long, value_name = "FILE")]
         script: PathBuf,
     },
     /// Build the guest images (and nothing else) when the cache lacks them.
     Images,
+}
+
+/// The guest a single run boots: bookworm on its own 6.1 unless told.
+#[derive(clap::Args)]
+struct GuestChoice {
+    #[arg(long, value_name = "VERSION", default_value = "6.1")]
+    kernel: Kernel,
+    #[arg(long, value_name = "RELEASE", default_value = "bookworm")]
+    userland: Userland,
 }
 
 /// A kernel the lab boots, by the Debian release that ships it.
@@ -191,17 +198,12 @@ pub fn run(args: &Args) -> Result<()> {
             }
             Ok(())
         }
-        Some(LabCommand::Run {
-            kernel,
-            userland,
-            script,
-        }) => run_script(*kernel, *userland, script),
+        Some(LabCommand::Run { guest, script }) => run_script(guest.kernel, guest.userland, script),
         Some(LabCommand::Fleet {
             hosts,
-            kernel,
-            userland,
+            guest,
             script,
-        }) => fleet::run(*hosts, *kernel, *userland, script),
+        }) => fleet::run(*hosts, guest.kernel, guest.userland, script),
         None => matrix(args),
     }
 }
