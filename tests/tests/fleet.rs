@@ -503,8 +503,7 @@ fn a_lease_expiry_closes_the_window_and_a_dead_host_shows_down() {
     assert_eq!(out.status.code(), Some(4), "{text}");
     assert!(
         text.contains("  db-2             DOWN since ")
-            && text.contains(": not applied; it applies the window when it is back
-")
+            && text.contains(": not applied; it applies the window when it is back\n")
             && text.ends_with("NOT applied on: db-2\n"),
         "{text}"
     );
