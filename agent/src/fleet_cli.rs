@@ -68,6 +68,7 @@ pub fn open_window(
             for_secs: duration.map_or(0, |d| d.as_secs().max(1)),
             hosts,
             wait_secs: wait.as_secs(),
+            and_pause: false,
         },
     )?;
     print_lines(&opened);

@@ -1,6 +1,7 @@
 mod manual;
 
 mod fleet_cli;
+mod stop_cli;
 mod window_cli;
 
 use std::{
@@ -12,7 +13,7 @@ use anyhow::{Result, anyhow, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use stopguard::{
     config::{Config, RingBytes},
-    control::{Ask, AuditRead, Explain, GetStatus, ReadAudit, Stop, TestAlert, Thaw, client},
+    control::{Ask, AuditRead, Explain, GetStatus, ReadAudit, TestAlert, Thaw, client},
     kernel::ProbeOptions,
     trace::TraceOptions,
 };
@@ -106,7 +107,8 @@ enum Command {
     /// Start maintenance in one command: open a window, then stop the service.
     #[command(after_help = "Examples (as root):\n  \
         stopguard stop postgres --reason 'schema change'\n  \
-        stopguard stop redis --reason 'kernel upgrade' --for 2h\n\n\
+        stopguard stop redis --reason 'kernel upgrade' --for 2h\n  \
+        stopguard stop postgres --and-pause --cluster --for 2h --reason 'minor upgrade'\n\n\
         Opens a window (or uses the one open), then runs the service's\n\
         `stop_command`, or sends SIGTERM to its main process, and waits until\n\
         the main process is gone. A supervisor that restarts it is caught as\n\
@@ -114,24 +116,15 @@ enum Command {
         It first prints what would start the service again (`stopguard\n\
         explain`); with --and-pause it switches those off before the stop,\n\
         as you, and the window's close switches them back on.\n\n\
+        With --and-pause --cluster (fleet mode, under Patroni) it opens a\n\
+        cluster window as `window open --cluster` does, runs `patronictl pause`\n\
+        once for the whole Patroni cluster, then stops the service here.\n\
+        `window close --cluster` resumes Patroni; so does this host when the\n\
+        window runs out unclosed.\n\n\
         Exit status: 0 once stopped, 1 when it could not be stopped (the\n\
-        window stays open).")]
-    Stop {
-        service: String,
-        #[arg(long, default_value = "maintenance")]
-        reason: String,
-        /// Close the window by itself after this long (e.g. 30m, 2h).
-        #[arg(long = "for", value_name = "DURATION", value_parser = window_length)]
-        duration: Option<std::time::Duration>,
-        /// How long to wait for the service to exit.
-        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = wait_length)]
-        wait: std::time::Duration,
-        /// First switch off every supervisor that would start it again
-        /// (`patronictl pause`, `monit unmonitor`...); the window's close
-        /// switches them back on.
-        #[arg(long)]
-        and_pause: bool,
-    },
+        window stays open); with --cluster, 4 when some hosts did not apply\n\
+        the window in time (they are named).")]
+    Stop(stop_cli::StopArgs),
     /// What would start a service again if it stopped now, and how to
     /// switch each of those off.
     #[command(after_help = "Examples:\n  \
@@ -344,35 +337,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Thaw { target } => show(cli.socket, Thaw { target }, false),
-        Command::Stop {
-            service,
-            reason,
-            duration,
-            wait,
-            and_pause,
-        } => {
-            // What would start it again, before it is stopped.
-            if let Ok((explanation, _)) = ask(
-                cli.socket.clone(),
-                Explain {
-                    service: service.clone(),
-                },
-            ) {
-                print_lines(&explanation);
-                println!();
-            }
-            show(
-                cli.socket,
-                Stop {
-                    service,
-                    reason,
-                    for_secs: duration.map(|d| d.as_secs().max(1)),
-                    wait_secs: wait.as_secs().max(1),
-                    and_pause,
-                },
-                false,
-            )
-        }
+        Command::Stop(stop) => stop_cli::run(cli.socket, stop),
         Command::Explain { service, json } => {
             let (explanation, answer) = ask(cli.socket, Explain { service })?;
             if json {

@@ -15,7 +15,9 @@ use crate::{
     control::{CloseWindow, FleetLinkStatus, OpenWindow, Peer, server::Answer},
     fleet::{
         Cluster, Link, News, Received,
-        records::{Ack, AlertBrief, Presence, ServiceBrief, Verdict, Who, WindowBrief},
+        records::{
+            Ack, AlertBrief, Presence, ServiceBrief, Verdict, Who, WindowBrief, WindowRecord,
+        },
         unix_now,
     },
     monitor::Monitor,
@@ -37,6 +39,10 @@ pub(super) struct Fleet {
     refused: HashSet<String>,
     /// The store revision of the newest news applied.
     revision: i64,
+    /// Cluster windows whose supervisor this host switched off
+    /// (`stop --and-pause --cluster`), by id: switched back on here
+    /// unless their closer does.
+    pub(super) switched: BTreeMap<String, WindowRecord>,
     last_presence: Option<Presence>,
 }
 
@@ -51,6 +57,7 @@ impl Fleet {
             dismissed: HashSet::new(),
             refused: HashSet::new(),
             revision: 0,
+            switched: BTreeMap::new(),
             last_presence: None,
         }
     }
@@ -104,6 +111,16 @@ impl Agent {
                         "gone from etcd (closed or expired while this host was away)",
                     );
                 }
+                let fleet = self.fleet.as_ref().expect("fleet mode");
+                let unswitched: Vec<String> = fleet
+                    .switched
+                    .keys()
+                    .filter(|id| !listed.contains(*id))
+                    .cloned()
+                    .collect();
+                for id in unswitched {
+                    self.switch_gone(&id);
+                }
                 for received in windows {
                     self.receive(monitor, received);
                 }
@@ -126,6 +143,7 @@ impl Agent {
                     None,
                     "its lease ended (expired or closed)",
                 );
+                self.switch_gone(&id);
             }
             News::Reachable { reachable, since } => {
                 let cluster = fleet.cluster().name.clone();
@@ -163,6 +181,8 @@ impl Agent {
             }
             return;
         };
+        self.track_switch(&id, &record, &received.verdict);
+        let Some(fleet) = &mut self.fleet else { return };
         if let Some(closing) = &record.closing {
             let why = if closing.kill {
                 "closed for the cluster (--kill)"

@@ -1,10 +1,11 @@
-//! Fleet mode's control requests: a cluster window opened or closed, the
-//! cluster's windows and hosts. Each waits on etcd, so each is answered
-//! from a thread of its own, never in the event loop.
+//! Fleet mode's control requests: a cluster window opened or closed (and
+//! the supervisor switch it carries switched back on), the cluster's
+//! windows and hosts. Each waits on etcd, so each is answered from a
+//! thread of its own, never in the event loop.
 
 use std::time::Duration;
 
-use super::Agent;
+use super::{Agent, cluster_switch};
 use crate::{
     control::{
         CloseClusterWindow, GetFleetStatus, OpenClusterWindow, Peer, WindowList,
@@ -18,7 +19,7 @@ use crate::{
 };
 
 /// Who asked, as a cluster record names them.
-fn who(peer: Peer, host: &str) -> Who {
+pub(super) fn who(peer: Peer, host: &str) -> Who {
     Who {
         uid: peer.uid,
         loginuid: peer.loginuid,
@@ -39,7 +40,7 @@ fn blocking<T: serde::Serialize + Send + 'static>(
     })
 }
 
-const FLEET_OFF: &str = "fleet mode is off: the config has no [fleet] table";
+pub(super) const FLEET_OFF: &str = "fleet mode is off: the config has no [fleet] table";
 
 impl Agent {
     /// `work` on the cluster's store, on a thread of its own; refused when
@@ -71,21 +72,62 @@ impl Agent {
                 Duration::from_secs(open.for_secs),
                 by,
                 Duration::from_secs(open.wait_secs),
+                None,
             )
         })
     }
 
+    /// Ends a cluster window on every host. The switch it carries is
+    /// switched back on here once every host has let go of the window,
+    /// or, when this host cannot run it, left to the host that switched
+    /// it off (the record says which).
     pub(super) fn close_cluster(
         &mut self,
         close: CloseClusterWindow,
         peer: Peer,
     ) -> Reply<CloseClusterWindow> {
-        let closing = Closing {
-            by: who(peer, &self.host),
-            thaw: close.thaw,
-            kill: close.kill,
+        let by = who(peer, &self.host);
+        let audit = self.audit.clone();
+        let Some(fleet) = &self.fleet else {
+            return Answer::refuse(FLEET_OFF);
         };
-        self.on_cluster(move |cluster| cluster.close(&close.target, closing))
+        let cluster = fleet.cluster().clone();
+        Answer::later(async move {
+            let name = cluster.name.clone();
+            let ended = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let found = cluster.find(&close.target)?;
+                let here = found.window.switch.as_ref().map(cluster_switch::runs_here);
+                let closing = Closing {
+                    by,
+                    thaw: close.thaw,
+                    kill: close.kill,
+                    switches_on: matches!(here, Some(Ok(_))),
+                };
+                let closed = cluster.close(found, closing)?;
+                if matches!(here, Some(Ok(_))) {
+                    // What it switches back on may start the service
+                    // again: not while a host's window still holds it.
+                    cluster.wait_let_go(&closed.window.id, cluster_switch::LET_GO)?;
+                }
+                Ok((closed, here))
+            })
+            .await;
+            let (mut closed, here) = match ended {
+                Ok(Ok(ended)) => ended,
+                Ok(Err(e)) => return Err(format!("{e:#}")),
+                Err(e) => return Err(e.to_string()),
+            };
+            if let Some(here) = here {
+                let run =
+                    cluster_switch::switch_on(&audit, &name, &closed.window, here, peer.loginuid)
+                        .await;
+                if run.is_err() {
+                    closed.resume_left_to = Some(closed.window.by.host.clone());
+                }
+                closed.resumed = Some(run.unwrap_or_else(|run| run));
+            }
+            Ok(closed)
+        })
     }
 
     pub(super) fn fleet_status(&self, _: GetFleetStatus) -> Reply<GetFleetStatus> {

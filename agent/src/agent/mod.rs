@@ -8,6 +8,7 @@
 //! - `units`: what systemd says about a service's unit.
 
 mod cluster;
+mod cluster_switch;
 mod explain;
 mod fleet_requests;
 mod gap;

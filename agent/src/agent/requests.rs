@@ -68,6 +68,9 @@ impl Agent {
                 answer.into_wire()
             }
             Request::WindowList(ListWindows {}) => self.window_list().into_wire(),
+            Request::ClusterOpen(open) if open.and_pause => {
+                self.open_cluster_paused(monitor, open, peer).into_wire()
+            }
             Request::ClusterOpen(open) => self.open_cluster_window(open, peer).into_wire(),
             Request::ClusterClose(close) => self.close_cluster(close, peer).into_wire(),
             Request::FleetStatus(get) => self.fleet_status(get).into_wire(),

@@ -56,6 +56,7 @@ impl Agent {
             signal: None,
             seconds: None,
             paused: Vec::new(),
+            cluster: plan.window.cluster.clone(),
         };
         if plan.held_frozen {
             answer.held_frozen = plan.main;
@@ -95,6 +96,8 @@ impl Agent {
                 command: run.command.clone(),
                 loginuid: switch.1,
                 error: run.error.clone(),
+                uid: switch.0.run_as.as_ref().map(|c| c.uid),
+                cluster: None,
             });
             if run.error.is_none() && !self.detector.switched_off(&window, switch.0) {
                 tracing::warn!(
@@ -143,6 +146,8 @@ impl Agent {
                     command: run.command.clone(),
                     loginuid,
                     error: run.error.clone(),
+                    uid: switch.run_as.as_ref().map(|c| c.uid),
+                    cluster: None,
                 });
                 runs.push(run);
             }
@@ -234,7 +239,7 @@ impl Pause {
 
 /// The credentials a watcher's switches run with: its process's, none for
 /// root; an error when its process is gone or is now another user's.
-fn credentials_of(watcher: &Watcher) -> Result<Option<Credentials>, String> {
+pub(super) fn credentials_of(watcher: &Watcher) -> Result<Option<Credentials>, String> {
     let Some(pid) = watcher.pid else {
         return Ok(None);
     };
@@ -253,7 +258,7 @@ fn credentials_of(watcher: &Watcher) -> Result<Option<Credentials>, String> {
 
 /// Runs one supervisor switch as `loginuid`, with `run_as` (the
 /// supervisor's credentials; root when none).
-async fn run_switch(
+pub(super) async fn run_switch(
     supervisor: &str,
     argv: &[String],
     loginuid: Option<u32>,

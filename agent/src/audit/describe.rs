@@ -172,12 +172,20 @@ fn agent_words(event: &AgentEvent) -> (String, String) {
             command,
             loginuid,
             error,
+            uid,
+            cluster,
         } => (
             service.clone(),
             format!(
-                "{supervisor} switched {} for window {window} by {}: `{command}`{}",
+                "{supervisor} switched {} for {}window {window} by {}{}: `{command}`{}",
                 if *on { "back on" } else { "off" },
+                cluster
+                    .as_ref()
+                    .map(|c| format!("cluster {c} "))
+                    .unwrap_or_default(),
                 person(*loginuid),
+                uid.map(|u| format!(" as {}", person(Some(u))))
+                    .unwrap_or_default(),
                 error
                     .as_ref()
                     .map(|e| format!(" FAILED: {e}"))

@@ -55,7 +55,8 @@ pub enum AgentEvent {
         error: Option<String>,
     },
     /// A supervisor's off switch run for `stop --and-pause` (`on` false),
-    /// or run back on as its window closed.
+    /// or run back on as its window closed. For a cluster window
+    /// (`--cluster`), `window` is its id and `cluster` the cluster's name.
     SupervisorSwitched {
         service: String,
         window: String,
@@ -64,6 +65,11 @@ pub enum AgentEvent {
         command: String,
         loginuid: Option<u32>,
         error: Option<String>,
+        /// The user it ran as; none for root.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster: Option<String>,
     },
     /// A process the kernel guard stopped at exec that was no respawn.
     GuardReleased {

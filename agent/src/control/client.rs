@@ -4,8 +4,8 @@
 use std::{fmt, path::Path, time::Duration};
 
 use super::{
-    AlertTested, Ask, Explanation, Request, ServiceState, Status, Stopped, SwitchRun, Thawed,
-    WindowClosed, WindowList, WindowOpened,
+    AlertTested, Ask, Explanation, Request, ServiceState, Status, Stopped, Thawed, WindowClosed,
+    WindowList, WindowOpened,
 };
 use crate::{
     kernel::Pinning,
@@ -96,21 +96,9 @@ impl fmt::Display for WindowClosed {
             )?;
         }
         for run in &self.resumed {
-            write!(f, "\n{}", switch_line(run, "switched back on"))?;
+            write!(f, "\n{}", run.line("switched back on"))?;
         }
         Ok(())
-    }
-}
-
-/// A switch as run, in a line: what it did, or why it failed.
-fn switch_line(run: &SwitchRun, done: &str) -> String {
-    let (supervisor, command) = (t(&run.supervisor), t(&run.command));
-    match &run.error {
-        None => format!("{supervisor} {done}: {command}"),
-        Some(err) => format!(
-            "{supervisor} NOT {done}: {command} failed: {} (run it by hand)",
-            t(err)
-        ),
     }
 }
 
@@ -315,7 +303,7 @@ impl fmt::Display for Stopped {
                 .unwrap_or_default()
         )?;
         for run in &self.paused {
-            writeln!(f, "{}", switch_line(run, "switched off"))?;
+            writeln!(f, "{}", run.line("switched off"))?;
         }
         let seconds = json(self.seconds);
         match (self.held_frozen, self.pid, &self.command) {
@@ -338,7 +326,12 @@ impl fmt::Display for Stopped {
         }
         write!(
             f,
-            "a supervisor restarting it now is caught; when done: stopguard window close {service}"
+            "a supervisor restarting it now is caught; when done: stopguard window close {service}{}",
+            if self.cluster.is_some() {
+                " --cluster"
+            } else {
+                ""
+            }
         )
     }
 }

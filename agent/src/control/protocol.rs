@@ -21,6 +21,8 @@ use crate::{
     sys::files::WriteFailure,
 };
 
+pub use crate::supervisors::bounded::SwitchRun;
+
 /// Larger requests are refused: no command needs more.
 pub const MAX_REQUEST: u64 = 64 * 1024;
 
@@ -128,6 +130,11 @@ asks! {
         hosts: String,
         /// How long to wait for every live host's acknowledgement.
         wait_secs: u64,
+        /// `stop --and-pause --cluster`: then switch off, once for every
+        /// host, the Patroni cluster that would start the service again
+        /// here; refused before anything opens when there is none.
+        #[serde(default)]
+        and_pause: bool,
     }
     /// `window close --cluster`.
     ClusterClose(CloseClusterWindow) -> ClusterClosed {
@@ -275,15 +282,6 @@ pub struct WindowClosed {
     pub resumed: Vec<SwitchRun>,
 }
 
-/// A supervisor's switch as run, and how it went.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SwitchRun {
-    pub supervisor: String,
-    pub command: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
 /// `window list`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WindowList {
@@ -327,6 +325,10 @@ pub struct Stopped {
     /// With --and-pause: the off switches run before the stop.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paused: Vec<SwitchRun>,
+    /// The cluster window its window applies (fleet mode), which
+    /// `window close --cluster` ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// `explain`: a service's main process, how it started, and what would

@@ -27,9 +27,10 @@ use serde::{Deserialize, Serialize};
 
 pub use self::link::{Link, News, Received};
 use self::{
-    records::{Ack, Closing, Keys, Member, Presence, Who, WindowRecord},
+    records::{Ack, Closing, ClusterSwitch, Keys, Member, Presence, Who, WindowRecord},
     store::Store,
 };
+use crate::supervisors::bounded::SwitchRun;
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -57,6 +58,10 @@ pub struct ClusterOpened {
     /// applies it when it is back, and until then it does not hold there.
     #[serde(default)]
     pub down: Vec<Member>,
+    /// `stop --and-pause --cluster`: the supervisor switched off once for
+    /// every host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<SwitchRun>,
 }
 
 impl ClusterOpened {
@@ -73,6 +78,14 @@ impl ClusterOpened {
 pub struct ClusterClosed {
     pub window: WindowRecord,
     pub acks: Vec<Ack>,
+    /// The window's switch, run back on by the closing host, or why it
+    /// could not be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<SwitchRun>,
+    /// The host left to switch it back on (the one that switched it off),
+    /// when the closing host could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_left_to: Option<String>,
 }
 
 /// Every host of the cluster, as `fleet status` shows it.
@@ -161,7 +174,9 @@ impl Cluster {
 
     /// Writes a cluster window on `service` for the hosts `hosts` matches,
     /// under a lease as long as it, then waits up to `wait` for every live
-    /// matching host to acknowledge it.
+    /// matching host to acknowledge it. `switch`: what the opener switches
+    /// off for every host once the window is open.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         &self,
         service: &str,
@@ -170,6 +185,7 @@ impl Cluster {
         length: Duration,
         by: Who,
         wait: Duration,
+        switch: Option<ClusterSwitch>,
     ) -> Result<ClusterOpened> {
         let pattern =
             glob::Pattern::new(hosts).with_context(|| format!("--hosts `{hosts}`: not a glob"))?;
@@ -209,6 +225,7 @@ impl Cluster {
             by,
             closing: None,
             lease: 0,
+            switch,
         };
         let lease = self.store.grant(length)?;
         let window = WindowRecord { lease, ..window };
@@ -242,19 +259,52 @@ impl Cluster {
             acks,
             missing,
             down,
+            paused: None,
         })
     }
 
-    /// Ends the cluster window with this id, or the one on this service,
-    /// on every host: says how in the record, then revokes its lease.
-    pub fn close(&self, target: &str, closing: Closing) -> Result<ClusterClosed> {
-        let windows = self.windows()?;
-        let Some(found) = windows
+    /// Takes the switch out of an open window's record: it did not switch
+    /// off, so nobody is to switch it back on.
+    pub fn drop_switch(&self, window: &WindowRecord) -> Result<()> {
+        let window = WindowRecord {
+            switch: None,
+            ..window.clone()
+        };
+        let lease = (window.lease != 0).then_some(window.lease);
+        self.store.put(
+            &self.keys.window(&window.id),
+            &serde_json::to_vec(&window)?,
+            lease,
+        )
+    }
+
+    /// The cluster window with this id, or the one on this service.
+    pub fn find(&self, target: &str) -> Result<ClusterWindow> {
+        self.windows()?
             .into_iter()
             .find(|w| w.window.id == target || w.window.service == target)
-        else {
-            bail!("no cluster window on or named `{target}`");
-        };
+            .with_context(|| format!("no cluster window on or named `{target}`"))
+    }
+
+    /// Waits up to `wait` for every host that applied window `id` to have
+    /// let go of it (its acknowledgement goes as it closes it; one saying
+    /// it could not apply it stays); whether they did.
+    pub fn wait_let_go(&self, id: &str, wait: Duration) -> Result<bool> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.acks(id)?.iter().all(|a| a.window.is_none()) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Ends the cluster window `found` on every host: says how in the
+    /// record, then revokes its lease.
+    pub fn close(&self, found: ClusterWindow, closing: Closing) -> Result<ClusterClosed> {
         let window = WindowRecord {
             closing: Some(closing),
             ..found.window.clone()
@@ -272,6 +322,8 @@ impl Cluster {
         Ok(ClusterClosed {
             window,
             acks: found.acks,
+            resumed: None,
+            resume_left_to: None,
         })
     }
 

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::super::config::fleet::check_name;
-use crate::detect::Window;
+use crate::detect::{SwitchedOff, Window};
 
 /// The longest text a record may carry in one field.
 const MAX_TEXT: usize = 1024;
@@ -110,6 +110,9 @@ pub struct WindowRecord {
     /// The etcd lease it lives under, which `close` revokes.
     #[serde(default)]
     pub lease: i64,
+    /// What `stop --and-pause --cluster` switched off once for every host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<ClusterSwitch>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +120,61 @@ pub struct Closing {
     pub by: Who,
     pub thaw: bool,
     pub kill: bool,
+    /// The closing host switches the window's `switch` back on itself;
+    /// when false (it cannot: no such user or program there) the host
+    /// that switched it off does.
+    #[serde(default)]
+    pub switches_on: bool,
+}
+
+/// The supervisor `stop --and-pause --cluster` switched off once for the
+/// whole cluster (Patroni's maintenance mode), carried in the window
+/// record so that whoever ends the window can switch it back on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSwitch {
+    #[serde(flatten)]
+    pub switch: SwitchedOff,
+    /// The name of the user it runs as on the host that switched it off;
+    /// another host runs it as its own user of that name. None for root,
+    /// or a user with no name there (`run_as` holds the ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl ClusterSwitch {
+    /// Only Patroni's maintenance mode is carried (`patronictl [-c FILE]
+    /// pause --wait`, and `resume --wait` with the same config): a record
+    /// is no way to have the hosts run any other command.
+    fn check(&self) -> Result<(), String> {
+        let SwitchedOff {
+            supervisor,
+            off,
+            on,
+            ..
+        } = &self.switch;
+        let config = |argv: &[String], verb: &str| match argv {
+            [ctl, c, file, v, w] if ctl == "patronictl" && c == "-c" && !file.is_empty() => {
+                (v == verb && w == "--wait").then(|| Some(file.clone()))
+            }
+            [ctl, v, w] if ctl == "patronictl" => (v == verb && w == "--wait").then_some(None),
+            _ => None,
+        };
+        if supervisor != "patroni" {
+            return Err(format!(
+                "only patroni's switch is carried, not `{supervisor}`'s"
+            ));
+        }
+        match (config(off, "pause"), config(on, "resume")) {
+            (Some(a), Some(b)) if a == b => {}
+            _ => return Err("expected `patronictl [-c FILE] pause|resume --wait`".into()),
+        }
+        if let Some(user) = &self.user
+            && (user.is_empty() || user.len() > 64 || user.contains(['/', ':', '\0']))
+        {
+            return Err(format!("user `{user}`: not a user name"));
+        }
+        Ok(())
+    }
 }
 
 /// A host's answer to a cluster window.
@@ -223,6 +281,9 @@ impl WindowRecord {
         if self.expires_at <= self.opened_at || self.expires_at - self.opened_at > MAX_LENGTH_SECS {
             return Err("expires_at: expected after opened_at, within 30 days".into());
         }
+        if let Some(switch) = &self.switch {
+            switch.check().map_err(|e| format!("switch: {e}"))?;
+        }
         Ok(())
     }
 
@@ -275,7 +336,71 @@ mod tests {
             expires_at: 7300,
             closing: None,
             lease: 0,
+            switch: None,
         }
+    }
+
+    fn patroni(off: &[&str], on: &[&str], user: &str) -> ClusterSwitch {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect();
+        ClusterSwitch {
+            switch: SwitchedOff {
+                supervisor: "patroni".into(),
+                off: words(off),
+                on: words(on),
+                run_as: None,
+            },
+            user: Some(user.into()),
+        }
+    }
+
+    #[test]
+    fn a_record_carries_patronis_switch_and_no_other_command() {
+        let mut r = record();
+        let c = ["patronictl", "-c", "/etc/patroni.yml"];
+        r.switch = Some(patroni(
+            &[&c[..], &["pause", "--wait"]].concat(),
+            &[&c[..], &["resume", "--wait"]].concat(),
+            "postgres",
+        ));
+        assert_eq!(r.check("c1-db-1"), Ok(()));
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains(r#""supervisor":"patroni""#), "{text}");
+        assert_eq!(serde_json::from_str::<WindowRecord>(&text).unwrap(), r);
+        let bad = [
+            patroni(
+                &["rm", "-rf", "/"],
+                &["patronictl", "resume", "--wait"],
+                "postgres",
+            ),
+            patroni(
+                &["patronictl", "pause", "--wait"],
+                &["patronictl", "-c", "/x", "resume", "--wait"],
+                "postgres",
+            ),
+            patroni(
+                &["patronictl", "pause", "--wait"],
+                &["patronictl", "resume", "--wait"],
+                "../root",
+            ),
+        ];
+        for switch in bad {
+            r.switch = Some(switch);
+            assert!(
+                matches!(r.check("c1-db-1"), Err(w) if w.starts_with("switch: ")),
+                "{:?}",
+                r.switch
+            );
+        }
+    }
+
+    #[test]
+    fn records_from_before_switches_still_parse() {
+        let old = r#"{"id":"c1-db-1","service":"postgres","hosts":"*","reason":"x",
+            "by":{"uid":0,"loginuid":null,"user":null,"host":"db-1"},"opened_at":1,"expires_at":2,
+            "closing":{"by":{"uid":0,"loginuid":null,"user":null,"host":"db-2"},"thaw":false,"kill":false}}"#;
+        let r: WindowRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.switch, None);
+        assert!(!r.closing.unwrap().switches_on);
     }
 
     #[test]

@@ -245,14 +245,16 @@ pub async fn bench(fleet: &Fleet, hosts: usize, rounds: usize, rest: Duration) -
                     host: "sim1".into(),
                 },
                 Duration::from_secs(10),
+                None,
             )?;
             let took = at.elapsed();
             opener.close(
-                &opened.window.id,
+                opener.find(&opened.window.id)?,
                 super::records::Closing {
                     by: opened.window.by.clone(),
                     thaw: false,
                     kill: false,
+                    switches_on: false,
                 },
             )?;
             Ok((took, opened.missing.len()))

@@ -56,6 +56,14 @@ impl fmt::Display for ClusterOpened {
                 when(member.last_seen)
             )?;
         }
+        if let Some(run) = &self.paused {
+            let every = if run.error.is_none() {
+                " for every host"
+            } else {
+                ""
+            };
+            writeln!(f, "{}{every}", run.line("switched off"))?;
+        }
         if self.expected.is_empty() && self.down.is_empty() {
             write!(f, "no live host matches `{}`", t(&w.hosts))?;
         } else if self.complete() {
@@ -97,7 +105,18 @@ impl fmt::Display for ClusterClosed {
             } else {
                 applied.join(", ")
             }
-        )
+        )?;
+        match (&self.resumed, &self.resume_left_to) {
+            (Some(run), Some(host)) => write!(
+                f,
+                "\n{} not switched back on here: {}; {}, which switched it off, does it",
+                t(&run.supervisor),
+                t(run.error.as_deref().unwrap_or("?")),
+                t(host)
+            ),
+            (Some(run), None) => write!(f, "\n{}", run.line("switched back on")),
+            (None, _) => Ok(()),
+        }
     }
 }
 

@@ -86,6 +86,30 @@ impl Credentials {
     }
 }
 
+/// A supervisor's switch as run, and how it went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchRun {
+    pub supervisor: String,
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl SwitchRun {
+    /// The run in a line: what it did (`done`), or why it failed.
+    pub fn line(&self, done: &str) -> String {
+        use crate::escape::terminal as t;
+        let (supervisor, command) = (t(&self.supervisor), t(&self.command));
+        match &self.error {
+            None => format!("{supervisor} {done}: {command}"),
+            Some(err) => format!(
+                "{supervisor} NOT {done}: {command} failed: {} (run it by hand)",
+                t(err)
+            ),
+        }
+    }
+}
+
 /// Becomes `uid`:`gid` with `groups`, for good: called in a child between
 /// fork and exec, after anything that needs root (writing its login uid).
 pub fn drop_to(uid: u32, gid: u32, groups: &[u32]) -> std::io::Result<()> {

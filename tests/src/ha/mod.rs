@@ -4,13 +4,15 @@
 //! leaves nothing running when it drops. Nothing here sets a loginuid: the
 //! tools run as daemons do, and a test plays the person (`as_person`).
 //!
-//! Here: what both fixtures use (private dirs, spawning and stopping, the
-//! processes of a fixture); `patroni` and `mariadb`: one fixture each.
+//! Here: what the fixtures use (private dirs, spawning and stopping, the
+//! processes of a fixture); `patroni`, `patroni_cluster` (several members
+//! over the test's etcd) and `mariadb`: one fixture each.
 
 mod mariadb;
 mod patroni;
+mod patroni_cluster;
 
-pub use self::{mariadb::Mariadb, patroni::Patroni};
+pub use self::{mariadb::Mariadb, patroni::Patroni, patroni_cluster::PatroniCluster};
 
 use std::{
     fs,

@@ -34,8 +34,6 @@ impl Patroni {
     pub fn start() -> Patroni {
         let dir = private_dir("patroni", "postgres");
         let scope = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let d = dir.display();
-        let loop_wait = Self::LOOP_WAIT.as_secs();
         let (etcd_port, peer_port, rest_port, pg_port) =
             (free_port(), free_port(), free_port(), free_port());
         let mut etcd = spawn(
@@ -64,41 +62,8 @@ impl Patroni {
             clean_up(&dir);
             panic!("etcd is not healthy after 20 s; its log:\n{log}");
         }
-        // Trust for local and loopback connections: no passwords to keep.
-        let config = format!(
-            r#"scope: {scope}
-name: node1
-restapi:
-  listen: 127.0.0.1:{rest_port}
-  connect_address: 127.0.0.1:{rest_port}
-etcd:
-  host: 127.0.0.1:{etcd_port}
-bootstrap:
-  dcs:
-    ttl: 30
-    loop_wait: {loop_wait}
-    retry_timeout: 10
-  initdb:
-    - auth: trust
-  pg_hba:
-    - local all all trust
-    - host all all 127.0.0.1/32 trust
-    - host replication all 127.0.0.1/32 trust
-postgresql:
-  listen: 127.0.0.1:{pg_port}
-  connect_address: 127.0.0.1:{pg_port}
-  data_dir: {d}/data
-  bin_dir: {PG_BIN}
-  pgpass: {d}/pgpass
-  authentication:
-    superuser:
-      username: postgres
-    replication:
-      username: replicator
-  parameters:
-    unix_socket_directories: {d}
-"#
-        );
+        let dcs = format!("etcd:\n  host: 127.0.0.1:{etcd_port}");
+        let config = member_config(&scope, "node1", &dir, (rest_port, pg_port), &dcs, PG_BIN);
         fs::write(dir.join("patroni.yml"), config).unwrap();
         let patroni = spawn(
             Command::new(AS_POSTGRES[0])
@@ -202,6 +167,56 @@ postgresql:
     }
 }
 
+/// One member's Patroni config: `name` of cluster `scope`, its REST API and
+/// postgres on loopback `ports`, its data, password file and sockets in
+/// `dir`, `dcs` its store's section, PostgreSQL's programs in `bin_dir`.
+/// Trust for local and loopback connections (replication too): no
+/// passwords to keep.
+pub(super) fn member_config(
+    scope: &str,
+    name: &str,
+    dir: &Path,
+    (rest_port, pg_port): (u16, u16),
+    dcs: &str,
+    bin_dir: &str,
+) -> String {
+    let d = dir.display();
+    let loop_wait = Patroni::LOOP_WAIT.as_secs();
+    format!(
+        r#"scope: {scope}
+name: {name}
+restapi:
+  listen: 127.0.0.1:{rest_port}
+  connect_address: 127.0.0.1:{rest_port}
+{dcs}
+bootstrap:
+  dcs:
+    ttl: 30
+    loop_wait: {loop_wait}
+    retry_timeout: 10
+  initdb:
+    - auth: trust
+  pg_hba:
+    - local all all trust
+    - host all all 127.0.0.1/32 trust
+    - host replication all 127.0.0.1/32 trust
+postgresql:
+  listen: 127.0.0.1:{pg_port}
+  connect_address: 127.0.0.1:{pg_port}
+  data_dir: {d}/data
+  bin_dir: {bin_dir}
+  pgpass: {d}/pgpass
+  authentication:
+    superuser:
+      username: postgres
+    replication:
+      username: replicator
+  parameters:
+    unix_socket_directories: {d}
+"#
+    )
+}
+
 impl Drop for Patroni {
     fn drop(&mut self) {
         // Patroni stops postgres (fast) when it gets SIGTERM: about 4 s.
@@ -212,7 +227,7 @@ impl Drop for Patroni {
 }
 
 /// `GET url` as JSON, whatever the HTTP status; None when nothing answers.
-fn get_json(url: &str) -> Option<Value> {
+pub(super) fn get_json(url: &str) -> Option<Value> {
     let mut response = ureq::get(url)
         .config()
         .http_status_as_error(false)
