@@ -213,8 +213,16 @@ pub(super) fn runs_here(switch: &ClusterSwitch) -> Result<Option<Credentials>, S
     {
         return Err(format!("no {file} on this host"));
     }
+    // Ids from another host's record name nobody here: only a user name
+    // is looked up, and no name with ids is refused rather than guessed.
     let Some(name) = &switch.user else {
-        return Ok(switch.switch.run_as.clone());
+        return match &switch.switch.run_as {
+            None => Ok(None),
+            Some(c) => Err(format!(
+                "its user (uid {}) has no name to look up on this host",
+                c.uid
+            )),
+        };
     };
     let user = nix::unistd::User::from_name(name)
         .ok()
@@ -348,6 +356,17 @@ mod tests {
         assert_eq!(err, Err("no `no-such-program-sg` on this host".into()));
         let err = here(switch("/bin/true", "/nonexistent/patroni.yml", None));
         assert_eq!(err, Err("no /nonexistent/patroni.yml on this host".into()));
+        let mut nameless = switch("/bin/true", "/etc/hostname", None);
+        nameless.switch.run_as = Some(Credentials {
+            uid: 4242,
+            gid: 4242,
+            groups: vec![],
+        });
+        assert_eq!(
+            here(nameless),
+            Err("its user (uid 4242) has no name to look up on this host".into()),
+            "a record's ids are not taken as this host's"
+        );
     }
 
     #[test]
