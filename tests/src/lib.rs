@@ -28,7 +28,7 @@ pub use cgroup::{
     state_of,
 };
 pub use etcd::{Etcd, etcd_test};
-pub use ha::{Mariadb, Patroni, PatroniCluster, poll};
+pub use ha::{Mariadb, Patroni, PatroniCluster, poll, within};
 pub use host::{
     Stopped, bash, fixture, free_port, root_test, stopguard_bin, stopguard_next_bin, workspace_root,
 };

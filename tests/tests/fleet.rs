@@ -8,13 +8,13 @@
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::{Value, json};
 use stopguard_tests::{
     Etcd, Sandbox, etcd::Mode, etcd_test, operator_kill, partition::Partition, root_test, state_of,
-    stopguard_bin,
+    stopguard_bin, within,
 };
 
 const ROOT: &str = "/stopguard/pg-main";
@@ -25,18 +25,6 @@ fn fleet_table(endpoint: &str, extra: &str) -> String {
     format!(
         "\n[fleet]\netcd = [\"{endpoint}\"]\ncluster = \"pg-main\"\nheartbeat = \"1s\"\nunreachable_after = \"3s\"\n{extra}"
     )
-}
-
-/// Waits up to `secs` for `check` to give a value; panics naming `what`.
-fn within<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Simulated hosts of the cluster (`stopguard fleet simulate`): the real

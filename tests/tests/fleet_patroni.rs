@@ -13,22 +13,11 @@ use std::{
 use serde_json::Value;
 use stopguard_tests::{
     Agent, Etcd, Patroni, PatroniCluster, Sandbox, etcd::Mode, etcd_test, root_test, stopguard_bin,
+    within,
 };
 
 /// PostgreSQL 15's programs, as Debian installs them.
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// Waits up to `secs` for `check` to give a value; panics naming `what`.
-fn within<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The agent's host, the Patroni cluster and the etcd they share, and the
 /// postgres the agent watches: the leader's (node1's) postmaster.

@@ -100,6 +100,11 @@ pub fn poll<T>(timeout: Duration, mut ready: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// `poll` for up to `secs`, panicking with `what` when nothing came.
+pub fn within<T>(secs: u64, what: &str, ready: impl FnMut() -> Option<T>) -> T {
+    poll(Duration::from_secs(secs), ready).unwrap_or_else(|| panic!("not within {secs} s: {what}"))
+}
+
 /// `poll`, panicking after `timeout` with `what` and the log `log`.
 fn wait_for<T>(timeout: Duration, what: &str, log: &Path, ready: impl FnMut() -> Option<T>) -> T {
     poll(timeout, ready).unwrap_or_else(|| {
