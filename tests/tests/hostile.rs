@@ -678,7 +678,11 @@ fn after_a_window_ends_the_next_stop_and_pause_switches_off_again() {
         match ending {
             "close" => {
                 let closed = sandbox.ok(&["window", "close", "sgdaemon"]);
-                assert!(closed.contains("switched back on"), "{closed}");
+                assert!(
+                    closed.contains("runit switched back on")
+                        && !closed.contains("NOT switched back on"),
+                    "{closed}"
+                );
             }
             _ => std::thread::sleep(Duration::from_secs(4)),
         }
