@@ -10,7 +10,7 @@ use std::{ffi::CString, path::Path, time::Duration};
 
 use super::{
     Agent,
-    fleet_requests::{FLEET_OFF, who},
+    fleet_requests::{FLEET_OFF, open_asked, who},
     stop::{credentials_of, run_switch},
 };
 use crate::{
@@ -70,18 +70,9 @@ impl Agent {
             let switch = patroni_switch(&found, &open.service)?;
             let name = cluster.name.clone();
             let (store, carried) = (cluster.clone(), switch.clone());
-            let opened = tokio::task::spawn_blocking(move || {
-                store.open(
-                    &open.service,
-                    &open.hosts,
-                    &open.reason,
-                    Duration::from_secs(open.for_secs),
-                    by,
-                    Duration::from_secs(open.wait_secs),
-                    Some(carried),
-                )
-            })
-            .await;
+            let opened =
+                tokio::task::spawn_blocking(move || open_asked(&store, &open, by, Some(carried)))
+                    .await;
             let mut opened = match opened {
                 Ok(Ok(opened)) => opened,
                 Ok(Err(e)) => return Err(format!("{e:#}")),

@@ -12,11 +12,30 @@ use crate::{
         server::{Answer, Reply},
     },
     fleet::{
-        Cluster,
-        records::{Closing, Who},
+        Cluster, ClusterOpened,
+        records::{Closing, ClusterSwitch, Who},
     },
     sys::identity::user_name,
 };
+
+/// `open` as asked, by `by`, the record carrying `switch` if any; blocks
+/// on etcd.
+pub(super) fn open_asked(
+    cluster: &Cluster,
+    open: &OpenClusterWindow,
+    by: Who,
+    switch: Option<ClusterSwitch>,
+) -> anyhow::Result<ClusterOpened> {
+    cluster.open(
+        &open.service,
+        &open.hosts,
+        &open.reason,
+        Duration::from_secs(open.for_secs),
+        by,
+        Duration::from_secs(open.wait_secs),
+        switch,
+    )
+}
 
 /// Who asked, as a cluster record names them.
 pub(super) fn who(peer: Peer, host: &str) -> Who {
@@ -64,17 +83,7 @@ impl Agent {
         peer: Peer,
     ) -> Reply<OpenClusterWindow> {
         let by = who(peer, &self.host);
-        self.on_cluster(move |cluster| {
-            cluster.open(
-                &open.service,
-                &open.hosts,
-                &open.reason,
-                Duration::from_secs(open.for_secs),
-                by,
-                Duration::from_secs(open.wait_secs),
-                None,
-            )
-        })
+        self.on_cluster(move |cluster| open_asked(&cluster, &open, by, None))
     }
 
     /// Ends a cluster window on every host. The switch it carries is

@@ -126,33 +126,28 @@ impl Cluster {
         })
     }
 
-    /// The live hosts (their presence records).
-    fn live(&self) -> Result<Vec<Presence>> {
-        let listing = self.store.list(&self.keys.hosts())?;
+    /// The records under `prefix` that decode as `T` (others skipped).
+    fn decoded<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        let listing = self.store.list(prefix)?;
         Ok(listing
             .kvs
             .iter()
             .filter_map(|kv| decode(&kv.value))
             .collect())
+    }
+
+    /// The live hosts (their presence records).
+    fn live(&self) -> Result<Vec<Presence>> {
+        self.decoded(&self.keys.hosts())
     }
 
     /// Every host that ever joined the cluster, as it was seen last.
     fn members(&self) -> Result<Vec<Member>> {
-        let listing = self.store.list(&self.keys.members())?;
-        Ok(listing
-            .kvs
-            .iter()
-            .filter_map(|kv| decode(&kv.value))
-            .collect())
+        self.decoded(&self.keys.members())
     }
 
     fn acks(&self, id: &str) -> Result<Vec<Ack>> {
-        let listing = self.store.list(&self.keys.acks(id))?;
-        let mut acks: Vec<Ack> = listing
-            .kvs
-            .iter()
-            .filter_map(|kv| decode(&kv.value))
-            .collect();
+        let mut acks: Vec<Ack> = self.decoded(&self.keys.acks(id))?;
         acks.sort_by(|a, b| a.host.cmp(&b.host));
         Ok(acks)
     }
